@@ -1,0 +1,247 @@
+//! Compiles every `kernels/*.cu` into a fatbin and embeds it in the crate.
+//!
+//! Each `.cu` file becomes one fatbin holding machine code for sm_80 and sm_90 plus PTX for
+//! compute_80 (so newer GPUs can JIT it). `$OUT_DIR/kernels.rs` lists the modules, their
+//! `extern "C"` kernel names and the fatbin bytes (via `include_bytes!`); `src/cuda/kernels.rs`
+//! includes it.
+//!
+//! nvcc is looked up in `$NVCC`, then `$CUDA_HOME/bin`, then `$CUDA_PATH/bin`, then `PATH`.
+//! Without nvcc the build succeeds with one `cargo:warning` and an empty module list, unless
+//! `DDPM_REQUIRE_NVCC=1` (CI sets it) turns that into an error. A kernel that does not compile
+//! always fails the build.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// `-gencode` pairs: real machine code for A100 (sm_80) and H100/H200 (sm_90), PTX for compute_80.
+const GENCODE: &[(&str, &str)] = &[
+    ("compute_80", "sm_80"),
+    ("compute_90", "sm_90"),
+    ("compute_80", "compute_80"),
+];
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let kernel_dir = manifest.join("kernels");
+
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={}", kernel_dir.display());
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "PATH",
+        "DDPM_REQUIRE_NVCC",
+        "NVCC_CCBIN",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+
+    let sources = kernel_sources(&kernel_dir);
+    let require = env::var("DDPM_REQUIRE_NVCC").is_ok_and(|v| v == "1");
+
+    let generated = match find_nvcc() {
+        Ok(Some(nvcc)) => {
+            let version = nvcc_version(&nvcc);
+            let modules = compile_all(&nvcc, &kernel_dir, &sources, &out_dir);
+            render_modules(Some(&version), &modules)
+        }
+        Ok(None) => {
+            let msg = "nvcc not found (looked at $NVCC, $CUDA_HOME/bin, $CUDA_PATH/bin and PATH): \
+                       building without CUDA kernels; `ddpm info` will say so. \
+                       Install CUDA 13 or run scripts/install-nvcc.sh.";
+            if require {
+                panic!("DDPM_REQUIRE_NVCC=1 but {msg}");
+            }
+            println!("cargo:warning={msg}");
+            render_modules(None, &[])
+        }
+        Err(e) => panic!("{e}"),
+    };
+    fs::write(out_dir.join("kernels.rs"), generated).expect("write kernels.rs");
+}
+
+/// Every `.cu` in `kernels/`, sorted; every `.cu`/`.cuh` is a rerun trigger.
+fn kernel_sources(dir: &Path) -> Vec<PathBuf> {
+    let mut cu = Vec::new();
+    let entries =
+        fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.expect("kernels/ entry").path();
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("cu") => {
+                println!("cargo:rerun-if-changed={}", path.display());
+                cu.push(path);
+            }
+            Some("cuh") => println!("cargo:rerun-if-changed={}", path.display()),
+            _ => {}
+        }
+    }
+    cu.sort();
+    cu
+}
+
+/// `Ok(None)` when no nvcc is anywhere; `Err` when `$NVCC` names a file that is not there
+/// (an explicit request that cannot be honoured should not silently fall back).
+fn find_nvcc() -> Result<Option<PathBuf>, String> {
+    if let Some(p) = env::var_os("NVCC") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(Some(p))
+        } else {
+            Err(format!("NVCC={} is not a file", p.display()))
+        };
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(root) = env::var_os(var) {
+            let p = PathBuf::from(root).join("bin").join("nvcc");
+            if p.is_file() {
+                return Ok(Some(p));
+            }
+        }
+    }
+    if let Some(path) = env::var_os("PATH") {
+        for dir in env::split_paths(&path) {
+            let p = dir.join("nvcc");
+            if p.is_file() {
+                return Ok(Some(p));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn nvcc_version(nvcc: &Path) -> String {
+    let out = Command::new(nvcc)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} --version: {e}", nvcc.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "Cuda compilation tools, release 13.0, V13.0.88" -> "13.0.88"
+    text.lines()
+        .find_map(|l| l.rsplit_once(", V").map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+struct Module {
+    name: String,
+    fatbin: PathBuf,
+    kernels: Vec<String>,
+}
+
+/// Compiles all sources in parallel (nvcc is single-threaded and slow); any failure panics with
+/// nvcc's own diagnostics so the build fails loudly.
+fn compile_all(nvcc: &Path, kernel_dir: &Path, sources: &[PathBuf], out_dir: &Path) -> Vec<Module> {
+    let results: Vec<Result<Module, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = sources
+            .iter()
+            .map(|src| s.spawn(move || compile_one(nvcc, kernel_dir, src, out_dir)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("nvcc thread"))
+            .collect()
+    });
+    let mut modules = Vec::new();
+    let mut errors = String::new();
+    for r in results {
+        match r {
+            Ok(m) => modules.push(m),
+            Err(e) => errors.push_str(&e),
+        }
+    }
+    if !errors.is_empty() {
+        panic!("CUDA kernel compilation failed:\n{errors}");
+    }
+    modules
+}
+
+fn compile_one(
+    nvcc: &Path,
+    kernel_dir: &Path,
+    src: &Path,
+    out_dir: &Path,
+) -> Result<Module, String> {
+    let name = src.file_stem().unwrap().to_string_lossy().into_owned();
+    let fatbin = out_dir.join(format!("{name}.fatbin"));
+    let mut cmd = Command::new(nvcc);
+    cmd.arg("--fatbin")
+        .args([
+            "-O3",
+            "-std=c++17",
+            "--expt-relaxed-constexpr",
+            "-Werror",
+            "all-warnings",
+        ])
+        .arg("-I")
+        .arg(kernel_dir);
+    if let Some(ccbin) = env::var_os("NVCC_CCBIN") {
+        cmd.arg("-ccbin").arg(ccbin);
+    }
+    for (arch, code) in GENCODE {
+        cmd.arg("-gencode").arg(format!("arch={arch},code={code}"));
+    }
+    cmd.arg("-o").arg(&fatbin).arg(src);
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}\n", nvcc.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "--- {} ---\n{}{}\n",
+            src.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let text = fs::read_to_string(src).map_err(|e| format!("{}: {e}\n", src.display()))?;
+    Ok(Module {
+        name,
+        fatbin,
+        kernels: kernel_names(&text),
+    })
+}
+
+/// Names of the `extern "C" __global__` entry points, in source order. Kernels are declared as
+/// `extern "C" __global__ void NAME(` — one per line — by convention (see kernels/common.cuh).
+fn kernel_names(src: &str) -> Vec<String> {
+    src.lines()
+        .filter_map(|l| {
+            let rest = l
+                .trim_start()
+                .strip_prefix("extern \"C\" __global__ void ")?;
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            (!name.is_empty()).then_some(name)
+        })
+        .collect()
+}
+
+fn render_modules(nvcc_version: Option<&str>, modules: &[Module]) -> String {
+    let mut s = String::from("// @generated by build.rs\n");
+    writeln!(
+        s,
+        "pub const NVCC_VERSION: Option<&str> = {nvcc_version:?};"
+    )
+    .unwrap();
+    let targets: Vec<&str> = GENCODE.iter().map(|(_, code)| *code).collect();
+    writeln!(s, "pub const TARGETS: &[&str] = &{targets:?};").unwrap();
+    s.push_str("pub const MODULES: &[KernelModule] = &[\n");
+    for m in modules {
+        writeln!(
+            s,
+            "    KernelModule {{ name: {:?}, fatbin: include_bytes!({:?}), kernels: &{:?} }},",
+            m.name,
+            m.fatbin.display().to_string(),
+            m.kernels
+        )
+        .unwrap();
+    }
+    s.push_str("];\n");
+    s
+}

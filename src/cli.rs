@@ -1,0 +1,53 @@
+//! Command-line interface: argument definitions and the commands they run.
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::info::SystemInfo;
+
+/// ddpm: a from-scratch diffusion engine — hand-written CUDA kernels, an explicit UNet
+/// forward/backward, and a plain-Rust CPU reference backend computing the same functions.
+#[derive(Debug, Parser)]
+#[command(name = "ddpm", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// CPU worker threads (default: one per core). Results do not depend on this number.
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the version, whether CUDA kernels are built in, the CUDA driver and devices found,
+    /// and the CPU threads in use.
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n as usize)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("--threads {n}: cannot start the thread pool: {e}"))?;
+    }
+    match cli.command {
+        Command::Info(args) => {
+            let info = SystemInfo::gather();
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print!("{info}");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,19 @@
+//! ddpm: a from-scratch diffusion engine.
+//!
+//! - [`ops`]: the CPU reference backend, one module per op, each a forward and a hand-written
+//!   backward on NCHW slices, generic over f32/f64 ([`float::Real`]);
+//! - [`params`]: all parameters in one arena with diffusers-named views;
+//! - [`gradcheck`]: finite-difference checks that every backward is right;
+//! - [`cuda`]: the kernels compiled from `kernels/*.cu` at build time, and the driver probe;
+//! - [`rng`]: Philox4x32-10, shared bit for bit with the kernels.
+
+pub mod atomic_file;
+pub mod cli;
+pub mod cuda;
+pub mod float;
+pub mod gradcheck;
+pub mod info;
+pub mod ops;
+pub mod params;
+pub mod rng;
+pub mod shape;
