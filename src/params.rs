@@ -239,10 +239,25 @@ impl<T: Real> ParamArena<T> {
             decode_into(t.dtype(), t.data(), &mut staged[spec.range()])
                 .map_err(|msg| ParamError::file(path, format!("tensor `{}`: {msg}", spec.name)))?;
         }
-        if let Some(extra) = st.names().into_iter().find(|n| self.layout.id(n).is_err()) {
+        let mut extra: Vec<&str> = st
+            .names()
+            .into_iter()
+            .filter(|n| self.layout.id(n).is_err())
+            .collect();
+        if !extra.is_empty() {
+            extra.sort_unstable();
+            let shown: Vec<String> = extra.iter().take(5).map(|n| format!("`{n}`")).collect();
+            let more = if extra.len() > 5 {
+                format!(" and {} more", extra.len() - 5)
+            } else {
+                String::new()
+            };
             return Err(ParamError::file(
                 path,
-                format!("unexpected tensor `{extra}`: not a parameter of this model"),
+                format!(
+                    "unexpected tensor(s) {}{more}: not parameters of this model",
+                    shown.join(", ")
+                ),
             ));
         }
         self.values = staged;
@@ -380,7 +395,12 @@ mod tests {
             .load_safetensors(&path)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("unexpected tensor `conv_in.bias`"), "{err}");
+        assert!(
+            err.contains(
+                "unexpected tensor(s) `conv_in.bias`, `down_blocks.0.resnets.0.norm1.weight`"
+            ),
+            "{err}"
+        );
 
         let mut bigger = layout();
         bigger.add("conv_out.weight", &[3]).unwrap();
