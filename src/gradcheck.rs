@@ -130,7 +130,8 @@ impl GradCheck {
                 let allowed = self.atol + self.rtol * a.abs().max(numeric.abs());
                 rep.checked += 1;
                 rep.max_abs_err = rep.max_abs_err.max(err);
-                if !(err <= allowed) {
+                // NaN errors fail too.
+                if err.is_nan() || err > allowed {
                     rep.failures += 1;
                 }
                 let ratio = if err.is_nan() {

@@ -163,15 +163,15 @@ pub fn group_norm_backward<T: Real>(
                 None => dy_g[i],
             };
             let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
-            for i in 0..n {
-                let xhat = (x_g[i] - mu) * r;
-                sum_g += g(i).as_f64();
-                sum_gx += (g(i) * xhat).as_f64();
+            for (i, &xv) in x_g.iter().enumerate() {
+                let gi = g(i);
+                sum_g += gi.as_f64();
+                sum_gx += (gi * (xv - mu) * r).as_f64();
             }
             let (m1, m2) = (T::lit(sum_g / n as f64), T::lit(sum_gx / n as f64));
-            for i in 0..n {
-                let xhat = (x_g[i] - mu) * r;
-                dx_g[i] = r * (g(i) - m1 - xhat * m2);
+            for (i, (d, &xv)) in dx_g.iter_mut().zip(x_g).enumerate() {
+                let xhat = (xv - mu) * r;
+                *d = r * (g(i) - m1 - xhat * m2);
             }
         });
 
