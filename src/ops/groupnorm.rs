@@ -47,8 +47,9 @@ impl GroupNormShape {
         self.x.n * self.groups
     }
 
-    fn channel_of(&self, block: usize, i: usize) -> usize {
-        (block % self.groups) * (self.x.c / self.groups) + i / self.x.hw()
+    /// Channels per group.
+    fn group_channels(&self) -> usize {
+        self.x.c / self.groups
     }
 
     fn check(&self, op: &str, x: usize, y: usize, mean: usize, rstd: usize) {
@@ -76,30 +77,14 @@ pub fn group_norm_forward<T: Real>(
     mean: &mut [T],
     rstd: &mut [T],
 ) {
-    s.check(
-        "group_norm_forward",
-        x.len(),
-        y.len(),
-        mean.len(),
-        rstd.len(),
-    );
+    const OP: &str = "group_norm_forward";
+    s.check(OP, x.len(), y.len(), mean.len(), rstd.len());
+    let c_shape = format!("({})", s.x.c);
     if let Some(a) = affine {
-        expect_len(
-            "group_norm_forward",
-            "gamma",
-            a.gamma.len(),
-            s.x.c,
-            format!("({})", s.x.c),
-        );
-        expect_len(
-            "group_norm_forward",
-            "beta",
-            a.beta.len(),
-            s.x.c,
-            format!("({})", s.x.c),
-        );
+        expect_len(OP, "gamma", a.gamma.len(), s.x.c, &c_shape);
+        expect_len(OP, "beta", a.beta.len(), s.x.c, &c_shape);
     }
-    let n = s.group_len();
+    let (n, hw, cg) = (s.group_len(), s.x.hw(), s.group_channels());
     if n == 0 {
         return;
     }
@@ -108,21 +93,26 @@ pub fn group_norm_forward<T: Real>(
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
         .enumerate()
         .for_each(|(block, ((y_g, x_g), (mean_g, rstd_g)))| {
-            let mu = x_g.iter().map(|v| v.as_f64()).sum::<f64>() / n as f64;
-            let var = x_g.iter().map(|v| (v.as_f64() - mu).powi(2)).sum::<f64>() / n as f64;
-            let r = 1.0 / (var + s.eps).sqrt();
-            let (mu_t, r_t) = (T::lit(mu), T::lit(r));
+            // Two passes (mean, then squared deviations) in f64: no cancellation.
+            let mu = sum_f64(x_g, |v| v.as_f64()) / n as f64;
+            let var = sum_f64(x_g, |v| (v.as_f64() - mu).powi(2)) / n as f64;
+            let (mu_t, r_t) = (T::lit(mu), T::lit(1.0 / (var + s.eps).sqrt()));
             *mean_g = mu_t;
             *rstd_g = r_t;
-            for (i, (yv, &xv)) in y_g.iter_mut().zip(x_g).enumerate() {
-                let xhat = (xv - mu_t) * r_t;
-                *yv = match affine {
-                    Some(a) => {
-                        let c = s.channel_of(block, i);
-                        a.gamma[c] * xhat + a.beta[c]
-                    }
-                    None => xhat,
+            let first_c = (block % s.groups) * cg;
+            for (ci, (y_c, x_c)) in y_g
+                .chunks_exact_mut(hw)
+                .zip(x_g.chunks_exact(hw))
+                .enumerate()
+            {
+                // y = (x − μ) · (γ_c · rstd) + β_c
+                let (scale, shift) = match affine {
+                    Some(a) => (a.gamma[first_c + ci] * r_t, a.beta[first_c + ci]),
+                    None => (r_t, T::zero()),
                 };
+                for (yv, &xv) in y_c.iter_mut().zip(x_c) {
+                    *yv = (xv - mu_t) * scale + shift;
+                }
             }
         });
 }
@@ -130,6 +120,8 @@ pub fn group_norm_forward<T: Real>(
 /// Backward of [`group_norm_forward`]. `dx` is written; `(dgamma, dbeta)` accumulate.
 ///   dx̂ = dy · γ,  dx = rstd · (dx̂ − mean(dx̂) − x̂ · mean(dx̂ · x̂))   (means over the group)
 ///   dγ_c += Σ dy · x̂,  dβ_c += Σ dy                                  (sums over B and H·W)
+/// Every sum above derives from two per-(image, channel) sums, S1 = Σ dy and S2 = Σ dy · x
+/// (Σ dy · x̂ = rstd · (S2 − μ · S1)), so one pass computes them all.
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_backward<T: Real>(
     s: &GroupNormShape,
@@ -141,74 +133,93 @@ pub fn group_norm_backward<T: Real>(
     dx: &mut [T],
     dparams: Option<(&mut [T], &mut [T])>,
 ) {
-    s.check(
-        "group_norm_backward",
-        x.len(),
-        dy.len(),
-        mean.len(),
-        rstd.len(),
-    );
-    expect_len("group_norm_backward", "dx", dx.len(), x.len(), s.x);
-    let n = s.group_len();
+    const OP: &str = "group_norm_backward";
+    s.check(OP, x.len(), dy.len(), mean.len(), rstd.len());
+    expect_len(OP, "dx", dx.len(), x.len(), s.x);
+    let c_shape = format!("({})", s.x.c);
+    if let Some(g) = gamma {
+        expect_len(OP, "gamma", g.len(), s.x.c, &c_shape);
+    }
+    let (n, hw, cg, channels) = (s.group_len(), s.x.hw(), s.group_channels(), s.x.c);
     if n == 0 {
         return;
     }
+    let gamma_of = |c: usize| gamma.map_or(1.0, |g| g[c].as_f64());
+
+    // (S1, S2) per (image, channel): (B·C) pairs.
+    let sums: Vec<(f64, f64)> = x
+        .par_chunks(hw)
+        .zip(dy.par_chunks(hw))
+        .map(|(x_c, dy_c)| (sum_f64(dy_c, |g| g.as_f64()), sum_products_f64(dy_c, x_c)))
+        .collect();
+    // Σ dy · x̂ for one (image, channel), from its group's statistics.
+    let dy_xhat = |b: usize, c: usize| {
+        let stat = b * s.groups + c / cg;
+        let (s1, s2) = sums[b * channels + c];
+        rstd[stat].as_f64() * (s2 - mean[stat].as_f64() * s1)
+    };
+
     dx.par_chunks_mut(n)
         .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
         .enumerate()
         .for_each(|(block, (dx_g, (x_g, dy_g)))| {
-            let (mu, r) = (mean[block], rstd[block]);
-            let g = |i: usize| match gamma {
-                Some(gm) => dy_g[i] * gm[s.channel_of(block, i)],
-                None => dy_g[i],
-            };
-            let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
-            for (i, &xv) in x_g.iter().enumerate() {
-                let gi = g(i);
-                sum_g += gi.as_f64();
-                sum_gx += (gi * (xv - mu) * r).as_f64();
+            let (b, first_c) = (block / s.groups, (block % s.groups) * cg);
+            let (mut sum_g, mut sum_gx) = (0.0, 0.0);
+            for c in first_c..first_c + cg {
+                sum_g += gamma_of(c) * sums[b * channels + c].0;
+                sum_gx += gamma_of(c) * dy_xhat(b, c);
             }
             let (m1, m2) = (T::lit(sum_g / n as f64), T::lit(sum_gx / n as f64));
-            for (i, (d, &xv)) in dx_g.iter_mut().zip(x_g).enumerate() {
-                let xhat = (xv - mu) * r;
-                *d = r * (g(i) - m1 - xhat * m2);
+            let (mu, r) = (mean[block], rstd[block]);
+            let chunks = dx_g
+                .chunks_exact_mut(hw)
+                .zip(x_g.chunks_exact(hw).zip(dy_g.chunks_exact(hw)));
+            for (ci, (dx_c, (x_c, dy_c))) in chunks.enumerate() {
+                let gm = T::lit(gamma_of(first_c + ci));
+                for ((d, &xv), &g) in dx_c.iter_mut().zip(x_c).zip(dy_c) {
+                    *d = r * (gm * g - m1 - (xv - mu) * r * m2);
+                }
             }
         });
 
     if let Some((dgamma, dbeta)) = dparams {
-        let c_len = s.x.c;
-        expect_len(
-            "group_norm_backward",
-            "dgamma",
-            dgamma.len(),
-            c_len,
-            format!("({c_len})"),
-        );
-        expect_len(
-            "group_norm_backward",
-            "dbeta",
-            dbeta.len(),
-            c_len,
-            format!("({c_len})"),
-        );
-        let (hw, groups, per_group) = (s.x.hw(), s.groups, c_len / s.groups);
-        dgamma
-            .par_iter_mut()
-            .zip(dbeta.par_iter_mut())
-            .enumerate()
-            .for_each(|(c, (dg, db))| {
-                let (mut sg, mut sb) = (0.0f64, 0.0f64);
-                for b in 0..s.x.n {
-                    let stat = b * groups + c / per_group;
-                    let base = (b * c_len + c) * hw;
-                    for i in base..base + hw {
-                        let xhat = (x[i] - mean[stat]) * rstd[stat];
-                        sg += (dy[i] * xhat).as_f64();
-                        sb += dy[i].as_f64();
-                    }
-                }
-                *dg += T::lit(sg);
-                *db += T::lit(sb);
-            });
+        expect_len(OP, "dgamma", dgamma.len(), channels, &c_shape);
+        expect_len(OP, "dbeta", dbeta.len(), channels, &c_shape);
+        for (c, (dg, db)) in dgamma.iter_mut().zip(dbeta.iter_mut()).enumerate() {
+            *dg += T::lit((0..s.x.n).map(|b| dy_xhat(b, c)).sum::<f64>());
+            *db += T::lit((0..s.x.n).map(|b| sums[b * channels + c].0).sum::<f64>());
+        }
     }
+}
+
+/// Σ f(x) in f64 with eight independent accumulators: the compiler can vectorize it, and the
+/// order of additions is fixed, so the result does not depend on threads.
+fn sum_f64<T: Real>(xs: &[T], f: impl Fn(T) -> f64) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    for c in chunks {
+        for (acc, &v) in lanes.iter_mut().zip(c) {
+            *acc += f(v);
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// Σ a · b in f64, like [`sum_f64`].
+fn sum_products_f64<T: Real>(a: &[T], b: &[T]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f64 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| x.as_f64() * y.as_f64())
+        .sum();
+    for (xa, xb) in ca.zip(cb) {
+        for ((acc, &x), &y) in lanes.iter_mut().zip(xa).zip(xb) {
+            *acc += x.as_f64() * y.as_f64();
+        }
+    }
+    lanes.iter().sum::<f64>() + tail
 }
