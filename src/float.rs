@@ -33,10 +33,6 @@ pub trait Real:
     fn lit(x: f64) -> Self;
     /// Widens to f64 (exact for f32 and f64).
     fn as_f64(self) -> f64;
-    /// Converts a count (e.g. a normalisation size).
-    fn count(n: usize) -> Self {
-        Self::lit(n as f64)
-    }
 }
 
 impl Real for f32 {

@@ -128,6 +128,13 @@ fn conv2d_output_size_and_bad_geometry() {
     assert!(
         Conv2dShape::new(Nchw::new(1, 3, 8, 8), 8, (3, 3), (0, 1), Padding::default()).is_err()
     );
+    // An empty image is refused even when padding would make room for the kernel.
+    let err =
+        Conv2dShape::new(Nchw::new(1, 3, 0, 8), 8, (1, 1), (1, 1), Padding::same(1)).unwrap_err();
+    assert!(
+        err.to_string().contains("input size must be positive"),
+        "{err}"
+    );
 }
 
 #[test]

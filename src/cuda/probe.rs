@@ -34,7 +34,12 @@ pub fn probe() -> DriverStatus {
     if !unsafe { sys::is_culib_present() } {
         return DriverStatus::NoDriver;
     }
-    match std::panic::catch_unwind(query_driver) {
+    // A caught panic would still be printed by the default hook: silence it for this call.
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(query_driver);
+    std::panic::set_hook(previous_hook);
+    match outcome {
         Ok(Ok(status)) => status,
         Ok(Err(e)) => DriverStatus::Error {
             message: e.to_string(),

@@ -92,6 +92,9 @@ impl AttentionShape {
 
 /// Numerically safe softmax of each row of a row-major (rows, len) buffer, in place.
 pub fn softmax_rows<T: Real>(m: &mut [T], len: usize) {
+    if len == 0 {
+        return;
+    }
     for row in m.chunks_exact_mut(len) {
         let max = row.iter().copied().fold(T::neg_infinity(), T::max);
         let mut sum = T::zero();

@@ -63,10 +63,9 @@ impl Conv2dShape {
                 "kernel {kernel:?} and stride {stride:?} must be positive"
             )));
         }
-        if input.c == 0 || c_out == 0 {
+        if input.c == 0 || c_out == 0 || input.h == 0 || input.w == 0 {
             return Err(err(format!(
-                "channels must be positive (in {}, out {c_out})",
-                input.c
+                "channels and input size must be positive (input {input}, {c_out} output channels)"
             )));
         }
         let padded_h = input.h + pad.top + pad.bottom;
