@@ -57,12 +57,7 @@ fn conv2d_matches_a_direct_convolution() {
             3,
             (3, 3),
             (2, 2),
-            Padding {
-                top: 0,
-                bottom: 1,
-                left: 0,
-                right: 1,
-            },
+            Padding::bottom_right(1),
         ),
         (Nchw::new(2, 4, 5, 3), 5, (1, 1), (1, 1), Padding::default()),
         (
@@ -106,12 +101,7 @@ fn conv2d_output_size_and_bad_geometry() {
         8,
         (3, 3),
         (2, 2),
-        Padding {
-            top: 0,
-            bottom: 1,
-            left: 0,
-            right: 1,
-        },
+        Padding::bottom_right(1),
     )
     .unwrap();
     assert_eq!(

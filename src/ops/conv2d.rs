@@ -32,6 +32,17 @@ impl Padding {
             right: p,
         }
     }
+
+    /// Padding on the bottom and right only: diffusers' `Downsample2D` with
+    /// `downsample_padding = 0`.
+    pub const fn bottom_right(p: usize) -> Self {
+        Self {
+            top: 0,
+            bottom: p,
+            left: 0,
+            right: p,
+        }
+    }
 }
 
 /// Geometry of one convolution; build it with [`Conv2dShape::new`], which validates it.
