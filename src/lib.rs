@@ -10,9 +10,14 @@
 pub mod atomic_file;
 pub mod cli;
 pub mod cuda;
+pub mod data;
+pub mod diffusion;
 pub mod float;
 pub mod gradcheck;
+pub mod imaging;
 pub mod info;
+pub mod nn;
+pub mod optim;
 pub mod ops;
 pub mod params;
 pub mod rng;

@@ -1,0 +1,1 @@
+//! Datasets and the batch loader (in progress).

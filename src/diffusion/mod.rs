@@ -1,0 +1,1 @@
+//! Noise schedules, the forward process and samplers (in progress).

@@ -1,0 +1,1 @@
+//! PNG output, image grids and the loss curve (in progress).

@@ -1,0 +1,1 @@
+//! Layers and the UNet (in progress).

@@ -1,0 +1,1 @@
+//! AdamW, gradient clipping and EMA (in progress).
