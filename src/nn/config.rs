@@ -1,0 +1,356 @@
+//! The UNet's configuration, with diffusers `UNet2DModel` field names and defaults, so a
+//! diffusers `config.json` reads as is and ours can be written back out.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A down block: residual blocks, optionally each followed by an attention block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DownBlockType {
+    DownBlock2D,
+    AttnDownBlock2D,
+}
+
+/// An up block: residual blocks over (current ‖ skip), optionally each followed by attention.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpBlockType {
+    UpBlock2D,
+    AttnUpBlock2D,
+}
+
+impl DownBlockType {
+    pub fn has_attention(self) -> bool {
+        self == Self::AttnDownBlock2D
+    }
+}
+
+impl UpBlockType {
+    pub fn has_attention(self) -> bool {
+        self == Self::AttnUpBlock2D
+    }
+}
+
+/// `UNet2DModel` settings. Fields diffusers has but this engine implements only one value of
+/// (`act_fn`, `time_embedding_type`, …) are kept so a config round-trips, and are validated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UNetConfig {
+    /// Height = width of the images.
+    pub sample_size: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    /// Channels of each resolution level, from the highest resolution down.
+    pub block_out_channels: Vec<usize>,
+    /// Residual blocks per down block (up blocks have one more).
+    pub layers_per_block: usize,
+    pub down_block_types: Vec<DownBlockType>,
+    pub up_block_types: Vec<UpBlockType>,
+    pub norm_num_groups: usize,
+    pub norm_eps: f64,
+    /// Dropout inside the residual blocks, between the second norm/SiLU and the second conv.
+    pub dropout: f64,
+    /// Channels per attention head; `null` means one head over all channels.
+    pub attention_head_dim: Option<usize>,
+    /// Sinusoid order [cos, sin] instead of [sin, cos].
+    pub flip_sin_to_cos: bool,
+    /// Shift of the frequency denominator: `half_dim - freq_shift` (the DDPM code used 1).
+    pub freq_shift: f64,
+    /// Width of the time embedding MLP; `null` means 4 × `block_out_channels[0]`.
+    pub time_embedding_dim: Option<usize>,
+    /// Number of classes for a class-conditional model (`null`: unconditional).
+    pub num_class_embeds: Option<usize>,
+    /// Padding of the stride-2 downsampling conv; 0 pads bottom/right by one, as diffusers does.
+    pub downsample_padding: usize,
+    pub act_fn: String,
+    pub time_embedding_type: String,
+    pub center_input_sample: bool,
+    pub resnet_time_scale_shift: String,
+    pub mid_block_scale_factor: f64,
+    pub add_attention: bool,
+    pub downsample_type: String,
+    pub upsample_type: String,
+    /// Keys such as `_class_name` and `_diffusers_version`, and anything unknown (rejected by
+    /// [`UNetConfig::validate`] unless it starts with `_`).
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+impl Default for UNetConfig {
+    /// diffusers' own defaults for `UNet2DModel`.
+    fn default() -> Self {
+        Self {
+            sample_size: 32,
+            in_channels: 3,
+            out_channels: 3,
+            block_out_channels: vec![224, 448, 672, 896],
+            layers_per_block: 2,
+            down_block_types: vec![
+                DownBlockType::DownBlock2D,
+                DownBlockType::AttnDownBlock2D,
+                DownBlockType::AttnDownBlock2D,
+                DownBlockType::AttnDownBlock2D,
+            ],
+            up_block_types: vec![
+                UpBlockType::AttnUpBlock2D,
+                UpBlockType::AttnUpBlock2D,
+                UpBlockType::AttnUpBlock2D,
+                UpBlockType::UpBlock2D,
+            ],
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            dropout: 0.0,
+            attention_head_dim: Some(8),
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            time_embedding_dim: None,
+            num_class_embeds: None,
+            downsample_padding: 1,
+            act_fn: "silu".into(),
+            time_embedding_type: "positional".into(),
+            center_input_sample: false,
+            resnet_time_scale_shift: "default".into(),
+            mid_block_scale_factor: 1.0,
+            add_attention: true,
+            downsample_type: "conv".into(),
+            upsample_type: "conv".into(),
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration this engine cannot build, naming the field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("model config: `{field}`: {msg}")]
+pub struct ConfigError {
+    pub field: String,
+    pub msg: String,
+}
+
+fn err(field: &str, msg: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        msg: msg.into(),
+    }
+}
+
+/// The built-in model presets.
+pub const PRESETS: [&str; 3] = ["tiny", "ddpm-cifar10", "ref-32x32"];
+
+impl UNetConfig {
+    /// A built-in preset by name:
+    /// - `tiny`: 16×16, channels 32/64/64, one residual block per level, attention at 4×4 and in
+    ///   the middle; trains on two CPU cores in minutes.
+    /// - `ddpm-cifar10`: Ho et al.'s CIFAR-10 model (ch 128, mult 1,2,2,2, 2 residual blocks,
+    ///   attention at 16×16, dropout 0.1; 35.7M parameters), as `google/ddpm-cifar10-32`.
+    /// - `ref-32x32`: the 32×32, 32-base-channel model of the reference write-ups (mult
+    ///   1,2,4,8, attention at 16×16, dropout 0.1).
+    pub fn preset(name: &str) -> Option<Self> {
+        use DownBlockType::*;
+        use UpBlockType::*;
+        let ddpm_style = Self {
+            flip_sin_to_cos: false,
+            freq_shift: 1.0,
+            attention_head_dim: None,
+            downsample_padding: 0,
+            norm_eps: 1e-6,
+            ..Self::default()
+        };
+        match name {
+            "tiny" => Some(Self {
+                sample_size: 16,
+                block_out_channels: vec![32, 64, 64],
+                layers_per_block: 1,
+                down_block_types: vec![DownBlock2D, DownBlock2D, AttnDownBlock2D],
+                up_block_types: vec![AttnUpBlock2D, UpBlock2D, UpBlock2D],
+                norm_num_groups: 8,
+                ..ddpm_style
+            }),
+            "ddpm-cifar10" => Some(Self {
+                sample_size: 32,
+                block_out_channels: vec![128, 256, 256, 256],
+                layers_per_block: 2,
+                down_block_types: vec![DownBlock2D, AttnDownBlock2D, DownBlock2D, DownBlock2D],
+                up_block_types: vec![UpBlock2D, UpBlock2D, AttnUpBlock2D, UpBlock2D],
+                norm_num_groups: 32,
+                dropout: 0.1,
+                ..ddpm_style
+            }),
+            "ref-32x32" => Some(Self {
+                sample_size: 32,
+                block_out_channels: vec![32, 64, 128, 256],
+                layers_per_block: 2,
+                down_block_types: vec![DownBlock2D, AttnDownBlock2D, DownBlock2D, DownBlock2D],
+                up_block_types: vec![UpBlock2D, UpBlock2D, AttnUpBlock2D, UpBlock2D],
+                norm_num_groups: 32,
+                dropout: 0.1,
+                ..ddpm_style
+            }),
+            _ => None,
+        }
+    }
+
+    /// Width of the time embedding MLP (diffusers: 4 × the first block's channels).
+    pub fn time_embed_dim(&self) -> usize {
+        self.time_embedding_dim
+            .unwrap_or(4 * self.block_out_channels.first().copied().unwrap_or(0))
+    }
+
+    /// Heads of an attention block over `channels` channels.
+    pub fn attention_heads(&self, channels: usize) -> usize {
+        match self.attention_head_dim {
+            Some(d) => channels / d,
+            None => 1,
+        }
+    }
+
+    /// Checks everything the network builder relies on, naming the offending field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let levels = self.block_out_channels.len();
+        if levels == 0 {
+            return Err(err("block_out_channels", "needs at least one level"));
+        }
+        if self.down_block_types.len() != levels {
+            return Err(err(
+                "down_block_types",
+                format!(
+                    "has {} entries, expected one per block_out_channels entry ({levels})",
+                    self.down_block_types.len()
+                ),
+            ));
+        }
+        if self.up_block_types.len() != levels {
+            return Err(err(
+                "up_block_types",
+                format!(
+                    "has {} entries, expected one per block_out_channels entry ({levels})",
+                    self.up_block_types.len()
+                ),
+            ));
+        }
+        for (field, v) in [
+            ("sample_size", self.sample_size),
+            ("in_channels", self.in_channels),
+            ("out_channels", self.out_channels),
+            ("layers_per_block", self.layers_per_block),
+            ("norm_num_groups", self.norm_num_groups),
+        ] {
+            if v == 0 {
+                return Err(err(field, "must be positive"));
+            }
+        }
+        let down_factor = 1usize << (levels - 1);
+        if self.sample_size % down_factor != 0 {
+            return Err(err(
+                "sample_size",
+                format!(
+                    "{} is not divisible by {down_factor}, the total downsampling of {levels} levels",
+                    self.sample_size
+                ),
+            ));
+        }
+        for &c in &self.block_out_channels {
+            if c == 0 || c % self.norm_num_groups != 0 {
+                return Err(err(
+                    "block_out_channels",
+                    format!(
+                        "{c} channels cannot be split into norm_num_groups = {} groups",
+                        self.norm_num_groups
+                    ),
+                ));
+            }
+            if let Some(d) = self.attention_head_dim {
+                if d == 0 || c % d != 0 {
+                    return Err(err(
+                        "attention_head_dim",
+                        format!("{c} channels are not a multiple of head width {d}"),
+                    ));
+                }
+            }
+        }
+        if !(self.norm_eps > 0.0 && self.norm_eps.is_finite()) {
+            return Err(err("norm_eps", "must be positive and finite"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(err(
+                "dropout",
+                format!("{} is not a probability in [0, 1)", self.dropout),
+            ));
+        }
+        if !self.freq_shift.is_finite() {
+            return Err(err("freq_shift", "must be finite"));
+        }
+        if self.time_embed_dim() == 0 {
+            return Err(err("time_embedding_dim", "must be positive"));
+        }
+        if self.num_class_embeds == Some(0) {
+            return Err(err(
+                "num_class_embeds",
+                "must be positive, or null for an unconditional model",
+            ));
+        }
+        if self.downsample_padding > 1 {
+            return Err(err("downsample_padding", "must be 0 or 1"));
+        }
+        let only = |field: &str, got: &str, want: &str| {
+            if got == want {
+                Ok(())
+            } else {
+                Err(err(
+                    field,
+                    format!("`{got}` is not supported (only `{want}`)"),
+                ))
+            }
+        };
+        only("act_fn", &self.act_fn, "silu")?;
+        only(
+            "time_embedding_type",
+            &self.time_embedding_type,
+            "positional",
+        )?;
+        only(
+            "resnet_time_scale_shift",
+            &self.resnet_time_scale_shift,
+            "default",
+        )?;
+        only("downsample_type", &self.downsample_type, "conv")?;
+        only("upsample_type", &self.upsample_type, "conv")?;
+        if self.center_input_sample {
+            return Err(err("center_input_sample", "only `false` is supported"));
+        }
+        if self.mid_block_scale_factor != 1.0 {
+            return Err(err("mid_block_scale_factor", "only 1 is supported"));
+        }
+        if let Some(key) = self.extra.keys().find(|k| !k.starts_with('_')) {
+            return Err(err(key, "unknown field"));
+        }
+        Ok(())
+    }
+
+    /// Reads a JSON config (ours or a diffusers `config.json`) and validates it.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        let cfg: Self = serde_json::from_str(text).map_err(|e| err("(json)", e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a config always serializes")
+    }
+}
+
+impl fmt::Display for UNetConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}x{}x{} → {}, channels {:?}, {} res blocks/level",
+            self.in_channels,
+            self.sample_size,
+            self.sample_size,
+            self.out_channels,
+            self.block_out_channels,
+            self.layers_per_block
+        )
+    }
+}

@@ -1,0 +1,630 @@
+//! The DDPM UNet (Ho et al. 2020, appendix B; diffusers `UNet2DModel`) with an explicit,
+//! layer-by-layer backward.
+//!
+//! ```text
+//! emb  = linear_2(silu(linear_1(sinusoid(t)))) [+ class_embedding[y]]      (B, E)
+//! h    = conv_in(x);                       skips = [h]
+//! down: per level, per layer: h = resnet(h, emb) [→ attention];   skips += h
+//!       then (except the last level) h = conv3×3/2(h);             skips += h
+//! mid:  h = resnet(h) → attention → resnet
+//! up:   per level, per layer (one more than down): h = resnet(h ‖ skips.pop()) [→ attention]
+//!       then (except the last level) h = conv3×3(upsample2×(h))
+//! out  = conv_out(silu(conv_norm_out(h)))
+//! ```
+//! Every tensor in the skip list is the output of one down-path op whose input is the previous
+//! entry, which is what makes the backward of the down path a simple reverse walk.
+
+use super::attention::{AttentionBlock, AttentionTape};
+use super::config::{ConfigError, UNetConfig};
+use super::layers::{accumulate, Builder, Conv2d, GroupNorm, GroupStats, Init, Linear};
+use super::resnet::{ResnetBlock, ResnetTape};
+use crate::float::Real;
+use crate::ops::concat::{concat_channels, split_channels};
+use crate::ops::conv2d::Padding;
+use crate::ops::embedding::{timestep_embedding_forward, TimestepEmbedding};
+use crate::ops::silu::{silu_backward, silu_forward};
+use crate::ops::upsample::{upsample_nearest2x_backward, upsample_nearest2x_forward};
+use crate::params::{ParamArena, ParamId, ParamLayout};
+use crate::shape::{Nchw, ShapeError};
+
+/// A residual block, optionally followed by attention: one "layer" of a down or up block.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub resnet: ResnetBlock,
+    pub attention: Option<AttentionBlock>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DownBlock {
+    pub layers: Vec<Layer>,
+    /// Stride-2 3×3 conv (`downsamplers.0.conv`); absent on the last level.
+    pub downsample: Option<Conv2d>,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpBlock {
+    pub layers: Vec<Layer>,
+    /// 3×3 conv after nearest 2× upsampling (`upsamplers.0.conv`); absent on the last level.
+    pub upsample: Option<Conv2d>,
+}
+
+#[derive(Clone, Debug)]
+pub struct UNet {
+    pub config: UNetConfig,
+    pub layout: ParamLayout,
+    inits: Vec<(ParamId, Init)>,
+    time_proj: TimestepEmbedding,
+    linear_1: Linear,
+    linear_2: Linear,
+    class_embedding: Option<ParamId>,
+    conv_in: Conv2d,
+    down: Vec<DownBlock>,
+    mid: [Layer; 2],
+    up: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+/// Everything the backward needs from one forward.
+#[derive(Debug)]
+pub struct UNetTape<T> {
+    /// (B, C, S, S) of the input.
+    xs: Nchw,
+    x: Vec<T>,
+    labels: Option<Vec<u32>>,
+    /// sinusoid(t), (B, C0)
+    t_sin: Vec<T>,
+    /// linear_1 output, (B, E)
+    e1: Vec<T>,
+    /// silu(e1), (B, E)
+    a1: Vec<T>,
+    /// The embedding before its SiLU, (B, E)
+    emb: Vec<T>,
+    /// silu(emb), shared by every residual block, (B, E)
+    emb_act: Vec<T>,
+    down: Vec<DownTape<T>>,
+    mid: Vec<LayerTape<T>>,
+    up: Vec<UpTape<T>>,
+    /// Input of conv_norm_out, (B, C0, S, S)
+    out_in: Vec<T>,
+    out_st: GroupStats<T>,
+    /// conv_norm_out output, (B, C0, S, S)
+    out_n: Vec<T>,
+    /// silu(out_n), the input of conv_out
+    out_a: Vec<T>,
+}
+
+#[derive(Debug)]
+struct LayerTape<T> {
+    resnet: ResnetTape<T>,
+    attention: Option<AttentionTape<T>>,
+    /// Shape of the layer's output.
+    ys: Nchw,
+}
+
+#[derive(Debug)]
+struct DownTape<T> {
+    layers: Vec<LayerTape<T>>,
+    /// Input of the downsampling conv and its shape.
+    down_in: Option<(Nchw, Vec<T>)>,
+}
+
+#[derive(Debug)]
+struct UpTape<T> {
+    /// Per layer: the tape, and the channels of (h, skip) concatenated at its input.
+    layers: Vec<(LayerTape<T>, usize, usize)>,
+    /// Shape before upsampling, and the upsampled tensor (the input of the conv).
+    up_in: Option<(Nchw, Vec<T>)>,
+}
+
+impl Layer {
+    fn forward<T: Real>(
+        &self,
+        p: &ParamArena<T>,
+        xs: Nchw,
+        x: Vec<T>,
+        emb_act: &[T],
+        dropout_seed: Option<u64>,
+    ) -> (Vec<T>, LayerTape<T>) {
+        let (h, resnet) = self.resnet.forward(p, xs, x, emb_act, dropout_seed);
+        let ys = xs.with_c(self.resnet.c_out());
+        let (y, attention) = match &self.attention {
+            Some(a) => {
+                let (y, t) = a.forward(p, ys, h);
+                (y, Some(t))
+            }
+            None => (h, None),
+        };
+        (
+            y,
+            LayerTape {
+                resnet,
+                attention,
+                ys,
+            },
+        )
+    }
+
+    fn backward<T: Real>(
+        &self,
+        p: &mut ParamArena<T>,
+        t: &LayerTape<T>,
+        emb_act: &[T],
+        dy: Vec<T>,
+        demb_act: &mut [T],
+    ) -> Vec<T> {
+        let dh = match (&self.attention, &t.attention) {
+            (Some(a), Some(at)) => a.backward(p, at, &dy),
+            _ => dy,
+        };
+        self.resnet.backward(p, &t.resnet, emb_act, &dh, demb_act)
+    }
+}
+
+impl UNet {
+    /// Builds the network (parameter names are diffusers keys) after validating the config.
+    pub fn new(config: UNetConfig) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let cfg = &config;
+        let chans = &cfg.block_out_channels;
+        let (c0, levels) = (chans[0], chans.len());
+        let temb = cfg.time_embed_dim();
+        let (groups, eps, drop) = (cfg.norm_num_groups, cfg.norm_eps, cfg.dropout);
+        let time_proj =
+            TimestepEmbedding::new(c0, cfg.flip_sin_to_cos, cfg.freq_shift).map_err(|e| {
+                ConfigError {
+                    field: "block_out_channels".into(),
+                    msg: format!(
+                        "the time embedding has block_out_channels[0] = {c0} channels: {e}"
+                    ),
+                }
+            })?;
+        let mut b = Builder::default();
+        let mut resnet_count = 0u64;
+        let mut resnet = |b: &mut Builder, prefix: String, c_in: usize, c_out: usize| {
+            resnet_count += 1;
+            ResnetBlock::new(
+                b,
+                &prefix,
+                c_in,
+                c_out,
+                temb,
+                groups,
+                eps,
+                drop,
+                resnet_count - 1,
+            )
+        };
+        let attention = |b: &mut Builder, prefix: String, c: usize| {
+            AttentionBlock::new(b, &prefix, c, cfg.attention_heads(c), groups, eps)
+        };
+
+        let conv_in = Conv2d::same3x3(&mut b, "conv_in", cfg.in_channels, c0);
+        let linear_1 = Linear::new(&mut b, "time_embedding.linear_1", c0, temb);
+        let linear_2 = Linear::new(&mut b, "time_embedding.linear_2", temb, temb);
+        let class_embedding = cfg.num_class_embeds.map(|n| {
+            b.param(
+                "class_embedding.weight".into(),
+                &[n, temb],
+                Init::Normal(1.0),
+            )
+        });
+
+        let mut down = Vec::with_capacity(levels);
+        let mut c_prev = c0;
+        for (i, (&c, kind)) in chans.iter().zip(&cfg.down_block_types).enumerate() {
+            let mut layers = Vec::new();
+            for j in 0..cfg.layers_per_block {
+                let c_in = if j == 0 { c_prev } else { c };
+                layers.push(Layer {
+                    resnet: resnet(&mut b, format!("down_blocks.{i}.resnets.{j}"), c_in, c),
+                    attention: kind
+                        .has_attention()
+                        .then(|| attention(&mut b, format!("down_blocks.{i}.attentions.{j}"), c)),
+                });
+            }
+            let pad = match cfg.downsample_padding {
+                0 => Padding::bottom_right(1),
+                p => Padding::same(p),
+            };
+            let downsample = (i + 1 < levels).then(|| {
+                Conv2d::new(
+                    &mut b,
+                    &format!("down_blocks.{i}.downsamplers.0.conv"),
+                    c,
+                    c,
+                    3,
+                    2,
+                    pad,
+                )
+            });
+            down.push(DownBlock { layers, downsample });
+            c_prev = c;
+        }
+
+        let c_mid = chans[levels - 1];
+        let mid_heads = match cfg.attention_head_dim {
+            Some(d) => c_mid / d,
+            None => 1,
+        };
+        let mid_attention = cfg.add_attention.then(|| {
+            AttentionBlock::new(
+                &mut b,
+                "mid_block.attentions.0",
+                c_mid,
+                mid_heads,
+                groups,
+                eps,
+            )
+        });
+        let mid = [
+            Layer {
+                resnet: resnet(&mut b, "mid_block.resnets.0".into(), c_mid, c_mid),
+                attention: mid_attention,
+            },
+            Layer {
+                resnet: resnet(&mut b, "mid_block.resnets.1".into(), c_mid, c_mid),
+                attention: None,
+            },
+        ];
+
+        // Up blocks walk the levels from the lowest resolution; layer j of level i reads the
+        // skip channels diffusers assigns: the level's own width, except the last layer, which
+        // reads the width of the level below (the output of that level's downsampler input).
+        let rev: Vec<usize> = chans.iter().rev().copied().collect();
+        let mut up = Vec::with_capacity(levels);
+        let mut c_prev = rev[0];
+        for (i, kind) in cfg.up_block_types.iter().enumerate() {
+            let c = rev[i];
+            let c_skip_last = rev[(i + 1).min(levels - 1)];
+            let n = cfg.layers_per_block + 1;
+            let mut layers = Vec::new();
+            for j in 0..n {
+                let c_skip = if j == n - 1 { c_skip_last } else { c };
+                let c_in = if j == 0 { c_prev } else { c };
+                layers.push(Layer {
+                    resnet: resnet(
+                        &mut b,
+                        format!("up_blocks.{i}.resnets.{j}"),
+                        c_in + c_skip,
+                        c,
+                    ),
+                    attention: kind
+                        .has_attention()
+                        .then(|| attention(&mut b, format!("up_blocks.{i}.attentions.{j}"), c)),
+                });
+            }
+            let upsample = (i + 1 < levels).then(|| {
+                Conv2d::same3x3(&mut b, &format!("up_blocks.{i}.upsamplers.0.conv"), c, c)
+            });
+            up.push(UpBlock { layers, upsample });
+            c_prev = c;
+        }
+
+        let conv_norm_out = GroupNorm::new(&mut b, "conv_norm_out", c0, groups, eps);
+        let conv_out = Conv2d::same3x3(&mut b, "conv_out", c0, cfg.out_channels);
+        Ok(Self {
+            config,
+            layout: b.layout,
+            inits: b.inits,
+            time_proj,
+            linear_1,
+            linear_2,
+            class_embedding,
+            conv_in,
+            down,
+            mid,
+            up,
+            conv_norm_out,
+            conv_out,
+        })
+    }
+
+    /// Parameters drawn as PyTorch initialises a fresh `UNet2DModel` (uniform ±1/√fan_in for
+    /// conv/linear, N(0, 1) for the class embedding, γ = 1 and β = 0 for norms), from `seed`.
+    pub fn init_params<T: Real>(&self, seed: u64) -> ParamArena<T> {
+        Builder::init_arena(&self.layout, &self.inits, seed)
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.layout.num_params()
+    }
+
+    /// Shape of one input batch.
+    pub fn input_shape(&self, batch: usize) -> Nchw {
+        let c = &self.config;
+        Nchw::new(batch, c.in_channels, c.sample_size, c.sample_size)
+    }
+
+    /// Shape of one output batch.
+    pub fn output_shape(&self, batch: usize) -> Nchw {
+        let c = &self.config;
+        Nchw::new(batch, c.out_channels, c.sample_size, c.sample_size)
+    }
+
+    /// Checks a batch's buffers and labels against the model, naming what is wrong; returns
+    /// the batch size (the number of images in `x`).
+    fn check_inputs(
+        &self,
+        x_len: usize,
+        t_len: usize,
+        labels: Option<&[u32]>,
+    ) -> Result<usize, ShapeError> {
+        let err = |msg: String| Err(ShapeError::new("unet", msg));
+        let item = self.input_shape(1);
+        if x_len == 0 || x_len % item.len() != 0 {
+            return err(format!(
+                "input holds {x_len} values, expected a positive multiple of {} (images of shape {})",
+                item.len(),
+                format!("({}, {}, {})", item.c, item.h, item.w)
+            ));
+        }
+        let batch = x_len / item.len();
+        if t_len != batch {
+            return err(format!("{t_len} timesteps for a batch of {batch} images"));
+        }
+        match (self.config.num_class_embeds, labels) {
+            (None, None) => Ok(batch),
+            (None, Some(_)) => err("class labels given to an unconditional model".into()),
+            (Some(n), None) => err(format!(
+                "this model is class-conditional ({n} classes) and needs class labels"
+            )),
+            (Some(n), Some(l)) => {
+                if l.len() != batch {
+                    return err(format!("{} class labels for a batch of {batch}", l.len()));
+                }
+                match l.iter().find(|&&c| c as usize >= n) {
+                    Some(c) => err(format!("class label {c} is out of range (0..{n})")),
+                    None => Ok(batch),
+                }
+            }
+        }
+    }
+
+    /// Predicts the model output for a batch without keeping anything for a backward.
+    /// x: (B, C, S, S), t: (B) → (B, C_out, S, S)
+    pub fn predict<T: Real>(
+        &self,
+        p: &ParamArena<T>,
+        x: &[T],
+        t: &[T],
+        labels: Option<&[u32]>,
+    ) -> Result<Vec<T>, ShapeError> {
+        let (y, _) = self.run(p, x, t, labels, None, false)?;
+        Ok(y)
+    }
+
+    /// Training forward: the output and the tape for [`UNet::backward`].
+    /// `dropout_seed` should differ per step; `None` disables dropout.
+    pub fn forward<T: Real>(
+        &self,
+        p: &ParamArena<T>,
+        x: &[T],
+        t: &[T],
+        labels: Option<&[u32]>,
+        dropout_seed: Option<u64>,
+    ) -> Result<(Vec<T>, UNetTape<T>), ShapeError> {
+        let (y, tape) = self.run(p, x, t, labels, dropout_seed, true)?;
+        Ok((y, tape.expect("the tape was asked for")))
+    }
+
+    fn run<T: Real>(
+        &self,
+        p: &ParamArena<T>,
+        x: &[T],
+        t: &[T],
+        labels: Option<&[u32]>,
+        dropout_seed: Option<u64>,
+        keep: bool,
+    ) -> Result<(Vec<T>, Option<UNetTape<T>>), ShapeError> {
+        let batch = self.check_inputs(x.len(), t.len(), labels)?;
+        let xs = self.input_shape(batch);
+
+        // Time (and class) embedding: (B) → (B, E).
+        let mut t_sin = vec![T::zero(); batch * self.time_proj.dim];
+        timestep_embedding_forward(&self.time_proj, t, &mut t_sin);
+        let e1 = self.linear_1.forward(p, batch, &t_sin);
+        let mut a1 = vec![T::zero(); e1.len()];
+        silu_forward(&e1, &mut a1);
+        let mut emb = self.linear_2.forward(p, batch, &a1);
+        if let (Some(id), Some(labels)) = (self.class_embedding, labels) {
+            let (table, e) = (p.value(id), self.linear_2.d_out);
+            for (row, &c) in emb.chunks_exact_mut(e).zip(labels) {
+                accumulate(row, &table[c as usize * e..(c as usize + 1) * e]);
+            }
+        }
+        let mut emb_act = vec![T::zero(); emb.len()];
+        silu_forward(&emb, &mut emb_act);
+
+        // Down path; every op's output is also a skip.
+        let mut hs = self.conv_in.out_shape(xs);
+        let mut h = self.conv_in.forward(p, xs, x);
+        let mut skips: Vec<(Nchw, Vec<T>)> = vec![(hs, h.clone())];
+        let mut down_tapes = Vec::with_capacity(self.down.len());
+        for block in &self.down {
+            let mut layers = Vec::new();
+            for layer in &block.layers {
+                let (y, lt) = layer.forward(p, hs, h, &emb_act, dropout_seed);
+                hs = lt.ys;
+                h = y;
+                skips.push((hs, h.clone()));
+                if keep {
+                    layers.push(lt);
+                }
+            }
+            let mut down_in = None;
+            if let Some(conv) = &block.downsample {
+                let ys = conv.out_shape(hs);
+                let y = conv.forward(p, hs, &h);
+                if keep {
+                    down_in = Some((hs, std::mem::take(&mut h)));
+                }
+                (hs, h) = (ys, y);
+                skips.push((hs, h.clone()));
+            }
+            down_tapes.push(DownTape { layers, down_in });
+        }
+
+        // Middle.
+        let mut mid_tapes = Vec::new();
+        for layer in &self.mid {
+            let (y, lt) = layer.forward(p, hs, h, &emb_act, dropout_seed);
+            h = y;
+            if keep {
+                mid_tapes.push(lt);
+            }
+        }
+
+        // Up path: each layer reads (h ‖ last skip).
+        let mut up_tapes = Vec::with_capacity(self.up.len());
+        for block in &self.up {
+            let mut layers = Vec::new();
+            for layer in &block.layers {
+                let (ss, skip) = skips.pop().expect("one skip per up layer");
+                let cat = hs.with_c(hs.c + ss.c);
+                let mut joined = vec![T::zero(); cat.len()];
+                concat_channels(cat, &[(&h, hs.c), (&skip, ss.c)], &mut joined);
+                let (y, lt) = layer.forward(p, cat, joined, &emb_act, dropout_seed);
+                hs = lt.ys;
+                h = y;
+                if keep {
+                    layers.push((lt, cat.c - ss.c, ss.c));
+                }
+            }
+            let mut up_in = None;
+            if let Some(conv) = &block.upsample {
+                let us = Nchw::new(hs.n, hs.c, hs.h * 2, hs.w * 2);
+                let mut u = vec![T::zero(); us.len()];
+                upsample_nearest2x_forward(hs, &h, &mut u);
+                h = conv.forward(p, us, &u);
+                if keep {
+                    up_in = Some((hs, u));
+                }
+                hs = conv.out_shape(us);
+            }
+            up_tapes.push(UpTape { layers, up_in });
+        }
+        debug_assert!(skips.is_empty(), "every skip is consumed");
+
+        // Output head.
+        let (out_n, out_st) = self.conv_norm_out.forward(p, hs, &h);
+        let mut out_a = vec![T::zero(); out_n.len()];
+        silu_forward(&out_n, &mut out_a);
+        let y = self.conv_out.forward(p, hs, &out_a);
+
+        let tape = keep.then(|| UNetTape {
+            xs,
+            x: x.to_vec(),
+            labels: labels.map(<[u32]>::to_vec),
+            t_sin,
+            e1,
+            a1,
+            emb,
+            emb_act,
+            down: down_tapes,
+            mid: mid_tapes,
+            up: up_tapes,
+            out_in: h,
+            out_st,
+            out_n,
+            out_a,
+        });
+        Ok((y, tape))
+    }
+
+    /// Backward of [`UNet::forward`]: accumulates every parameter gradient into `p`'s gradient
+    /// arena and returns d(input), (B, C, S, S). dy: (B, C_out, S, S).
+    pub fn backward<T: Real>(&self, p: &mut ParamArena<T>, tape: &UNetTape<T>, dy: &[T]) -> Vec<T> {
+        let batch = tape.xs.n;
+        let out_shape = self.output_shape(batch);
+        crate::shape::expect_len("unet_backward", "dy", dy.len(), out_shape.len(), out_shape);
+        let mut demb_act = vec![T::zero(); tape.emb_act.len()];
+        let emb_act = &tape.emb_act;
+
+        // Output head.
+        let hs = self
+            .output_shape(batch)
+            .with_c(self.config.block_out_channels[0]);
+        let dout_a = self
+            .conv_out
+            .backward(p, hs, &tape.out_a, dy, true)
+            .expect("dx was asked for");
+        let mut dout_n = vec![T::zero(); dout_a.len()];
+        silu_backward(&tape.out_n, &dout_a, &mut dout_n);
+        let mut g = self
+            .conv_norm_out
+            .backward(p, hs, &tape.out_in, &tape.out_st, &dout_n);
+
+        // Up path, in reverse; skips come back in the order they were made (0 = conv_in's).
+        let mut dskips: Vec<Vec<T>> = Vec::new();
+        for (block, bt) in self.up.iter().zip(&tape.up).rev() {
+            if let (Some(conv), Some((hs, u))) = (&block.upsample, &bt.up_in) {
+                let us = Nchw::new(hs.n, hs.c, hs.h * 2, hs.w * 2);
+                let du = conv.backward(p, us, u, &g, true).expect("dx was asked for");
+                let mut dh = vec![T::zero(); hs.len()];
+                upsample_nearest2x_backward(*hs, &du, &mut dh);
+                g = dh;
+            }
+            for (layer, (lt, c_h, c_skip)) in block.layers.iter().zip(&bt.layers).rev() {
+                let dj = layer.backward(p, lt, emb_act, g, &mut demb_act);
+                let cat = lt.ys.with_c(c_h + c_skip);
+                let mut dh = vec![T::zero(); cat.n * c_h * cat.hw()];
+                let mut ds = vec![T::zero(); cat.n * c_skip * cat.hw()];
+                split_channels(cat, &dj, &mut [(&mut dh, *c_h), (&mut ds, *c_skip)]);
+                dskips.push(ds);
+                g = dh;
+            }
+        }
+
+        // Middle.
+        for (layer, lt) in self.mid.iter().zip(&tape.mid).rev() {
+            g = layer.backward(p, lt, emb_act, g, &mut demb_act);
+        }
+
+        // Down path: the gradient of each skip-producing op's output is the running gradient
+        // plus what the up path sent back through that skip.
+        // dskips[k] came back through skip k (0 = conv_in's output): the up path consumed the
+        // skips last-made-first and its backward ran in reverse.
+        let mut next_skip = dskips.len();
+        let mut add_skip = |g: &mut Vec<T>| {
+            next_skip -= 1;
+            accumulate(g, &dskips[next_skip]);
+        };
+        for (block, bt) in self.down.iter().zip(&tape.down).rev() {
+            if let (Some(conv), Some((hs, h_in))) = (&block.downsample, &bt.down_in) {
+                add_skip(&mut g);
+                g = conv
+                    .backward(p, *hs, h_in, &g, true)
+                    .expect("dx was asked for");
+            }
+            for (layer, lt) in block.layers.iter().zip(&bt.layers).rev() {
+                add_skip(&mut g);
+                g = layer.backward(p, lt, emb_act, g, &mut demb_act);
+            }
+        }
+        add_skip(&mut g);
+        let dx = self
+            .conv_in
+            .backward(p, tape.xs, &tape.x, &g, true)
+            .expect("dx was asked for");
+
+        // Time (and class) embedding.
+        let mut demb = vec![T::zero(); tape.emb.len()];
+        silu_backward(&tape.emb, &demb_act, &mut demb);
+        if let (Some(id), Some(labels)) = (self.class_embedding, &tape.labels) {
+            let e = self.linear_2.d_out;
+            let table = p.grad_mut(id);
+            for (row, &c) in demb.chunks_exact(e).zip(labels) {
+                accumulate(&mut table[c as usize * e..(c as usize + 1) * e], row);
+            }
+        }
+        let da1 = self
+            .linear_2
+            .backward(p, batch, &tape.a1, &demb, true)
+            .expect("dx was asked for");
+        let mut de1 = vec![T::zero(); da1.len()];
+        silu_backward(&tape.e1, &da1, &mut de1);
+        self.linear_1.backward(p, batch, &tape.t_sin, &de1, false);
+        dx
+    }
+}
