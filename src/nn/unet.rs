@@ -354,9 +354,11 @@ impl UNet {
         let item = self.input_shape(1);
         if x_len == 0 || x_len % item.len() != 0 {
             return err(format!(
-                "input holds {x_len} values, expected a positive multiple of {} (images of shape {})",
+                "input holds {x_len} values, expected a positive multiple of {} (images of shape ({}, {}, {}))",
                 item.len(),
-                format!("({}, {}, {})", item.c, item.h, item.w)
+                item.c,
+                item.h,
+                item.w
             ));
         }
         let batch = x_len / item.len();
