@@ -134,7 +134,8 @@ fn bad_inputs_are_errors_that_say_what_is_wrong() {
 
 #[test]
 fn bad_configs_name_the_field() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut UNetConfig)>)> = vec![
+    type Edit = Box<dyn Fn(&mut UNetConfig)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("sample_size", Box::new(|c| c.sample_size = 7)),
         ("block_out_channels", Box::new(|c| c.norm_num_groups = 3)),
         (
