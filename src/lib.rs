@@ -21,4 +21,6 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod sample;
 pub mod shape;
+pub mod train;

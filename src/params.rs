@@ -175,6 +175,11 @@ impl<T: Real> ParamArena<T> {
         &mut self.grads[r]
     }
 
+    /// All values (writable) beside all gradients (read-only): what an optimizer step needs.
+    pub fn values_mut_and_grads(&mut self) -> (&mut [T], &[T]) {
+        (&mut self.values, &self.grads)
+    }
+
     /// Read access to all values together with write access to several gradients at once,
     /// which a layer's backward needs (e.g. `dW` and `db`). Ids must be distinct.
     pub fn values_and_grads<const N: usize>(&mut self, ids: [ParamId; N]) -> (&[T], [&mut [T]; N]) {
@@ -263,6 +268,53 @@ impl<T: Real> ParamArena<T> {
         self.values = staged;
         Ok(())
     }
+}
+
+/// Safetensors views of a flat array laid out as `layout` (values, EMA, Adam moments…), each
+/// tensor named `prefix` + its parameter name. The gaps between views are not written.
+pub fn named_views<'a, T: Real>(
+    layout: &ParamLayout,
+    data: &'a [T],
+    prefix: &str,
+) -> Vec<(String, safetensors::tensor::TensorView<'a>)> {
+    assert_eq!(data.len(), layout.arena_len(), "named_views: arena length");
+    layout
+        .specs()
+        .iter()
+        .map(|spec| {
+            let bytes: &[u8] = bytemuck::cast_slice(&data[spec.range()]);
+            let view = safetensors::tensor::TensorView::new(T::DTYPE, spec.shape.clone(), bytes)
+                .expect("a view's byte length matches its shape");
+            (format!("{prefix}{}", spec.name), view)
+        })
+        .collect()
+}
+
+/// Fills a flat array laid out as `layout` from the tensors `prefix` + parameter name of `st`,
+/// converting float dtypes. The error names the first missing or mis-shaped tensor.
+pub fn read_named<T: Real>(
+    st: &safetensors::SafeTensors<'_>,
+    layout: &ParamLayout,
+    prefix: &str,
+    out: &mut [T],
+) -> Result<(), String> {
+    assert_eq!(out.len(), layout.arena_len(), "read_named: arena length");
+    for spec in layout.specs() {
+        let name = format!("{prefix}{}", spec.name);
+        let t = st
+            .tensor(&name)
+            .map_err(|_| format!("missing tensor `{name}`"))?;
+        if t.shape() != spec.shape.as_slice() {
+            return Err(format!(
+                "tensor `{name}` has shape {:?}, expected {:?}",
+                t.shape(),
+                spec.shape
+            ));
+        }
+        decode_into(t.dtype(), t.data(), &mut out[spec.range()])
+            .map_err(|msg| format!("tensor `{name}`: {msg}"))?;
+    }
+    Ok(())
 }
 
 /// Converts little-endian tensor bytes of a float dtype into `out`.

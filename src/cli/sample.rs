@@ -1,0 +1,220 @@
+//! `ddpm sample`: checkpoint → images (one PNG each, a grid, optionally the raw tensor).
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::atomic_file::write_atomic;
+use crate::diffusion::sampler::{SampleOptions, SamplerKind};
+use crate::diffusion::{Schedule, Spacing};
+use crate::imaging::{save_grid, save_png};
+use crate::nn::UNet;
+use crate::params::ParamArena;
+use crate::sample::{generate, GenerateOptions};
+use crate::train::Checkpoint;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SamplerArg {
+    /// Ancestral sampling through the posterior (DDPM eq. 6, 7, 11).
+    Ddpm,
+    /// Denoising diffusion implicit model (DDIM eq. 12); `--eta` sets its noise.
+    Ddim,
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// A checkpoint written by `ddpm train` (or a run directory: its latest checkpoint).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    #[arg(long, value_enum, default_value = "ddpm")]
+    pub sampler: SamplerArg,
+    /// Model evaluations [default: T for ddpm, 50 for ddim].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: Option<u64>,
+    /// DDIM η: 0 is deterministic, 1 has DDPM's posterior variance.
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// Timesteps visited: leading, trailing, linspace (diffusers), uniform, quad (DDIM paper code).
+    #[arg(long, default_value = "leading")]
+    pub spacing: String,
+    /// Number of images [default: 16, or as many as `--init-noise` holds].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub num: Option<u64>,
+    /// Images per model evaluation (results do not depend on it).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory for `sample_00000.png`, … and `grid.png`.
+    #[arg(long, default_value = "samples")]
+    pub out: PathBuf,
+    /// Start from this x_T: a safetensors file with a tensor `noise` of shape (N, C, H, W).
+    #[arg(long, value_name = "FILE")]
+    pub init_noise: Option<PathBuf>,
+    /// Also write the final samples, in [-1, 1], as a safetensors tensor `sample` (N, C, H, W).
+    #[arg(long, value_name = "FILE")]
+    pub save_raw: Option<PathBuf>,
+    /// Use the raw trained weights instead of their EMA.
+    #[arg(long)]
+    pub no_ema: bool,
+    /// Do not clip the predicted x₀ to [-1, 1] at each step.
+    #[arg(long)]
+    pub no_clip: bool,
+    /// Class of every image for a class-conditional model [default: cycle through the classes].
+    #[arg(long)]
+    pub class: Option<u32>,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Reads the tensor `noise` from a safetensors file as f32, with its shape.
+fn read_noise(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
+    let bytes = std::fs::read(path).with_context(|| format!("--init-noise {}", path.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .with_context(|| format!("--init-noise {}: not a safetensors file", path.display()))?;
+    let t = st.tensor("noise").map_err(|_| {
+        anyhow::anyhow!(
+            "--init-noise {}: no tensor named `noise` (found: {})",
+            path.display(),
+            st.names().into_iter().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    ensure!(
+        t.dtype() == safetensors::Dtype::F32,
+        "--init-noise {}: tensor `noise` is {:?}, expected F32",
+        path.display(),
+        t.dtype()
+    );
+    let values: Vec<f32> = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    ensure!(
+        values.iter().all(|v| v.is_finite()),
+        "--init-noise {}: tensor `noise` holds NaN or infinite values",
+        path.display()
+    );
+    Ok((values, t.shape().to_vec()))
+}
+
+pub fn run(a: SampleArgs) -> Result<()> {
+    let path = if a.checkpoint.is_dir() {
+        a.checkpoint.join("checkpoints").join("latest.safetensors")
+    } else {
+        a.checkpoint.clone()
+    };
+    let ck = Checkpoint::load(&path)?;
+    let net = UNet::new(ck.model.clone())?;
+    let mut schedule_cfg = ck.schedule.clone();
+    if a.no_clip {
+        schedule_cfg.clip_sample = false;
+    }
+    let schedule = Schedule::new(schedule_cfg)?;
+    let mut params = ParamArena::<f32>::zeros(net.layout.clone());
+    params
+        .values_mut()
+        .copy_from_slice(if a.no_ema { &ck.weights } else { &ck.ema });
+
+    let (c, s) = (net.config.in_channels, net.config.sample_size);
+    let noise = a.init_noise.as_deref().map(read_noise).transpose()?;
+    let num = match (&noise, a.num) {
+        (Some((_, shape)), num) => {
+            let n = shape.first().copied().unwrap_or(0);
+            let want = [num.map_or(n, |v| v as usize), c, s, s];
+            ensure!(
+                shape.as_slice() == want,
+                "--init-noise: tensor `noise` has shape {shape:?}, expected {want:?} (N, C, H, W) for this model{}",
+                if num.is_some() { " and --num" } else { "" }
+            );
+            n
+        }
+        (None, num) => num.unwrap_or(16) as usize,
+    };
+    let kind = match a.sampler {
+        SamplerArg::Ddpm => SamplerKind::Ddpm,
+        SamplerArg::Ddim => SamplerKind::Ddim { eta: a.eta },
+    };
+    if a.sampler == SamplerArg::Ddpm && a.eta != 0.0 {
+        bail!("--eta applies to --sampler ddim only");
+    }
+    let steps = a.steps.map_or_else(
+        || match a.sampler {
+            SamplerArg::Ddpm => schedule.num_timesteps(),
+            SamplerArg::Ddim => 50.min(schedule.num_timesteps()),
+        },
+        |v| v as usize,
+    );
+    let mut sampler = SampleOptions::new(schedule.config(), kind, steps);
+    sampler.spacing = a
+        .spacing
+        .parse::<Spacing>()
+        .map_err(|e| anyhow::anyhow!("--spacing: {e}"))?;
+    let labels = a.class.map(|k| vec![k; num]);
+    let opts = GenerateOptions {
+        sampler,
+        num,
+        batch_size: a.batch_size as usize,
+        seed: a.seed,
+        labels,
+    };
+
+    std::fs::create_dir_all(&a.out)
+        .with_context(|| format!("cannot create the output directory {}", a.out.display()))?;
+    let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} steps {per_sec} [{eta_precise}]")
+                .expect("a valid template"),
+        );
+        bar
+    });
+    let images = generate(
+        &net,
+        &params,
+        &schedule,
+        &opts,
+        noise.as_ref().map(|(v, _)| v.as_slice()),
+        &mut |done, total| {
+            if let Some(bar) = &bar {
+                bar.set_length(total);
+                bar.set_position(done);
+            }
+        },
+    )?;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+
+    let item = c * s * s;
+    for (i, img) in images.chunks_exact(item).enumerate() {
+        save_png(&a.out.join(format!("sample_{i:05}.png")), img, c, s, s)?;
+    }
+    let nrow = (num as f64).sqrt().ceil() as usize;
+    save_grid(&a.out.join("grid.png"), &images, num, c, s, s, nrow)?;
+    if let Some(raw) = &a.save_raw {
+        let view = safetensors::tensor::TensorView::new(
+            safetensors::Dtype::F32,
+            vec![num, c, s, s],
+            bytemuck::cast_slice(&images),
+        )?;
+        let meta = HashMap::from([("checkpoint".to_string(), path.display().to_string())]);
+        let bytes = safetensors::serialize([("sample", view)], Some(meta))?;
+        write_atomic(raw, &bytes).with_context(|| format!("cannot write {}", raw.display()))?;
+    }
+    if !a.quiet {
+        eprintln!(
+            "wrote {num} images and grid.png to {} ({} step(s) of {:?} at seed {})",
+            a.out.display(),
+            steps,
+            a.sampler,
+            a.seed
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! `ddpm train`: flags → model, schedule and training configs → [`crate::train::run`].
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::diffusion::{BetaSchedule, PredictionType, ScheduleConfig};
+use crate::nn::{UNetConfig, PRESETS};
+use crate::train::{self, LossKind, RunOptions, Start, TrainConfig};
+
+/// Flags that describe a new run; they cannot be combined with `--resume`, which continues
+/// with the settings stored in the checkpoint.
+const NEW_RUN_FLAGS: [&str; 22] = [
+    "data",
+    "image_size",
+    "channels",
+    "model",
+    "batch_size",
+    "lr",
+    "warmup",
+    "weight_decay",
+    "grad_clip",
+    "ema_decay",
+    "ema_start",
+    "ema_every",
+    "seed",
+    "hflip",
+    "loss",
+    "prediction",
+    "beta_schedule",
+    "timesteps",
+    "class_cond",
+    "dropout",
+    "sample_every",
+    "checkpoint_every",
+];
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Training images: `synthetic` (built-in shapes), `folder:DIR`, `mnist:PATH`,
+    /// `cifar10:PATH`, or a directory (its kind is detected).
+    #[arg(long, default_value = "synthetic")]
+    pub data: String,
+    /// Side of the square training images (default: the model's `sample_size`).
+    #[arg(long, value_name = "PIXELS")]
+    pub image_size: Option<usize>,
+    /// Image channels, 1 (grey) or 3 (RGB) (default: the model's `in_channels`).
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["1", "3"]).map(|s| s.parse::<usize>().unwrap()))]
+    pub channels: Option<usize>,
+    /// A preset (tiny, ddpm-cifar10, ref-32x32) or a JSON file with diffusers `UNet2DModel` fields.
+    #[arg(long, default_value = "tiny", value_name = "PRESET|FILE")]
+    pub model: String,
+    /// Total optimizer steps [default: 3000; with --resume: the checkpoint's total].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: Option<u64>,
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Steps of linear learning-rate warmup.
+    #[arg(long, default_value_t = 100)]
+    pub warmup: u64,
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Clip the global gradient norm to this value (0 disables clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f64,
+    /// EMA decay of the weights used for sampling.
+    #[arg(long, default_value_t = 0.9999)]
+    pub ema_decay: f64,
+    /// Step before which the EMA simply copies the weights.
+    #[arg(long, default_value_t = 0)]
+    pub ema_start: u64,
+    /// Steps between EMA updates.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ema_every: u64,
+    /// Seed of every random draw (weights, batches, noise, timesteps, dropout).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Mirror training images left–right at random.
+    #[arg(long)]
+    pub hflip: bool,
+    /// Regression loss: l2 (DDPM's "simple" loss) or l1.
+    #[arg(long, default_value = "l2")]
+    pub loss: LossKind,
+    /// What the model predicts: epsilon, sample (x₀) or v_prediction.
+    #[arg(long, default_value = "epsilon")]
+    pub prediction: String,
+    /// Noise schedule: linear, scaled_linear, squaredcos_cap_v2 (cosine) or sigmoid.
+    #[arg(long, default_value = "linear")]
+    pub beta_schedule: String,
+    /// Diffusion steps T.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub timesteps: u64,
+    /// Condition the model on the dataset's class labels (folder sub-folders, MNIST, CIFAR-10,
+    /// synthetic shapes).
+    #[arg(long)]
+    pub class_cond: bool,
+    /// Override the model's dropout probability.
+    #[arg(long)]
+    pub dropout: Option<f64>,
+    /// Steps between sample grids (and loss-curve updates).
+    #[arg(long, default_value_t = 500)]
+    pub sample_every: u64,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 1000)]
+    pub checkpoint_every: u64,
+    /// Output directory.
+    #[arg(long, default_value = "runs/ddpm")]
+    pub out: PathBuf,
+    /// Continue from a checkpoint (a file, or a run directory's `checkpoints/latest`) with its
+    /// stored settings; `--steps` sets the new total.
+    #[arg(long, value_name = "CHECKPOINT", conflicts_with_all = NEW_RUN_FLAGS)]
+    pub resume: Option<PathBuf>,
+    /// No progress bar or log lines.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// A preset name or a JSON config file.
+fn model_config(arg: &str) -> Result<UNetConfig> {
+    if let Some(cfg) = UNetConfig::preset(arg) {
+        return Ok(cfg);
+    }
+    let path = PathBuf::from(arg);
+    if !path.exists() {
+        anyhow::bail!(
+            "--model {arg}: not a preset ({}) and no such file",
+            PRESETS.join(", ")
+        );
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("--model: cannot read {}", path.display()))?;
+    UNetConfig::from_json(&text).with_context(|| format!("--model {}", path.display()))
+}
+
+fn parse_json_enum<T: serde::de::DeserializeOwned>(flag: &str, value: &str, expected: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(value.into()))
+        .map_err(|_| anyhow::anyhow!("{flag} {value}: expected one of {expected}"))
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let start = match a.resume {
+        Some(path) => {
+            let checkpoint = if path.is_dir() {
+                path.join("checkpoints").join("latest.safetensors")
+            } else {
+                path
+            };
+            Start::Resume {
+                checkpoint,
+                steps: a.steps,
+            }
+        }
+        None => {
+            let mut model = model_config(&a.model)?;
+            if let Some(s) = a.image_size {
+                model.sample_size = s;
+            }
+            if let Some(c) = a.channels {
+                model.in_channels = c;
+                model.out_channels = c;
+            }
+            if let Some(p) = a.dropout {
+                model.dropout = p;
+            }
+            model.validate().context("--model with --image-size/--channels/--dropout")?;
+            let schedule = ScheduleConfig {
+                num_train_timesteps: a.timesteps as usize,
+                beta_schedule: parse_json_enum::<BetaSchedule>(
+                    "--beta-schedule",
+                    &a.beta_schedule,
+                    "linear, scaled_linear, squaredcos_cap_v2 (cosine), sigmoid",
+                )?,
+                prediction_type: parse_json_enum::<PredictionType>(
+                    "--prediction",
+                    &a.prediction,
+                    "epsilon, sample, v_prediction",
+                )?,
+                ..ScheduleConfig::default()
+            };
+            schedule.validate()?;
+            let mut train = TrainConfig {
+                data: a.data,
+                image_size: model.sample_size,
+                channels: model.in_channels,
+                class_conditional: a.class_cond,
+                batch_size: a.batch_size as usize,
+                steps: a.steps.unwrap_or(3000),
+                seed: a.seed,
+                hflip: a.hflip,
+                loss: a.loss,
+                grad_clip: a.grad_clip,
+                sample_every: a.sample_every,
+                checkpoint_every: a.checkpoint_every,
+                ..TrainConfig::default()
+            };
+            train.optimizer.lr = a.lr;
+            train.optimizer.warmup_steps = a.warmup;
+            train.optimizer.weight_decay = a.weight_decay;
+            train.ema.decay = a.ema_decay;
+            train.ema.start_step = a.ema_start;
+            train.ema.update_every = a.ema_every;
+            train.validate()?;
+            Start::Fresh {
+                model,
+                schedule,
+                train,
+            }
+        }
+    };
+    train::run(RunOptions {
+        start,
+        out: a.out,
+        verbose: !a.quiet,
+    })?;
+    Ok(())
+}

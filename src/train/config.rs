@@ -1,0 +1,119 @@
+//! Training settings: what `ddpm train` takes on the command line and records in every
+//! checkpoint, so `--resume` continues with exactly the same ones.
+
+use serde::{Deserialize, Serialize};
+
+use crate::optim::{AdamWConfig, EmaConfig};
+
+/// The regression loss of DDPM eq. 14 (L2, "simple") or its L1 variant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    L2,
+    L1,
+}
+
+impl std::str::FromStr for LossKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "l2" | "mse" => Ok(Self::L2),
+            "l1" => Ok(Self::L1),
+            _ => Err(format!("unknown loss `{s}` (expected l2 or l1)")),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TrainConfig {
+    /// The data source as given to `--data` (`synthetic`, `folder:DIR`, `mnist:DIR`, …).
+    pub data: String,
+    pub image_size: usize,
+    pub channels: usize,
+    /// Condition on the dataset's class labels.
+    pub class_conditional: bool,
+    pub batch_size: usize,
+    /// Total optimizer steps of the run.
+    pub steps: u64,
+    /// Every random draw (batch order, flips, t, ε, dropout) is a counter-based function of
+    /// (seed, step), so this one number plus the step is the whole generator state.
+    pub seed: u64,
+    pub hflip: bool,
+    pub loss: LossKind,
+    pub optimizer: AdamWConfig,
+    /// Global gradient-norm clip (≤ 0 disables it).
+    pub grad_clip: f64,
+    pub ema: EmaConfig,
+    /// Steps between sample grids / checkpoints / CSV rows (0 disables grids and checkpoints
+    /// until the end of the run).
+    pub sample_every: u64,
+    pub checkpoint_every: u64,
+    pub log_every: u64,
+    /// Images in each sample grid, and the DDIM steps used to draw them.
+    pub sample_count: usize,
+    pub sample_steps: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            data: "synthetic".into(),
+            image_size: 16,
+            channels: 3,
+            class_conditional: false,
+            batch_size: 32,
+            steps: 3000,
+            seed: 0,
+            hflip: false,
+            loss: LossKind::L2,
+            optimizer: AdamWConfig::default(),
+            grad_clip: 1.0,
+            ema: EmaConfig::default(),
+            sample_every: 500,
+            checkpoint_every: 1000,
+            log_every: 10,
+            sample_count: 16,
+            sample_steps: 50,
+        }
+    }
+}
+
+/// A training setting that cannot work, naming the flag.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("training config: `{field}`: {msg}")]
+pub struct TrainConfigError {
+    pub field: &'static str,
+    pub msg: String,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<(), TrainConfigError> {
+        let bad = |field, msg: String| Err(TrainConfigError { field, msg });
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be at least 1".into());
+        }
+        if self.steps == 0 {
+            return bad("steps", "must be at least 1".into());
+        }
+        if !(self.channels == 1 || self.channels == 3) {
+            return bad("channels", format!("{} is not 1 or 3", self.channels));
+        }
+        if self.image_size < 4 {
+            return bad("image_size", format!("{} is below 4", self.image_size));
+        }
+        if self.grad_clip.is_nan() {
+            return bad("grad_clip", "is NaN".into());
+        }
+        if self.sample_count == 0 {
+            return bad("sample_count", "must be at least 1".into());
+        }
+        if self.sample_steps == 0 {
+            return bad("sample_steps", "must be at least 1".into());
+        }
+        if self.log_every == 0 {
+            return bad("log_every", "must be at least 1".into());
+        }
+        Ok(())
+    }
+}

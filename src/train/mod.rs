@@ -1,0 +1,182 @@
+//! Training: the DDPM objective (Ho et al. 2020, Algorithm 1 and eq. 14) on the CPU backend.
+//!
+//! One step, for a batch x₀ of B images:
+//! ```text
+//! t ~ U{0..T-1}, ε ~ N(0, I)                      (counter-based on (seed, step, item))
+//! x_t = √ᾱ_t x₀ + √(1 − ᾱ_t) ε                    DDPM eq. 4
+//! L = mean ‖target − model(x_t, t)‖²              DDPM eq. 14; target = ε, x₀ or v
+//! backward → clip global grad norm → AdamW → EMA
+//! ```
+//! [`Trainer`] holds the whole state; [`run`] adds the data loader, logs, sample grids and
+//! checkpoints around it.
+
+pub mod checkpoint;
+pub mod config;
+mod run;
+
+pub use checkpoint::{Checkpoint, CheckpointError, RngState};
+pub use config::{LossKind, TrainConfig, TrainConfigError};
+pub use run::{run, RunOptions, RunSummary, Start};
+
+use anyhow::{Context, Result};
+
+use crate::data::Batch;
+use crate::diffusion::noise::{draw_timesteps, fill_train_noise, stream, NoisePurpose};
+use crate::diffusion::{add_noise, training_target, Schedule, ScheduleConfig};
+use crate::nn::{UNet, UNetConfig};
+use crate::ops::loss::{l1_backward, l1_forward, mse_backward, mse_forward};
+use crate::optim::{clip_grad_norm, AdamW, Ema};
+use crate::params::ParamArena;
+use crate::rng::philox_word;
+
+/// The numbers one step reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// The step just completed (1-based).
+    pub step: u64,
+    pub loss: f32,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+/// Model, schedule, weights, optimizer and EMA: everything a step reads and writes.
+pub struct Trainer {
+    pub net: UNet,
+    pub schedule: Schedule,
+    pub config: TrainConfig,
+    pub params: ParamArena<f32>,
+    pub optimizer: AdamW,
+    pub ema: Ema,
+    /// Optimizer steps completed.
+    pub step: u64,
+}
+
+impl Trainer {
+    /// A fresh run: weights initialised from the training seed.
+    pub fn new(model: UNetConfig, schedule: ScheduleConfig, config: TrainConfig) -> Result<Self> {
+        config.validate()?;
+        let net = UNet::new(model)?;
+        let schedule = Schedule::new(schedule)?;
+        let params = net.init_params::<f32>(config.seed);
+        let optimizer = AdamW::new(config.optimizer.clone(), params.values().len())?;
+        let ema = Ema::new(config.ema.clone(), params.values())?;
+        Ok(Self {
+            net,
+            schedule,
+            config,
+            params,
+            optimizer,
+            ema,
+            step: 0,
+        })
+    }
+
+    /// Continues from a checkpoint exactly where it stopped.
+    pub fn from_checkpoint(ck: Checkpoint) -> Result<Self> {
+        let mut t = Self::new(ck.model, ck.schedule, ck.train)?;
+        t.params.values_mut().copy_from_slice(&ck.weights);
+        t.optimizer
+            .restore(ck.step, ck.adam_m, ck.adam_v)
+            .context("restoring the optimizer state")?;
+        t.ema
+            .restore(ck.ema)
+            .context("restoring the EMA weights")?;
+        t.step = ck.step;
+        Ok(t)
+    }
+
+    pub fn checkpoint(&self) -> Checkpoint {
+        let (m, v) = self.optimizer.moments();
+        Checkpoint {
+            model: self.net.config.clone(),
+            schedule: self.schedule.config().clone(),
+            train: self.config.clone(),
+            step: self.step,
+            rng: RngState {
+                seed: self.config.seed,
+                next_step: self.step,
+            },
+            weights: self.params.values().to_vec(),
+            ema: self.ema.weights().to_vec(),
+            adam_m: m.to_vec(),
+            adam_v: v.to_vec(),
+        }
+    }
+
+    /// Seed of the dropout masks at one step (each residual block adds its own stream).
+    fn dropout_seed(&self) -> u64 {
+        let s = stream(NoisePurpose::Dropout, self.step, 0);
+        u64::from(philox_word(self.config.seed, s, 0))
+            | (u64::from(philox_word(self.config.seed, s, 1)) << 32)
+    }
+
+    /// One optimizer step on `batch` (x₀ in [-1, 1], (B, C, H, W)).
+    pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats> {
+        let item = self.net.input_shape(1).len();
+        anyhow::ensure!(
+            !batch.x.is_empty() && batch.x.len() % item == 0,
+            "batch of {} values is not a whole number of {item}-value images",
+            batch.x.len()
+        );
+        let b = batch.x.len() / item;
+        let (seed, step) = (self.config.seed, self.step);
+        let num_t = self.schedule.num_timesteps();
+
+        let t = draw_timesteps(seed, step, b, num_t); // (B)
+        let mut eps = vec![0.0f32; batch.x.len()]; // (B, C, H, W)
+        fill_train_noise(seed, step, 0, item, &mut eps);
+        let mut x_t = vec![0.0f32; batch.x.len()];
+        add_noise(&self.schedule, &batch.x, &eps, &t, item, &mut x_t);
+        let mut target = vec![0.0f32; batch.x.len()];
+        let prediction = self.schedule.config().prediction_type;
+        training_target(&self.schedule, prediction, &batch.x, &eps, &t, item, &mut target);
+
+        let labels = if self.net.config.num_class_embeds.is_some() {
+            Some(
+                batch
+                    .labels
+                    .as_deref()
+                    .context("the model is class-conditional but the data has no labels")?,
+            )
+        } else {
+            None
+        };
+        let t_in: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+        self.params.zero_grads();
+        let dropout = Some(self.dropout_seed());
+        let (out, tape) = self.net.forward(&self.params, &x_t, &t_in, labels, dropout)?;
+        let mut dout = vec![0.0f32; out.len()];
+        let loss = match self.config.loss {
+            LossKind::L2 => {
+                mse_backward(&out, &target, 1.0, &mut dout);
+                mse_forward(&out, &target)
+            }
+            LossKind::L1 => {
+                l1_backward(&out, &target, 1.0, &mut dout);
+                l1_forward(&out, &target)
+            }
+        };
+        anyhow::ensure!(
+            loss.is_finite(),
+            "the loss is {loss} at step {}: training diverged (try a lower --lr)",
+            step + 1
+        );
+        drop(out);
+        self.net.backward(&mut self.params, &tape, &dout);
+        drop(tape);
+
+        let grad_norm = clip_grad_norm(self.params.grads_mut(), self.config.grad_clip);
+        let lr = self.optimizer.lr_at(step);
+        let (values, grads) = self.params.values_mut_and_grads();
+        self.optimizer.update(values, grads);
+        self.step += 1;
+        self.ema.update(self.step, self.params.values());
+        Ok(StepStats {
+            step: self.step,
+            loss,
+            grad_norm,
+            lr,
+        })
+    }
+}
