@@ -1,1 +1,0 @@
-//! PNG output, image grids and the loss curve (in progress).
