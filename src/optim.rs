@@ -1,1 +1,0 @@
-//! AdamW, gradient clipping and EMA (in progress).

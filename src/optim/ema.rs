@@ -1,0 +1,117 @@
+//! Exponential moving average of the weights (DDPM §4 samples from EMA weights, decay 0.9999).
+//!
+//! Kept in f32 and updated as ema += (1 − decay)(θ − ema): with decay 0.9999 the increment is
+//! small but representable, while a bf16 EMA, or `decay·ema` rounded near ema, would stall.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::{OptimError, CHUNK};
+use crate::shape::expect_len;
+
+/// When and how fast the EMA follows the weights.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EmaConfig {
+    pub decay: f64,
+    /// Before this step the EMA copies the weights (early weights are not worth averaging).
+    pub start_step: u64,
+    /// From `start_step` on, average at steps that are multiples of this.
+    pub update_every: u64,
+}
+
+impl Default for EmaConfig {
+    fn default() -> Self {
+        Self {
+            decay: 0.9999,
+            start_step: 0,
+            update_every: 1,
+        }
+    }
+}
+
+impl EmaConfig {
+    pub fn validate(&self) -> Result<(), OptimError> {
+        if !(0.0..=1.0).contains(&self.decay) {
+            return Err(OptimError::new(
+                "ema",
+                "decay",
+                format!("must be in [0, 1], got {}", self.decay),
+            ));
+        }
+        if self.update_every == 0 {
+            return Err(OptimError::new(
+                "ema",
+                "update_every",
+                "must be at least 1, got 0",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The averaged weights, in the parameter arena's layout.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ema {
+    cfg: EmaConfig,
+    weights: Vec<f32>, // (P)
+}
+
+impl Ema {
+    /// Starts as a copy of `params`.
+    pub fn new(cfg: EmaConfig, params: &[f32]) -> Result<Self, OptimError> {
+        cfg.validate()?;
+        Ok(Self {
+            cfg,
+            weights: params.to_vec(),
+        })
+    }
+
+    pub fn config(&self) -> &EmaConfig {
+        &self.cfg
+    }
+
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
+    }
+
+    /// Follows `params` after optimizer step `step`: a copy before `start_step`, then
+    /// ema += (1 − decay)(θ − ema) at every step that is a multiple of `update_every`.
+    pub fn update(&mut self, step: u64, params: &[f32]) {
+        let n = self.weights.len();
+        expect_len("ema", "params", params.len(), n, format!("({n})"));
+        if step < self.cfg.start_step {
+            self.weights.copy_from_slice(params);
+            return;
+        }
+        if step % self.cfg.update_every != 0 {
+            return;
+        }
+        let rate = (1.0 - self.cfg.decay) as f32;
+        self.weights
+            .par_chunks_mut(CHUNK)
+            .zip(params.par_chunks(CHUNK))
+            .for_each(|(e, p)| {
+                for (e, &p) in e.iter_mut().zip(p) {
+                    *e += rate * (p - *e);
+                }
+            });
+    }
+
+    /// Restores checkpointed weights; they must match the parameter count.
+    pub fn restore(&mut self, weights: &[f32]) -> Result<(), OptimError> {
+        if weights.len() != self.weights.len() {
+            return Err(OptimError::new(
+                "ema",
+                "weights",
+                format!(
+                    "checkpoint holds {} values, the model has {} parameters",
+                    weights.len(),
+                    self.weights.len()
+                ),
+            ));
+        }
+        self.weights.copy_from_slice(weights);
+        Ok(())
+    }
+}
