@@ -57,7 +57,12 @@ pub fn generate(
         (None, Some(_)) => anyhow::bail!("class labels were given for an unconditional model"),
         (Some(n), None) => Some((0..opts.num).map(|i| (i % n) as u32).collect()),
         (Some(n), Some(l)) => {
-            ensure!(l.len() == opts.num, "{} labels for {} images", l.len(), opts.num);
+            ensure!(
+                l.len() == opts.num,
+                "{} labels for {} images",
+                l.len(),
+                opts.num
+            );
             if let Some(bad) = l.iter().find(|&&c| c as usize >= n) {
                 anyhow::bail!("class {bad} is out of range: the model has {n} classes (0..{n})");
             }

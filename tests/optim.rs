@@ -297,6 +297,7 @@ fn ema_follows_the_closed_form_decay() {
     let mut ema = Ema::new(
         EmaConfig {
             decay: d,
+            warmup: false,
             ..Default::default()
         },
         &start,
@@ -318,6 +319,7 @@ fn ema_copies_before_start_and_skips_between_updates() {
         decay: 0.5,
         start_step: 3,
         update_every: 2,
+        warmup: false,
     };
     let mut ema = Ema::new(c, &[0.0]).unwrap();
     ema.update(1, &[10.0]);
@@ -352,7 +354,11 @@ fn ema_copies_before_start_and_skips_between_updates() {
 #[test]
 fn ema_with_decay_0_9999_still_moves_in_f32() {
     // Increments of 1e-4·Δ: 1e-4 at 1.0 and 1e-6 at 0.1, both above half an f32 ulp there.
-    let mut ema = Ema::new(EmaConfig::default(), &[1.0f32, 0.1]).unwrap();
+    let cfg = EmaConfig {
+        warmup: false,
+        ..EmaConfig::default()
+    };
+    let mut ema = Ema::new(cfg, &[1.0f32, 0.1]).unwrap();
     ema.update(1, &[0.0, 0.11]);
     let w = ema.weights();
     assert!((w[0] as f64 - 0.9999).abs() < 1e-7, "{}", w[0]);
@@ -384,4 +390,25 @@ fn results_do_not_depend_on_the_thread_count() {
     let (one, three) = (run(1), run(3));
     assert_eq!(one.0, three.0, "grad norm bits");
     assert!(one.1 == three.1 && one.2 == three.2);
+}
+
+#[test]
+fn ema_warmup_caps_the_decay_early_and_lets_it_reach_the_target() {
+    // decay_n = min(d, (1 + n)/(10 + n)), n = steps since start_step.
+    let cfg = EmaConfig {
+        decay: 0.999,
+        start_step: 10,
+        ..EmaConfig::default()
+    };
+    let mut ema = Ema::new(cfg, &[0.0f32]).unwrap();
+    assert!((ema.decay_at(10) - 0.1).abs() < 1e-12);
+    assert!((ema.decay_at(100) - 91.0 / 100.0).abs() < 1e-12);
+    assert_eq!(ema.decay_at(1_000_000), 0.999);
+    // One update at n = 0 moves 90% of the way.
+    ema.update(10, &[1.0]);
+    assert!(
+        (ema.weights()[0] - 0.9).abs() < 1e-7,
+        "{}",
+        ema.weights()[0]
+    );
 }

@@ -81,7 +81,7 @@ fn read_noise(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
         anyhow::anyhow!(
             "--init-noise {}: no tensor named `noise` (found: {})",
             path.display(),
-            st.names().into_iter().cloned().collect::<Vec<_>>().join(", ")
+            st.names().join(", ")
         )
     })?;
     ensure!(

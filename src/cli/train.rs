@@ -46,8 +46,8 @@ pub struct TrainArgs {
     #[arg(long, value_name = "PIXELS")]
     pub image_size: Option<usize>,
     /// Image channels, 1 (grey) or 3 (RGB) (default: the model's `in_channels`).
-    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(["1", "3"]).map(|s| s.parse::<usize>().unwrap()))]
-    pub channels: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3))]
+    pub channels: Option<u64>,
     /// A preset (tiny, ddpm-cifar10, ref-32x32) or a JSON file with diffusers `UNet2DModel` fields.
     #[arg(long, default_value = "tiny", value_name = "PRESET|FILE")]
     pub model: String,
@@ -137,7 +137,11 @@ fn model_config(arg: &str) -> Result<UNetConfig> {
     UNetConfig::from_json(&text).with_context(|| format!("--model {}", path.display()))
 }
 
-fn parse_json_enum<T: serde::de::DeserializeOwned>(flag: &str, value: &str, expected: &str) -> Result<T> {
+fn parse_json_enum<T: serde::de::DeserializeOwned>(
+    flag: &str,
+    value: &str,
+    expected: &str,
+) -> Result<T> {
     serde_json::from_value(serde_json::Value::String(value.into()))
         .map_err(|_| anyhow::anyhow!("{flag} {value}: expected one of {expected}"))
 }
@@ -161,13 +165,16 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 model.sample_size = s;
             }
             if let Some(c) = a.channels {
-                model.in_channels = c;
-                model.out_channels = c;
+                anyhow::ensure!(c != 2, "--channels 2: expected 1 (grey) or 3 (RGB)");
+                model.in_channels = c as usize;
+                model.out_channels = c as usize;
             }
             if let Some(p) = a.dropout {
                 model.dropout = p;
             }
-            model.validate().context("--model with --image-size/--channels/--dropout")?;
+            model
+                .validate()
+                .context("--model with --image-size/--channels/--dropout")?;
             let schedule = ScheduleConfig {
                 num_train_timesteps: a.timesteps as usize,
                 beta_schedule: parse_json_enum::<BetaSchedule>(

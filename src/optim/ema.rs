@@ -18,6 +18,10 @@ pub struct EmaConfig {
     pub start_step: u64,
     /// From `start_step` on, average at steps that are multiples of this.
     pub update_every: u64,
+    /// Use min(decay, (1 + n)/(10 + n)) after n steps past `start_step` (the `num_updates`
+    /// warmup of TensorFlow's moving average): without it, a run of a few thousand steps at
+    /// decay 0.9999 would sample from weights that are mostly still their initialisation.
+    pub warmup: bool,
 }
 
 impl Default for EmaConfig {
@@ -26,6 +30,7 @@ impl Default for EmaConfig {
             decay: 0.9999,
             start_step: 0,
             update_every: 1,
+            warmup: true,
         }
     }
 }
@@ -75,6 +80,16 @@ impl Ema {
         &self.weights
     }
 
+    /// The decay used at optimizer step `step` (at or after `start_step`).
+    pub fn decay_at(&self, step: u64) -> f64 {
+        if self.cfg.warmup {
+            let n = step.saturating_sub(self.cfg.start_step) as f64;
+            self.cfg.decay.min((1.0 + n) / (10.0 + n))
+        } else {
+            self.cfg.decay
+        }
+    }
+
     /// Follows `params` after optimizer step `step`: a copy before `start_step`, then
     /// ema += (1 − decay)(θ − ema) at every step that is a multiple of `update_every`.
     pub fn update(&mut self, step: u64, params: &[f32]) {
@@ -87,7 +102,7 @@ impl Ema {
         if step % self.cfg.update_every != 0 {
             return;
         }
-        let rate = (1.0 - self.cfg.decay) as f32;
+        let rate = (1.0 - self.decay_at(step)) as f32;
         self.weights
             .par_chunks_mut(CHUNK)
             .zip(params.par_chunks(CHUNK))

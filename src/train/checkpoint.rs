@@ -107,8 +107,12 @@ impl Checkpoint {
             .map_err(|e| fail(path, format!("not a safetensors file: {e}")))?;
         let meta = header.metadata().clone().unwrap_or_default();
         let field = |key: &str| {
-            meta.get(key)
-                .ok_or_else(|| fail(path, format!("metadata has no `{key}` (not a ddpm checkpoint?)")))
+            meta.get(key).ok_or_else(|| {
+                fail(
+                    path,
+                    format!("metadata has no `{key}` (not a ddpm checkpoint?)"),
+                )
+            })
         };
         let format = field("format")?;
         if format != FORMAT {
@@ -132,9 +136,7 @@ impl Checkpoint {
             .parse()
             .map_err(|e| fail(path, format!("metadata `step`: {e}")))?;
         let net = UNet::new(model.clone()).map_err(|e| fail(path, e.to_string()))?;
-        schedule
-            .validate()
-            .map_err(|e| fail(path, e.to_string()))?;
+        schedule.validate().map_err(|e| fail(path, e.to_string()))?;
         train.validate().map_err(|e| fail(path, e.to_string()))?;
 
         let st = safetensors::SafeTensors::deserialize(&bytes)

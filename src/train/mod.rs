@@ -77,17 +77,17 @@ impl Trainer {
         let mut t = Self::new(ck.model, ck.schedule, ck.train)?;
         t.params.values_mut().copy_from_slice(&ck.weights);
         t.optimizer
-            .restore(ck.step, ck.adam_m, ck.adam_v)
+            .restore(ck.step, &ck.adam_m, &ck.adam_v)
             .context("restoring the optimizer state")?;
         t.ema
-            .restore(ck.ema)
+            .restore(&ck.ema)
             .context("restoring the EMA weights")?;
         t.step = ck.step;
         Ok(t)
     }
 
     pub fn checkpoint(&self) -> Checkpoint {
-        let (m, v) = self.optimizer.moments();
+        let (_, m, v) = self.optimizer.state();
         Checkpoint {
             model: self.net.config.clone(),
             schedule: self.schedule.config().clone(),
@@ -130,7 +130,15 @@ impl Trainer {
         add_noise(&self.schedule, &batch.x, &eps, &t, item, &mut x_t);
         let mut target = vec![0.0f32; batch.x.len()];
         let prediction = self.schedule.config().prediction_type;
-        training_target(&self.schedule, prediction, &batch.x, &eps, &t, item, &mut target);
+        training_target(
+            &self.schedule,
+            prediction,
+            &batch.x,
+            &eps,
+            &t,
+            item,
+            &mut target,
+        );
 
         let labels = if self.net.config.num_class_embeds.is_some() {
             Some(
@@ -145,7 +153,9 @@ impl Trainer {
         let t_in: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         self.params.zero_grads();
         let dropout = Some(self.dropout_seed());
-        let (out, tape) = self.net.forward(&self.params, &x_t, &t_in, labels, dropout)?;
+        let (out, tape) = self
+            .net
+            .forward(&self.params, &x_t, &t_in, labels, dropout)?;
         let mut dout = vec![0.0f32; out.len()];
         let loss = match self.config.loss {
             LossKind::L2 => {
@@ -167,7 +177,12 @@ impl Trainer {
         drop(tape);
 
         let grad_norm = clip_grad_norm(self.params.grads_mut(), self.config.grad_clip);
-        let lr = self.optimizer.lr_at(step);
+        anyhow::ensure!(
+            grad_norm.is_finite(),
+            "the gradient norm is {grad_norm} at step {}: training diverged (try a lower --lr)",
+            step + 1
+        );
+        let lr = self.optimizer.lr_at(step + 1);
         let (values, grads) = self.params.values_mut_and_grads();
         self.optimizer.update(values, grads);
         self.step += 1;

@@ -29,7 +29,9 @@ use crate::nn::UNetConfig;
 use crate::params::ParamArena;
 use crate::sample::{generate, GenerateOptions};
 
-/// How to start: a fresh run from configs, or a checkpoint to continue.
+/// How to start: a fresh run from configs, or a checkpoint to continue. (Built once per run,
+/// so the size difference of the variants does not matter.)
+#[allow(clippy::large_enum_variant)]
 pub enum Start {
     Fresh {
         model: UNetConfig,
@@ -37,7 +39,10 @@ pub enum Start {
         train: TrainConfig,
     },
     /// Continue from this checkpoint; `steps` (if given) replaces the run's total.
-    Resume { checkpoint: PathBuf, steps: Option<u64> },
+    Resume {
+        checkpoint: PathBuf,
+        steps: Option<u64>,
+    },
 }
 
 pub struct RunOptions {
@@ -262,7 +267,15 @@ fn sample_grid(t: &Trainer, path: &Path) -> Result<()> {
     let images = generate(&t.net, &ema, &t.schedule, &opts, None, &mut |_, _| {})?;
     let s = t.net.config.sample_size;
     let nrow = (cfg.sample_count as f64).sqrt().ceil() as usize;
-    save_grid(path, &images, cfg.sample_count, t.net.config.in_channels, s, s, nrow)?;
+    save_grid(
+        path,
+        &images,
+        cfg.sample_count,
+        t.net.config.in_channels,
+        s,
+        s,
+        nrow,
+    )?;
     Ok(())
 }
 
