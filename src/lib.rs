@@ -5,7 +5,13 @@
 //! - [`params`]: all parameters in one arena with diffusers-named views;
 //! - [`gradcheck`]: finite-difference checks that every backward is right;
 //! - [`cuda`]: the kernels compiled from `kernels/*.cu` at build time, and the driver probe;
-//! - [`rng`]: Philox4x32-10, shared bit for bit with the kernels.
+//! - [`rng`]: Philox4x32-10, shared bit for bit with the kernels;
+//! - [`nn`]: layers with forward/backward side by side, and the UNet (diffusers `UNet2DModel`);
+//! - [`diffusion`]: schedules, the forward process, training targets, DDPM/DDIM samplers;
+//! - [`optim`]: AdamW, gradient clipping, EMA;
+//! - [`data`]: synthetic shapes, image folders, MNIST, CIFAR-10, the prefetching batch loader;
+//! - [`train`], [`sample`]: the training loop with checkpoints, and drawing images;
+//! - [`imaging`]: PNGs, sample grids, the loss curve.
 
 pub mod atomic_file;
 pub mod cli;

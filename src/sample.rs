@@ -2,7 +2,8 @@
 //! see [`crate::diffusion::sampler`]) over many images, in batches.
 //!
 //! Image `i` of a run always starts from, and draws its step noise from, its own streams
-//! (seed, i), so the images do not depend on `--batch-size` and a run can be split or repeated.
+//! (seed, i), so the images do not depend on `--batch-size` (beyond float rounding: the matrix
+//! products may block differently for another batch size) and a run can be split or repeated.
 
 use anyhow::{ensure, Result};
 

@@ -63,3 +63,249 @@ fn help_lists_the_commands() {
     let out = ddpm(&["frobnicate"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+// ---- train and sample, end to end ------------------------------------------------------------
+
+use std::path::{Path, PathBuf};
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddpm-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// An 8×8 model small enough to train a few steps in a test.
+const SMALL_MODEL: &str = r#"{
+  "sample_size": 8, "in_channels": 3, "out_channels": 3,
+  "block_out_channels": [8, 16], "layers_per_block": 1,
+  "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+  "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+  "norm_num_groups": 4, "attention_head_dim": null, "dropout": 0.1
+}"#;
+
+fn ok(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn fails_with(out: &std::process::Output, code: i32, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    assert!(err.contains(needle), "expected `{needle}` in:\n{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn raw_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let v = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (t.shape().to_vec(), v)
+}
+
+#[test]
+fn train_then_sample_through_the_binary() {
+    let dir = temp_dir("e2e");
+    let model = dir.join("model.json");
+    std::fs::write(&model, SMALL_MODEL).unwrap();
+    let run = dir.join("run");
+    let (model_s, run_s) = (model.to_str().unwrap(), run.to_str().unwrap());
+    ok(&ddpm(&[
+        "train",
+        "--model",
+        model_s,
+        "--steps",
+        "4",
+        "--batch-size",
+        "3",
+        "--sample-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+        "--out",
+        run_s,
+        "--quiet",
+    ]));
+    for f in [
+        "config.json",
+        "log.csv",
+        "loss.png",
+        "samples/step_0000002.png",
+        "samples/step_0000004.png",
+        "checkpoints/step_0000002.safetensors",
+        "checkpoints/latest.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    let csv = std::fs::read_to_string(run.join("log.csv")).unwrap();
+    assert!(
+        csv.starts_with("step,loss,lr,grad_norm,images_per_s\n"),
+        "{csv}"
+    );
+    // Resume to 6 steps: two more CSV rows' worth of steps, a new checkpoint.
+    ok(&ddpm(&[
+        "train", "--resume", run_s, "--steps", "6", "--out", run_s, "-q",
+    ]));
+    assert!(run.join("checkpoints/step_0000006.safetensors").is_file());
+
+    // Sample 3 images, twice with different batch sizes: identical results.
+    let raw = |b: &str, name: &str| {
+        let out_dir = dir.join(name);
+        let raw = dir.join(format!("{name}.safetensors"));
+        ok(&ddpm(&[
+            "sample",
+            "--checkpoint",
+            run_s,
+            "--sampler",
+            "ddim",
+            "--steps",
+            "3",
+            "--num",
+            "3",
+            "--batch-size",
+            b,
+            "--seed",
+            "4",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--save-raw",
+            raw.to_str().unwrap(),
+            "-q",
+        ]));
+        for f in ["sample_00000.png", "sample_00002.png", "grid.png"] {
+            assert!(out_dir.join(f).is_file(), "missing {f}");
+        }
+        raw_tensor(&raw, "sample")
+    };
+    let (shape, a) = raw("1", "one");
+    let (_, b) = raw("3", "three");
+    assert_eq!(shape, [3, 3, 8, 8]);
+    // Same noise per image whatever the batch; the matrix products may block differently for
+    // another batch size, so agreement is to float rounding, not bitwise.
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        diff < 1e-4,
+        "samples depend on --batch-size: max difference {diff}"
+    );
+    assert!(a.iter().all(|v| (-1.0..=1.0).contains(v)));
+
+    // --init-noise: the same noise twice gives the same images; the shape is checked.
+    let noise_file = dir.join("noise.safetensors");
+    let noise: Vec<f32> = (0..2 * 3 * 64)
+        .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
+        .collect();
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![2, 3, 8, 8],
+        bytemuck::cast_slice(&noise),
+    )
+    .unwrap();
+    std::fs::write(
+        &noise_file,
+        safetensors::serialize([("noise", view)], None).unwrap(),
+    )
+    .unwrap();
+    let from_noise = |name: &str| {
+        let raw = dir.join(format!("{name}.safetensors"));
+        ok(&ddpm(&[
+            "sample",
+            "--checkpoint",
+            run_s,
+            "--sampler",
+            "ddim",
+            "--steps",
+            "2",
+            "--init-noise",
+            noise_file.to_str().unwrap(),
+            "--out",
+            dir.join(name).to_str().unwrap(),
+            "--save-raw",
+            raw.to_str().unwrap(),
+            "-q",
+        ]));
+        raw_tensor(&raw, "sample")
+    };
+    let (shape, x) = from_noise("n1");
+    assert_eq!(shape, [2, 3, 8, 8]);
+    assert_eq!(x, from_noise("n2").1);
+    let out = ddpm(&[
+        "sample",
+        "--checkpoint",
+        run_s,
+        "--init-noise",
+        noise_file.to_str().unwrap(),
+        "--num",
+        "5",
+        "--out",
+        dir.join("n3").to_str().unwrap(),
+    ]);
+    fails_with(&out, 1, "expected [5, 3, 8, 8]");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_inputs_are_reported_by_name() {
+    let dir = temp_dir("bad");
+    let out_s = dir.join("out");
+    let out_s = out_s.to_str().unwrap();
+    fails_with(
+        &ddpm(&["train", "--data", "/no/such/dir", "--out", out_s]),
+        1,
+        "/no/such/dir",
+    );
+    assert!(
+        !dir.join("out").exists(),
+        "nothing written for a run that cannot start"
+    );
+    fails_with(
+        &ddpm(&["train", "--model", "huge", "--out", out_s]),
+        1,
+        "not a preset",
+    );
+    fails_with(
+        &ddpm(&["train", "--channels", "2", "--out", out_s]),
+        1,
+        "--channels 2",
+    );
+    fails_with(
+        &ddpm(&["train", "--resume", "x", "--lr", "1"]),
+        2,
+        "cannot be used with",
+    );
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"this is not a checkpoint").unwrap();
+    fails_with(
+        &ddpm(&[
+            "sample",
+            "--checkpoint",
+            garbage.to_str().unwrap(),
+            "--out",
+            out_s,
+        ]),
+        1,
+        "garbage.safetensors",
+    );
+    fails_with(
+        &ddpm(&[
+            "sample",
+            "--checkpoint",
+            dir.join("missing").to_str().unwrap(),
+        ]),
+        1,
+        "missing",
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -207,3 +207,16 @@ fn loss_curve_is_written_for_no_one_or_many_points_and_skips_bad_losses() {
     );
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn upscale_nearest_repeats_each_pixel_in_a_k_by_k_block() {
+    // One 2×2 grey image [[a, b], [c, d]] enlarged 3×: each value fills a 3×3 block.
+    let img = [0.1f32, 0.2, 0.3, 0.4];
+    let big = ddpm::imaging::upscale_nearest(&img, 1, 1, 2, 2, 3);
+    assert_eq!(big.len(), 36);
+    for y in 0..6 {
+        for x in 0..6 {
+            assert_eq!(big[y * 6 + x], img[(y / 3) * 2 + x / 3], "({y}, {x})");
+        }
+    }
+}

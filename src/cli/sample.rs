@@ -11,7 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::atomic_file::write_atomic;
 use crate::diffusion::sampler::{SampleOptions, SamplerKind};
 use crate::diffusion::{Schedule, Spacing};
-use crate::imaging::{save_grid, save_png};
+use crate::imaging::{save_grid_upscaled, save_png};
 use crate::nn::UNet;
 use crate::params::ParamArena;
 use crate::sample::{generate, GenerateOptions};
@@ -196,7 +196,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
         save_png(&a.out.join(format!("sample_{i:05}.png")), img, c, s, s)?;
     }
     let nrow = (num as f64).sqrt().ceil() as usize;
-    save_grid(&a.out.join("grid.png"), &images, num, c, s, s, nrow)?;
+    save_grid_upscaled(&a.out.join("grid.png"), &images, num, c, s, s, nrow)?;
     if let Some(raw) = &a.save_raw {
         let view = safetensors::tensor::TensorView::new(
             safetensors::Dtype::F32,

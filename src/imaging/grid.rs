@@ -76,6 +76,55 @@ pub fn save_grid(
     save_png(path, &grid, c, gh, gw)
 }
 
+/// Side, in pixels, below which [`save_grid_upscaled`] enlarges each image.
+pub const GRID_MIN_TILE: usize = 64;
+
+/// Nearest-neighbour enlargement by an integer factor `k`: (N, C, H, W) → (N, C, kH, kW).
+pub fn upscale_nearest(
+    images: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+) -> Vec<f32> {
+    expect_len(
+        "upscale_nearest",
+        "images",
+        images.len(),
+        n * c * h * w,
+        format!("({n}, {c}, {h}, {w})"),
+    );
+    let (oh, ow) = (h * k, w * k);
+    let mut out = Vec::with_capacity(n * c * oh * ow);
+    for plane in images.chunks_exact((h * w).max(1)).take(n * c) {
+        for y in 0..oh {
+            let row = &plane[(y / k) * w..][..w];
+            out.extend((0..ow).map(|x| row[x / k]));
+        }
+    }
+    out
+}
+
+/// Like [`save_grid`], but images smaller than [`GRID_MIN_TILE`] pixels are first enlarged by
+/// the smallest integer factor that reaches it, so a sheet of 16×16 samples is viewable as is.
+pub fn save_grid_upscaled(
+    path: &Path,
+    images: &[f32],
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    nrow: usize,
+) -> Result<(), ImagingError> {
+    let k = GRID_MIN_TILE.div_ceil(h.min(w).max(1)).max(1);
+    if k == 1 || images.len() != n * c * h * w {
+        return save_grid(path, images, n, c, h, w, nrow);
+    }
+    let big = upscale_nearest(images, n, c, h, w, k);
+    save_grid(path, &big, n, c, h * k, w * k, nrow)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

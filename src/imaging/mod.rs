@@ -11,7 +11,10 @@ pub mod png;
 
 use std::path::{Path, PathBuf};
 
-pub use grid::{make_grid, save_grid, GRID_PAD, GRID_PAD_VALUE};
+pub use grid::{
+    make_grid, save_grid, save_grid_upscaled, upscale_nearest, GRID_MIN_TILE, GRID_PAD,
+    GRID_PAD_VALUE,
+};
 pub use plot::save_loss_curve;
 pub use png::save_png;
 

@@ -24,7 +24,7 @@ use crate::atomic_file::write_atomic;
 use crate::data::{self, DataSpec, Dataset, Loader, LoaderConfig};
 use crate::diffusion::sampler::{SampleOptions, SamplerKind};
 use crate::diffusion::ScheduleConfig;
-use crate::imaging::{save_grid, save_loss_curve};
+use crate::imaging::{save_grid_upscaled, save_loss_curve};
 use crate::nn::UNetConfig;
 use crate::params::ParamArena;
 use crate::sample::{generate, GenerateOptions};
@@ -267,7 +267,7 @@ fn sample_grid(t: &Trainer, path: &Path) -> Result<()> {
     let images = generate(&t.net, &ema, &t.schedule, &opts, None, &mut |_, _| {})?;
     let s = t.net.config.sample_size;
     let nrow = (cfg.sample_count as f64).sqrt().ceil() as usize;
-    save_grid(
+    save_grid_upscaled(
         path,
         &images,
         cfg.sample_count,
