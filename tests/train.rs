@@ -258,3 +258,40 @@ fn resumed_run_repeats_the_straight_run_bit_for_bit() {
     let _ = std::fs::remove_dir_all(straight_dir);
     let _ = std::fs::remove_dir_all(split_dir);
 }
+
+#[test]
+fn class_conditional_training_takes_its_classes_from_the_data() {
+    let out = temp_dir("class-cond");
+    let summary = train::run(RunOptions {
+        start: Start::Fresh {
+            model: UNetConfig {
+                in_channels: 3,
+                out_channels: 3,
+                ..small_model()
+            },
+            schedule: ScheduleConfig::default(),
+            train: TrainConfig {
+                data: "synthetic".into(),
+                image_size: SIZE,
+                channels: 3,
+                class_conditional: true,
+                batch_size: 4,
+                steps: 2,
+                sample_count: 4,
+                sample_steps: 2,
+                ..TrainConfig::default()
+            },
+        },
+        out: out.clone(),
+        verbose: false,
+    })
+    .unwrap();
+    let ck = ddpm::train::Checkpoint::load(&summary.checkpoint).unwrap();
+    assert_eq!(
+        ck.model.num_class_embeds,
+        Some(4),
+        "the synthetic set has four shapes"
+    );
+    assert!(summary.losses.iter().all(|(_, l)| l.is_finite()));
+    let _ = std::fs::remove_dir_all(out);
+}

@@ -1,6 +1,6 @@
 //! `ddpm train`: flags → model, schedule and training configs → [`crate::train::run`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -108,9 +108,9 @@ pub struct TrainArgs {
     /// Steps between checkpoints.
     #[arg(long, default_value_t = 1000)]
     pub checkpoint_every: u64,
-    /// Output directory.
-    #[arg(long, default_value = "runs/ddpm")]
-    pub out: PathBuf,
+    /// Output directory [default: runs/ddpm; with --resume: the resumed run's directory].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     /// Continue from a checkpoint (a file, or a run directory's `checkpoints/latest`) with its
     /// stored settings; `--steps` sets the new total.
     #[arg(long, value_name = "CHECKPOINT", conflicts_with_all = NEW_RUN_FLAGS)]
@@ -147,6 +147,8 @@ fn parse_json_enum<T: serde::de::DeserializeOwned>(
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
+    let out_given = a.out.is_some();
+    let mut out = a.out.unwrap_or_else(|| PathBuf::from("runs/ddpm"));
     let start = match a.resume {
         Some(path) => {
             let checkpoint = if path.is_dir() {
@@ -154,6 +156,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
             } else {
                 path
             };
+            // Keep writing into the resumed run: <run>/checkpoints/<file> → <run>.
+            if let Some(run_dir) = checkpoint
+                .parent()
+                .filter(|d| d.ends_with("checkpoints"))
+                .and_then(Path::parent)
+                .filter(|_| !out_given)
+            {
+                out = run_dir.to_path_buf();
+            }
             Start::Resume {
                 checkpoint,
                 steps: a.steps,
@@ -221,7 +232,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     };
     train::run(RunOptions {
         start,
-        out: a.out,
+        out,
         verbose: !a.quiet,
     })?;
     Ok(())
