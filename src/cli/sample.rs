@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::atomic_file::write_atomic;
 use crate::diffusion::sampler::{SampleOptions, SamplerKind};
-use crate::diffusion::{Schedule, Spacing};
+use crate::diffusion::{Schedule, Spacing, VarianceType};
 use crate::imaging::{save_grid_upscaled, save_png};
 use crate::nn::UNet;
 use crate::params::ParamArena;
@@ -61,6 +61,10 @@ pub struct SampleArgs {
     /// Use the raw trained weights instead of their EMA.
     #[arg(long)]
     pub no_ema: bool,
+    /// DDPM step variance: fixed_small (the posterior's β̃) or fixed_large (β) [default: the
+    /// checkpoint's schedule, fixed_small unless trained otherwise].
+    #[arg(long, value_name = "fixed_small|fixed_large")]
+    pub variance: Option<String>,
     /// Do not clip the predicted x₀ to [-1, 1] at each step.
     #[arg(long)]
     pub no_clip: bool,
@@ -114,6 +118,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let mut schedule_cfg = ck.schedule.clone();
     if a.no_clip {
         schedule_cfg.clip_sample = false;
+    }
+    if let Some(v) = &a.variance {
+        schedule_cfg.variance_type = v
+            .parse::<VarianceType>()
+            .map_err(|e| anyhow::anyhow!("--variance {v}: {e}"))?;
     }
     let schedule = Schedule::new(schedule_cfg)?;
     let mut params = ParamArena::<f32>::zeros(net.layout.clone());

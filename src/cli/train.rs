@@ -137,15 +137,6 @@ fn model_config(arg: &str) -> Result<UNetConfig> {
     UNetConfig::from_json(&text).with_context(|| format!("--model {}", path.display()))
 }
 
-fn parse_json_enum<T: serde::de::DeserializeOwned>(
-    flag: &str,
-    value: &str,
-    expected: &str,
-) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(value.into()))
-        .map_err(|_| anyhow::anyhow!("{flag} {value}: expected one of {expected}"))
-}
-
 pub fn run(a: TrainArgs) -> Result<()> {
     let out_given = a.out.is_some();
     let mut out = a.out.unwrap_or_else(|| PathBuf::from("runs/ddpm"));
@@ -188,16 +179,18 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 .context("--model with --image-size/--channels/--dropout")?;
             let schedule = ScheduleConfig {
                 num_train_timesteps: a.timesteps as usize,
-                beta_schedule: parse_json_enum::<BetaSchedule>(
-                    "--beta-schedule",
-                    &a.beta_schedule,
-                    "linear, scaled_linear, squaredcos_cap_v2 (cosine), sigmoid",
-                )?,
-                prediction_type: parse_json_enum::<PredictionType>(
-                    "--prediction",
-                    &a.prediction,
-                    "epsilon, sample, v_prediction",
-                )?,
+                beta_schedule: a.beta_schedule.parse::<BetaSchedule>().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--beta-schedule {}: expected linear, scaled_linear, squaredcos_cap_v2 (cosine) or sigmoid",
+                        a.beta_schedule
+                    )
+                })?,
+                prediction_type: a.prediction.parse::<PredictionType>().map_err(|_| {
+                    anyhow::anyhow!(
+                        "--prediction {}: expected epsilon, sample or v_prediction",
+                        a.prediction
+                    )
+                })?,
                 ..ScheduleConfig::default()
             };
             schedule.validate()?;
