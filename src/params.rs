@@ -318,7 +318,7 @@ pub fn read_named<T: Real>(
 }
 
 /// Converts little-endian tensor bytes of a float dtype into `out`.
-fn decode_into<T: Real>(
+pub fn decode_into<T: Real>(
     dtype: safetensors::Dtype,
     data: &[u8],
     out: &mut [T],

@@ -107,7 +107,7 @@ fn draw(trainer: &Trainer, params: &ParamArena<f32>, kind: SamplerKind, steps: u
 
 #[test]
 fn tiny_model_learns_two_modes_and_samples_land_on_them() {
-    let cfg = TrainConfig {
+    let mut cfg = TrainConfig {
         data: "two-modes (in memory)".into(),
         image_size: SIZE,
         channels: 1,
@@ -116,14 +116,9 @@ fn tiny_model_learns_two_modes_and_samples_land_on_them() {
         seed: 5,
         ..TrainConfig::default()
     };
+    cfg.optimizer.lr = 2e-3;
+    cfg.optimizer.warmup_steps = 20;
     let mut trainer = Trainer::new(small_model(), ScheduleConfig::default(), cfg).unwrap();
-    trainer.config.optimizer.lr = 2e-3;
-    trainer.config.optimizer.warmup_steps = 20;
-    trainer.optimizer = ddpm::optim::AdamW::new(
-        trainer.config.optimizer.clone(),
-        trainer.params.values().len(),
-    )
-    .unwrap();
     let data = two_mode_dataset();
 
     let untrained = trainer.params.clone();

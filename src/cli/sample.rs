@@ -13,7 +13,7 @@ use crate::diffusion::sampler::{SampleOptions, SamplerKind};
 use crate::diffusion::{Schedule, Spacing, VarianceType};
 use crate::imaging::{save_grid_upscaled, save_png};
 use crate::nn::UNet;
-use crate::params::ParamArena;
+use crate::params::{decode_into, ParamArena};
 use crate::sample::{generate, GenerateOptions};
 use crate::train::Checkpoint;
 
@@ -76,7 +76,7 @@ pub struct SampleArgs {
     pub quiet: bool,
 }
 
-/// Reads the tensor `noise` from a safetensors file as f32, with its shape.
+/// Reads the tensor `noise` (any float dtype) from a safetensors file as f32, with its shape.
 fn read_noise(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
     let bytes = std::fs::read(path).with_context(|| format!("--init-noise {}", path.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
@@ -88,17 +88,9 @@ fn read_noise(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
             st.names().join(", ")
         )
     })?;
-    ensure!(
-        t.dtype() == safetensors::Dtype::F32,
-        "--init-noise {}: tensor `noise` is {:?}, expected F32",
-        path.display(),
-        t.dtype()
-    );
-    let values: Vec<f32> = t
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let mut values = vec![0.0f32; t.shape().iter().product()];
+    decode_into(t.dtype(), t.data(), &mut values)
+        .map_err(|msg| anyhow::anyhow!("--init-noise {}: tensor `noise`: {msg}", path.display()))?;
     ensure!(
         values.iter().all(|v| v.is_finite()),
         "--init-noise {}: tensor `noise` holds NaN or infinite values",
