@@ -14,6 +14,7 @@
 //! - [`imaging`]: PNGs, sample grids, the loss curve.
 
 pub mod atomic_file;
+pub mod backend;
 pub mod cli;
 pub mod cuda;
 pub mod data;
