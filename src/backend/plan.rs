@@ -25,6 +25,8 @@ pub struct Planner<T> {
     pub convs: Vec<Conv2dShape>,
     /// Every attention the pass runs, without duplicates.
     pub attentions: Vec<AttentionShape>,
+    /// Every group norm the pass runs, without duplicates.
+    pub norms: Vec<GroupNormShape>,
     /// The most class labels one op reads.
     pub max_labels: usize,
     _t: PhantomData<T>,
@@ -41,6 +43,7 @@ impl<T: Real> Planner<T> {
             buffers: 0,
             convs: Vec::new(),
             attentions: Vec::new(),
+            norms: Vec::new(),
             max_labels: 0,
             _t: PhantomData,
         }
@@ -50,6 +53,12 @@ impl<T: Real> Planner<T> {
         self.arena_bytes += arena_bytes(len, std::mem::size_of::<T>());
         self.buffers += 1;
         Planned(len)
+    }
+
+    fn norm(&mut self, g: &GroupNormShape) {
+        if !self.norms.contains(g) {
+            self.norms.push(*g);
+        }
     }
 
     fn conv(&mut self, g: &Conv2dShape) {
@@ -125,7 +134,7 @@ impl<T: Real> Backend for Planner<T> {
     fn group_norm_forward(
         &mut self,
         _: &(),
-        _: &GroupNormShape,
+        g: &GroupNormShape,
         _: &Planned,
         _: ParamId,
         _: ParamId,
@@ -133,11 +142,12 @@ impl<T: Real> Backend for Planner<T> {
         _: &mut Planned,
         _: &mut Planned,
     ) {
+        self.norm(g);
     }
     fn group_norm_backward(
         &mut self,
         _: &mut (),
-        _: &GroupNormShape,
+        g: &GroupNormShape,
         _: &Planned,
         _: ParamId,
         _: ParamId,
@@ -146,6 +156,7 @@ impl<T: Real> Backend for Planner<T> {
         _: &Planned,
         _: &mut Planned,
     ) {
+        self.norm(g);
     }
     fn class_embedding_forward(&mut self, _: &(), _: ParamId, labels: &[u32], _: &mut Planned) {
         self.max_labels = self.max_labels.max(labels.len());

@@ -1,5 +1,11 @@
-//! The CUDA side: embedded kernels and the driver probe. The device runtime (context, stream,
-//! buffers, launches) builds on these.
+//! The CUDA backend: the kernels compiled from `kernels/*.cu` and embedded at build time, the
+//! driver probe, the device runtime (context, stream, memory, launches, cuBLAS), the op launches
+//! and the GPU implementation of [`crate::backend::Backend`].
 
+pub mod device;
 pub mod kernels;
+pub mod ops;
 pub mod probe;
+pub mod testing;
+
+pub use device::{CudaError, CudaErrorKind, CudaResult, DevPtr, Gpu, Launch, Mat};

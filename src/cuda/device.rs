@@ -1,0 +1,566 @@
+//! One GPU: its context, the one stream everything runs on, the embedded kernel modules (loaded
+//! once), a cuBLAS handle with its workspace, device memory and launches.
+//!
+//! Everything goes through cudarc's thin `result` layer on raw device pointers ([`DevPtr`]), so
+//! buffers can live in one planned arena and be handed around as plain numbers. Every driver and
+//! cuBLAS call is checked, and an error names the op (and, for launches, the shapes).
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::ffi::{c_void, CString};
+
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::{result, sys};
+
+use super::kernels;
+use super::probe::{self, DriverStatus};
+
+/// A device address (`CUdeviceptr`). Kernels take it as a typed pointer argument.
+pub type DevPtr = u64;
+
+/// Why a CUDA operation failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CudaErrorKind {
+    /// No driver, no such device, or kernels that cannot run on it.
+    Unavailable,
+    OutOfMemory,
+    Driver,
+    Blas,
+}
+
+/// A failed CUDA operation: what was being done and what the driver or cuBLAS said.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{op}: {msg}")]
+pub struct CudaError {
+    pub kind: CudaErrorKind,
+    pub op: String,
+    pub msg: String,
+}
+
+impl CudaError {
+    pub fn new(kind: CudaErrorKind, op: impl Into<String>, msg: impl Into<String>) -> Self {
+        Self {
+            kind,
+            op: op.into(),
+            msg: msg.into(),
+        }
+    }
+
+    fn driver(op: impl Into<String>, e: result::DriverError) -> Self {
+        let kind = if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+            CudaErrorKind::OutOfMemory
+        } else {
+            CudaErrorKind::Driver
+        };
+        Self::new(kind, op, describe(e))
+    }
+}
+
+pub type CudaResult<T> = Result<T, CudaError>;
+
+/// "CUDA_ERROR_X (the driver's sentence)".
+fn describe(e: result::DriverError) -> String {
+    let name = e
+        .error_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| format!("{:?}", e.0));
+    match e.error_string() {
+        Ok(s) => format!("{name} ({})", s.to_string_lossy()),
+        Err(_) => name,
+    }
+}
+
+/// Grid and block of one launch, plus dynamic shared memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launch {
+    pub grid: (u32, u32, u32),
+    pub block: (u32, u32, u32),
+    pub shared_bytes: u32,
+}
+
+impl Launch {
+    /// A 1-d grid-stride launch over `n` elements: enough blocks to fill the GPU several times
+    /// over, never more than needed.
+    pub fn linear(n: usize, block: u32) -> Self {
+        let blocks = n.div_ceil(block as usize).clamp(1, 65_535 * 8);
+        Self {
+            grid: (blocks as u32, 1, 1),
+            block: (block, 1, 1),
+            shared_bytes: 0,
+        }
+    }
+
+    /// `blocks` blocks of `block` threads.
+    pub fn blocks(blocks: usize, block: u32) -> Self {
+        Self {
+            grid: (blocks.max(1) as u32, 1, 1),
+            block: (block, 1, 1),
+            shared_bytes: 0,
+        }
+    }
+
+    pub fn grid(grid: (u32, u32, u32), block: (u32, u32, u32)) -> Self {
+        Self {
+            grid,
+            block,
+            shared_bytes: 0,
+        }
+    }
+
+    pub fn with_shared(mut self, bytes: u32) -> Self {
+        self.shared_bytes = bytes;
+        self
+    }
+}
+
+/// Builds the `void**` parameter array of a launch from references to the argument values.
+/// Each value must have exactly the type of the kernel's parameter: `DevPtr` for pointers,
+/// `i32` for `int`, `u64`/`usize` for `size_t`, `f32` for `float`, `#[repr(C)]` structs.
+#[macro_export]
+macro_rules! kernel_args {
+    ($($arg:expr),* $(,)?) => {
+        &mut [$(::std::ptr::from_ref(&$arg).cast_mut().cast::<::std::ffi::c_void>()),*]
+    };
+}
+
+/// Owned device memory, freed on drop.
+#[derive(Debug)]
+pub struct DeviceMemory {
+    ptr: DevPtr,
+    bytes: usize,
+}
+
+impl DeviceMemory {
+    pub fn ptr(&self) -> DevPtr {
+        self.ptr
+    }
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for DeviceMemory {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            // SAFETY: allocated by `Gpu::alloc`; the context outlives every allocation because
+            // it is the device's primary context, which is never released while the process runs.
+            unsafe {
+                let _ = result::free_sync(self.ptr);
+            }
+        }
+    }
+}
+
+/// Row-major matrix operand for [`Gpu::gemm`]: leading dimension (elements between rows as
+/// stored), whether to use it transposed, and the stride between batch items.
+#[derive(Clone, Copy, Debug)]
+pub struct Mat {
+    pub ptr: DevPtr,
+    pub ld: usize,
+    pub transposed: bool,
+    pub batch_stride: usize,
+}
+
+impl Mat {
+    pub fn new(ptr: DevPtr, ld: usize) -> Self {
+        Self {
+            ptr,
+            ld,
+            transposed: false,
+            batch_stride: 0,
+        }
+    }
+    pub fn t(mut self) -> Self {
+        self.transposed = !self.transposed;
+        self
+    }
+    pub fn stride(mut self, s: usize) -> Self {
+        self.batch_stride = s;
+        self
+    }
+}
+
+/// An open GPU. Not `Send`: its context is current on the thread that opened it.
+pub struct Gpu {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub total_memory: usize,
+    dev: sys::CUdevice,
+    stream: sys::CUstream,
+    modules: Vec<sys::CUmodule>,
+    functions: HashMap<&'static str, sys::CUfunction>,
+    blas: blas_sys::cublasHandle_t,
+    _blas_workspace: DeviceMemory,
+    /// Device allocations made so far and their bytes: a step must not add to them.
+    allocations: Cell<usize>,
+    allocated_bytes: Cell<usize>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+/// Bytes of the cuBLAS workspace (what cuBLAS recommends for Hopper).
+const BLAS_WORKSPACE: usize = 32 << 20;
+
+impl Gpu {
+    /// Opens device `ordinal`: checks the driver and the kernel image first, so a machine
+    /// without a GPU gets a sentence, never a panic.
+    pub fn open(ordinal: usize) -> CudaResult<Self> {
+        let unavailable = |msg: String| CudaError::new(CudaErrorKind::Unavailable, "open GPU", msg);
+        if !kernels::built_in() {
+            return Err(unavailable(
+                "this ddpm was built without nvcc, so it carries no CUDA kernels \
+                 (install CUDA 13 or run scripts/install-nvcc.sh, then rebuild)"
+                    .into(),
+            ));
+        }
+        let devices = match probe::probe() {
+            DriverStatus::NoDriver => {
+                return Err(unavailable(
+                    "no CUDA driver on this machine (libcuda could not be loaded)".into(),
+                ))
+            }
+            DriverStatus::Error { message } => {
+                return Err(unavailable(format!("the CUDA driver failed: {message}")))
+            }
+            DriverStatus::Ready { devices, .. } => devices,
+        };
+        let info = devices.get(ordinal).ok_or_else(|| {
+            unavailable(format!(
+                "there is no CUDA device {ordinal} ({} device{} found)",
+                devices.len(),
+                if devices.len() == 1 { "" } else { "s" }
+            ))
+        })?;
+        if !kernels::runs_on(info.compute_capability) {
+            let (major, minor) = info.compute_capability;
+            return Err(unavailable(format!(
+                "{} has compute capability {major}.{minor}; the built-in kernels need 8.0 or newer \
+                 (they are compiled for {})",
+                info.name,
+                kernels::TARGETS.join(", ")
+            )));
+        }
+        let d = |op: &str| {
+            let op = op.to_string();
+            move |e| CudaError::driver(op, e)
+        };
+        result::init().map_err(d("cuInit"))?;
+        let dev = result::device::get(ordinal as i32).map_err(d("cuDeviceGet"))?;
+        // SAFETY: `dev` is a valid device; the primary context is retained for the process.
+        let ctx =
+            unsafe { result::primary_ctx::retain(dev) }.map_err(d("cuDevicePrimaryCtxRetain"))?;
+        // SAFETY: `ctx` was just retained.
+        unsafe { result::ctx::set_current(ctx) }.map_err(d("cuCtxSetCurrent"))?;
+        let stream = result::stream::create(result::stream::StreamKind::NonBlocking)
+            .map_err(d("cuStreamCreate"))?;
+
+        let mut modules = Vec::new();
+        let mut functions = HashMap::new();
+        for m in kernels::MODULES {
+            // SAFETY: the fatbin bytes are a complete image embedded by build.rs; the driver
+            // copies what it needs before returning.
+            let module =
+                unsafe { result::module::load_data(m.fatbin.as_ptr().cast()) }.map_err(|e| {
+                    let (major, minor) = info.compute_capability;
+                    CudaError::new(
+                        CudaErrorKind::Unavailable,
+                        format!("load kernel module {}", m.name),
+                        format!(
+                            "{} (the image holds {} and the GPU is {major}.{minor})",
+                            describe(e),
+                            kernels::TARGETS.join(", ")
+                        ),
+                    )
+                })?;
+            modules.push(module);
+            for &k in m.kernels {
+                let name = CString::new(k).expect("kernel names have no NUL");
+                // SAFETY: `module` was loaded above and stays loaded while `self` lives.
+                let f = unsafe { result::module::get_function(module, name) }
+                    .map_err(d(&format!("find kernel {k} in module {}", m.name)))?;
+                functions.insert(k, f);
+            }
+        }
+
+        let b = |op: &'static str| {
+            move |e: blas::CublasError| CudaError::new(CudaErrorKind::Blas, op, format!("{e:?}"))
+        };
+        // SAFETY: the context is current on this thread.
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Err(unavailable(
+                "libcublas could not be loaded (is CUDA's cuBLAS installed?)".into(),
+            ));
+        }
+        let handle = blas::create_handle().map_err(b("cublasCreate"))?;
+        let gpu_partial = |handle| -> CudaResult<DeviceMemory> {
+            // SAFETY: `handle` is live and `stream` belongs to the current context.
+            unsafe { blas::set_stream(handle, stream.cast()) }.map_err(b("cublasSetStream"))?;
+            // Full fp32 (no TF32) so fp32 results agree with the CPU reference.
+            // SAFETY: valid handle.
+            unsafe {
+                blas_sys::cublasSetMathMode(handle, blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH)
+            }
+            .result()
+            .map_err(b("cublasSetMathMode"))?;
+            // SAFETY: plain device allocation.
+            let ptr = unsafe { result::malloc_sync(BLAS_WORKSPACE) }
+                .map_err(d("allocate the cuBLAS workspace"))?;
+            let ws = DeviceMemory {
+                ptr,
+                bytes: BLAS_WORKSPACE,
+            };
+            // SAFETY: `ws` lives as long as the handle (both owned by the Gpu).
+            unsafe { blas_sys::cublasSetWorkspace_v2(handle, ptr as *mut c_void, BLAS_WORKSPACE) }
+                .result()
+                .map_err(b("cublasSetWorkspace"))?;
+            Ok(ws)
+        };
+        let ws = gpu_partial(handle)?;
+        Ok(Self {
+            ordinal,
+            name: info.name.clone(),
+            compute_capability: info.compute_capability,
+            total_memory: info.memory_bytes,
+            dev,
+            stream,
+            modules,
+            functions,
+            blas: handle,
+            _blas_workspace: ws,
+            allocations: Cell::new(1),
+            allocated_bytes: Cell::new(BLAS_WORKSPACE),
+            _not_send: std::marker::PhantomData,
+        })
+    }
+
+    pub fn stream(&self) -> sys::CUstream {
+        self.stream
+    }
+
+    /// Device allocations made through this `Gpu` so far (count, bytes).
+    pub fn allocation_stats(&self) -> (usize, usize) {
+        (self.allocations.get(), self.allocated_bytes.get())
+    }
+
+    /// Free and total device memory in bytes.
+    pub fn memory_info(&self) -> CudaResult<(usize, usize)> {
+        result::mem_get_info().map_err(|e| CudaError::driver("cuMemGetInfo", e))
+    }
+
+    /// Allocates `bytes` of device memory for `what`; running out names what and how much.
+    pub fn alloc(&self, bytes: usize, what: &str) -> CudaResult<DeviceMemory> {
+        if bytes == 0 {
+            return Ok(DeviceMemory { ptr: 0, bytes: 0 });
+        }
+        // SAFETY: plain device allocation in the current context.
+        match unsafe { result::malloc_sync(bytes) } {
+            Ok(ptr) => {
+                self.allocations.set(self.allocations.get() + 1);
+                self.allocated_bytes.set(self.allocated_bytes.get() + bytes);
+                Ok(DeviceMemory { ptr, bytes })
+            }
+            Err(e) => {
+                let free = self.memory_info().map(|(f, _)| f).unwrap_or(0);
+                let mut err = CudaError::driver(format!("allocate {what}"), e);
+                err.msg = format!(
+                    "{} while asking for {:.1} MiB ({:.1} MiB free of {:.1} MiB)",
+                    err.msg,
+                    bytes as f64 / 1048576.0,
+                    free as f64 / 1048576.0,
+                    self.total_memory as f64 / 1048576.0
+                );
+                Err(err)
+            }
+        }
+    }
+
+    /// Copies host values into device memory at `dst` (queued on the stream; `src` may be
+    /// dropped as soon as this returns).
+    pub fn upload<T: bytemuck::Pod>(&self, dst: DevPtr, src: &[T], what: &str) -> CudaResult<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the caller hands a device range of at least `size_of_val(src)` bytes.
+        unsafe { result::memcpy_htod_async(dst, src, self.stream) }
+            .map_err(|e| CudaError::driver(format!("upload {what}"), e))
+    }
+
+    /// Copies device memory at `src` into `dst`, waiting for the stream.
+    pub fn download<T: bytemuck::Pod>(
+        &self,
+        dst: &mut [T],
+        src: DevPtr,
+        what: &str,
+    ) -> CudaResult<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: the caller hands a device range of at least `size_of_val(dst)` bytes.
+        unsafe { result::memcpy_dtoh_async(dst, src, self.stream) }
+            .map_err(|e| CudaError::driver(format!("download {what}"), e))?;
+        self.synchronize(what)
+    }
+
+    /// dst[..bytes] = src[..bytes] on the stream.
+    pub fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize, what: &str) -> CudaResult<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: both ranges are device memory of at least `bytes`.
+        unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream) }
+            .map_err(|e| CudaError::driver(format!("copy {what}"), e))
+    }
+
+    /// dst[..bytes] = 0 on the stream.
+    pub fn zero(&self, dst: DevPtr, bytes: usize, what: &str) -> CudaResult<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: `dst` is device memory of at least `bytes`.
+        unsafe { result::memset_d8_async(dst, 0, bytes, self.stream) }
+            .map_err(|e| CudaError::driver(format!("zero {what}"), e))
+    }
+
+    /// Waits for everything queued so far; an asynchronous kernel fault surfaces here.
+    pub fn synchronize(&self, after: &str) -> CudaResult<()> {
+        // SAFETY: the stream belongs to this context.
+        unsafe { result::stream::synchronize(self.stream) }
+            .map_err(|e| CudaError::driver(format!("wait for the GPU after {after}"), e))
+    }
+
+    /// Launches `kernel`. `shapes` is only called to describe a failure.
+    pub fn launch(
+        &self,
+        kernel: &str,
+        cfg: Launch,
+        params: &mut [*mut c_void],
+        shapes: impl FnOnce() -> String,
+    ) -> CudaResult<()> {
+        let f = *self.functions.get(kernel).ok_or_else(|| {
+            CudaError::new(
+                CudaErrorKind::Unavailable,
+                format!("kernel {kernel}"),
+                "not in the embedded modules (was it declared `extern \"C\" __global__` on one line?)",
+            )
+        })?;
+        if cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 {
+            return Ok(()); // nothing to do (an empty tensor)
+        }
+        // SAFETY: `f` comes from a loaded module; the caller passes exactly the kernel's
+        // parameters (see `kernel_args!`) and device ranges that cover what the kernel touches.
+        unsafe {
+            result::launch_kernel(
+                f,
+                cfg.grid,
+                cfg.block,
+                cfg.shared_bytes,
+                self.stream,
+                params,
+            )
+        }
+        .map_err(|e| CudaError::driver(format!("kernel {kernel} {}", shapes()), e))
+    }
+
+    /// Row-major C = α·op(A)·op(B) + β·C, `batch` times with the operands' batch strides.
+    /// C: (m, n), op(A): (m, k), op(B): (k, n), all fp32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm(
+        &self,
+        op: &str,
+        (m, n, k): (usize, usize, usize),
+        alpha: f32,
+        a: Mat,
+        b: Mat,
+        beta: f32,
+        c: Mat,
+        batch: usize,
+    ) -> CudaResult<()> {
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        if m == 0 || n == 0 || batch == 0 {
+            return Ok(());
+        }
+        let flag = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        let fail = |e: blas::CublasError| {
+            CudaError::new(
+                CudaErrorKind::Blas,
+                format!("{op}: gemm m={m} n={n} k={k} batch={batch}"),
+                format!("{e:?}"),
+            )
+        };
+        let int = |v: usize| {
+            i32::try_from(v).map_err(|_| {
+                CudaError::new(
+                    CudaErrorKind::Blas,
+                    format!("{op}: gemm"),
+                    format!("dimension {v} exceeds cuBLAS's 32-bit range"),
+                )
+            })
+        };
+        // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: swap the operands and m/n.
+        // SAFETY: the caller guarantees the device ranges cover the described matrices.
+        unsafe {
+            blas::sgemm_strided_batched(
+                self.blas,
+                flag(b.transposed),
+                flag(a.transposed),
+                int(n)?,
+                int(m)?,
+                int(k)?,
+                &alpha,
+                b.ptr as *const f32,
+                int(b.ld)?,
+                b.batch_stride as i64,
+                a.ptr as *const f32,
+                int(a.ld)?,
+                a.batch_stride as i64,
+                &beta,
+                c.ptr as *mut f32,
+                int(c.ld)?,
+                c.batch_stride as i64,
+                int(batch)?,
+            )
+        }
+        .map_err(fail)
+    }
+
+    /// Times `work` on the device with events; returns milliseconds.
+    pub fn time_ms(&self, work: impl FnOnce() -> CudaResult<()>) -> CudaResult<f32> {
+        let d = |op: &'static str| move |e| CudaError::driver(op, e);
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = result::event::create(flags).map_err(d("cuEventCreate"))?;
+        let end = result::event::create(flags).map_err(d("cuEventCreate"))?;
+        let outcome = (|| {
+            // SAFETY: events and stream belong to this context.
+            unsafe { result::event::record(start, self.stream) }.map_err(d("cuEventRecord"))?;
+            work()?;
+            unsafe { result::event::record(end, self.stream) }.map_err(d("cuEventRecord"))?;
+            unsafe { result::event::synchronize(end) }.map_err(d("cuEventSynchronize"))?;
+            unsafe { result::event::elapsed(start, end) }.map_err(d("cuEventElapsedTime"))
+        })();
+        // SAFETY: both events were created above and are no longer used.
+        unsafe {
+            let _ = result::event::destroy(start);
+            let _ = result::event::destroy(end);
+        }
+        outcome
+    }
+
+    /// The device's own ordinal handle (for attribute queries).
+    pub fn device(&self) -> sys::CUdevice {
+        self.dev
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        // SAFETY: every handle below was created by `open` and is not used after this.
+        unsafe {
+            let _ = result::stream::synchronize(self.stream);
+            let _ = blas::destroy_handle(self.blas);
+            for &m in &self.modules {
+                let _ = result::module::unload(m);
+            }
+            let _ = result::stream::destroy(self.stream);
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! A small test runner for the CUDA parity tests (`tests/cuda/`), which run with
+//! `harness = false` so their report is printed whatever cargo captures: on a machine without a
+//! usable GPU every test is listed as skipped with the reason, and the run still fails if a test
+//! that did run failed. Each test may report its largest error against the CPU reference, and the
+//! runner prints them as one table at the end.
+
+use std::cell::RefCell;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Instant;
+
+use super::device::Gpu;
+
+/// One CUDA test: a name and a body that panics (assert) or returns an error on failure.
+pub struct Case {
+    pub name: &'static str,
+    pub run: fn(&Gpu) -> anyhow::Result<()>,
+}
+
+/// One reported comparison.
+#[derive(Clone, Debug)]
+pub struct Measured {
+    pub test: String,
+    pub what: String,
+    pub max_abs: f64,
+    pub max_rel: f64,
+    pub tolerance: f64,
+}
+
+thread_local! {
+    static CURRENT: RefCell<String> = const { RefCell::new(String::new()) };
+    static REPORTS: RefCell<Vec<Measured>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Largest absolute and relative differences between `got` and `want`; the relative one is
+/// |got − want| / max(|want|, floor) so values near zero do not dominate.
+pub fn max_errors(got: &[f32], want: &[f32], floor: f64) -> (f64, f64) {
+    assert_eq!(got.len(), want.len(), "compared buffers differ in length");
+    let mut abs = 0.0f64;
+    let mut rel = 0.0f64;
+    for (&g, &w) in got.iter().zip(want) {
+        let (g, w) = (f64::from(g), f64::from(w));
+        let d = (g - w).abs();
+        if !d.is_finite() {
+            return (f64::INFINITY, f64::INFINITY);
+        }
+        abs = abs.max(d);
+        rel = rel.max(d / w.abs().max(floor));
+    }
+    (abs, rel)
+}
+
+/// Compares a GPU result with the CPU reference: passes when every element is within `tol`
+/// relative to max(|want|, 1e-3·max|want|, 1e-6). Records the errors for the summary table.
+pub fn expect_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    let scale = want.iter().fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
+    let floor = (1e-3 * scale).max(1e-6);
+    let (abs, rel) = max_errors(got, want, floor);
+    REPORTS.with(|r| {
+        r.borrow_mut().push(Measured {
+            test: CURRENT.with(|c| c.borrow().clone()),
+            what: what.to_string(),
+            max_abs: abs,
+            max_rel: rel,
+            tolerance: tol,
+        })
+    });
+    assert!(
+        rel <= tol,
+        "{what}: max relative error {rel:.3e} (max abs {abs:.3e}) exceeds {tol:.1e}"
+    );
+}
+
+/// Runs `cases` (filtered by the first non-flag argument, as libtest does) and exits with 1 if
+/// any failed. Without a GPU, prints each as skipped with the reason and exits 0.
+pub fn run_main(suite: &str, cases: &[Case]) {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let selected: Vec<&Case> = cases
+        .iter()
+        .filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f)))
+        .collect();
+    // `cargo test -- --list` support, so test discovery tools see the names.
+    if std::env::args().any(|a| a == "--list") {
+        for c in &selected {
+            println!("{}: test", c.name);
+        }
+        return;
+    }
+    let ordinal = std::env::var("DDPM_CUDA_DEVICE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    println!("\nrunning {} {suite} tests", selected.len());
+    let gpu = match Gpu::open(ordinal) {
+        Ok(g) => g,
+        Err(e) => {
+            for c in &selected {
+                println!("test {} ... SKIPPED (no usable GPU)", c.name);
+            }
+            println!(
+                "\n{suite}: {} tests SKIPPED, not run: {e}\n",
+                selected.len()
+            );
+            return;
+        }
+    };
+    println!(
+        "on {} (compute capability {}.{})",
+        gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
+    );
+    let mut failed = Vec::new();
+    for c in &selected {
+        CURRENT.with(|cur| *cur.borrow_mut() = c.name.to_string());
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| (c.run)(&gpu)));
+        let secs = started.elapsed().as_secs_f64();
+        match outcome {
+            Ok(Ok(())) => println!("test {} ... ok ({secs:.2} s)", c.name),
+            Ok(Err(e)) => {
+                println!("test {} ... FAILED: {e:#}", c.name);
+                failed.push(c.name);
+            }
+            Err(p) => {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                println!("test {} ... FAILED: {msg}", c.name);
+                failed.push(c.name);
+            }
+        }
+    }
+    println!(
+        "\n{:<44} {:<28} {:>10} {:>10} {:>8}",
+        "test", "compared", "max abs", "max rel", "tol"
+    );
+    REPORTS.with(|r| {
+        for m in r.borrow().iter() {
+            println!(
+                "{:<44} {:<28} {:>10.2e} {:>10.2e} {:>8.0e}",
+                m.test, m.what, m.max_abs, m.max_rel, m.tolerance
+            );
+        }
+    });
+    println!(
+        "\n{suite}: {} passed, {} failed",
+        selected.len() - failed.len(),
+        failed.len()
+    );
+    if !failed.is_empty() {
+        println!("failed: {}", failed.join(", "));
+        std::process::exit(1);
+    }
+}
+
+/// Device memory holding a copy of `data`.
+pub fn to_device<T: bytemuck::Pod>(
+    gpu: &Gpu,
+    data: &[T],
+) -> super::CudaResult<super::device::DeviceMemory> {
+    let mem = gpu.alloc(std::mem::size_of_val(data), "test input")?;
+    gpu.upload(mem.ptr(), data, "test input")?;
+    Ok(mem)
+}
+
+/// Device memory of `len` elements of `T`, zeroed.
+pub fn zeros_on_device<T: bytemuck::Pod>(
+    gpu: &Gpu,
+    len: usize,
+) -> super::CudaResult<super::device::DeviceMemory> {
+    let mem = gpu.alloc(len * std::mem::size_of::<T>(), "test buffer")?;
+    gpu.zero(mem.ptr(), mem.bytes(), "test buffer")?;
+    Ok(mem)
+}
+
+/// The first `len` elements of device memory, copied to the host.
+pub fn from_device<T: bytemuck::Pod + Default + Clone>(
+    gpu: &Gpu,
+    mem: &super::device::DeviceMemory,
+    len: usize,
+) -> super::CudaResult<Vec<T>> {
+    assert!(
+        len * std::mem::size_of::<T>() <= mem.bytes(),
+        "reading past a device buffer"
+    );
+    let mut out = vec![T::default(); len];
+    gpu.download(&mut out, mem.ptr(), "test output")?;
+    Ok(out)
+}

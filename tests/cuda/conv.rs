@@ -1,0 +1,5 @@
+use ddpm::cuda::testing::Case;
+
+pub fn cases() -> Vec<Case> {
+    vec![]
+}
