@@ -1,1 +1,198 @@
-//! (being written)
+//! Launches of `kernels/optim.cu`: global gradient norm, clipping, AdamW and EMA, each one pass
+//! over the flat parameter arena. CPU twins: [`crate::optim::global_grad_norm`],
+//! [`crate::optim::clip_grad_norm`], [`crate::optim::AdamW`] (through
+//! [`crate::optim::adamw_element`]) and [`crate::optim::Ema`].
+//!
+//! Per-step scalars are computed on the host in f64 by the CPU code itself
+//! ([`crate::optim::AdamWConfig::coeffs`]) or by the same formula ([`ema_action`]), and the
+//! kernels repeat the CPU's f32 operations in the same order without FMA contraction, so the
+//! updated weights, moments and EMA are bit for bit the CPU's.
+
+use super::super::device::{CudaResult, DevPtr, Gpu, Launch};
+use crate::kernel_args;
+use crate::optim::{AdamWCoeffs, EmaConfig};
+
+/// Blocks of the first grad-norm pass; must equal `NORM_BLOCKS` in `kernels/optim.cu`.
+pub const NORM_BLOCKS: usize = 1024;
+/// Threads per block of both passes; must equal `NORM_THREADS` in `kernels/optim.cu`.
+const NORM_THREADS: u32 = 256;
+
+/// f32 elements of scratch [`grad_norm`] needs: [`NORM_BLOCKS`] f64 partial sums, for any `n`.
+/// The scratch must be 8-byte aligned.
+pub const REDUCE_SCRATCH: usize = 2 * NORM_BLOCKS;
+
+/// Block size of the elementwise passes.
+const BLOCK: u32 = 256;
+
+/// `out` (1 f32 on the device) = ‖grads‖₂ over `n` elements. CPU twin:
+/// [`crate::optim::global_grad_norm`], which returns the f64 norm; this is that norm rounded to
+/// f32. Squares are summed in f64 in a fixed two-stage order (deterministic on every GPU).
+/// `scratch`: [`REDUCE_SCRATCH`] f32 elements, 8-byte aligned, overwritten.
+pub fn grad_norm(
+    gpu: &Gpu,
+    n: usize,
+    grads: DevPtr,
+    out: DevPtr,
+    scratch: DevPtr,
+) -> CudaResult<()> {
+    debug_assert_eq!(scratch % 8, 0, "grad_norm: scratch must be 8-byte aligned");
+    let n64 = n as u64;
+    gpu.launch(
+        "grad_norm_partials_f32",
+        Launch::blocks(NORM_BLOCKS, NORM_THREADS),
+        kernel_args!(grads, scratch, n64),
+        || format!("grads ({n})"),
+    )?;
+    gpu.launch(
+        "grad_norm_finish_f32",
+        Launch::blocks(1, NORM_THREADS),
+        kernel_args!(scratch, out),
+        || format!("after grad_norm_partials_f32 ({n})"),
+    )
+}
+
+/// Whether [`clip_grads`] with this `max_norm` can change anything: the CPU's convention that
+/// `max_norm` ≤ 0, infinite or NaN turns clipping off.
+pub fn clipping_enabled(max_norm: f64) -> bool {
+    max_norm > 0.0 && max_norm.is_finite()
+}
+
+/// grads ← grads · f32(max_norm / (‖g‖ + 1e-6)) when ‖g‖ > max_norm and ‖g‖ is finite, with ‖g‖
+/// read from `norm` (1 f32 on the device, as [`grad_norm`] writes it): the scale is computed on
+/// the device in f64, no host round trip. CPU twin: the scaling in
+/// [`crate::optim::clip_grad_norm`]; `max_norm` is f64 like the CPU's (the config's
+/// `grad_clip`). Launches nothing when clipping is off ([`clipping_enabled`]).
+pub fn clip_grads(
+    gpu: &Gpu,
+    n: usize,
+    grads: DevPtr,
+    norm: DevPtr,
+    max_norm: f64,
+) -> CudaResult<()> {
+    if !clipping_enabled(max_norm) {
+        return Ok(());
+    }
+    let n64 = n as u64;
+    gpu.launch(
+        "clip_grads_f32",
+        Launch::linear(n, BLOCK),
+        kernel_args!(grads, norm, max_norm, n64),
+        || format!("grads ({n}), max_norm {max_norm}"),
+    )
+}
+
+/// One AdamW update of `n` parameters in place: `params`, `m`, `v` are updated, `grads` read.
+/// `c` is update t's scalars, `cfg.coeffs(t)` with t 1-based (the learning-rate warmup
+/// `lr_at(t)`, decay 1 − ηλ and the bias corrections are all in there, computed in f64 on the
+/// host). CPU twin: [`crate::optim::AdamW::update`], element by element
+/// [`crate::optim::adamw_element`]; the `#[repr(C)]` [`AdamWCoeffs`] is passed as is.
+pub fn adamw_step(
+    gpu: &Gpu,
+    n: usize,
+    params: DevPtr,
+    grads: DevPtr,
+    m: DevPtr,
+    v: DevPtr,
+    c: &AdamWCoeffs,
+) -> CudaResult<()> {
+    let n64 = n as u64;
+    let c = *c;
+    gpu.launch(
+        "adamw_step_f32",
+        Launch::linear(n, BLOCK),
+        kernel_args!(params, grads, m, v, c, n64),
+        || format!("params/grads/m/v ({n})"),
+    )
+}
+
+/// What the EMA does after optimizer step `step`, decided as [`crate::optim::Ema::update`] does.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EmaAction {
+    /// Before `start_step`: the EMA is a copy of the weights (a device-to-device copy).
+    Copy,
+    /// A step that is not a multiple of `update_every`: leave the EMA alone.
+    Skip,
+    /// Average with this decay ([`ema_update`]).
+    Average { decay: f64 },
+}
+
+/// The EMA's action after optimizer step `step` (the count of updates done, as `Ema::update`
+/// takes it). The decay is [`crate::optim::Ema::decay_at`]: min(decay, (1 + n)/(10 + n)) with n
+/// steps past `start_step` when `warmup` is on.
+pub fn ema_action(cfg: &EmaConfig, step: u64) -> EmaAction {
+    if step < cfg.start_step {
+        return EmaAction::Copy;
+    }
+    if step % cfg.update_every.max(1) != 0 {
+        return EmaAction::Skip;
+    }
+    let decay = if cfg.warmup {
+        let n = step.saturating_sub(cfg.start_step) as f64;
+        cfg.decay.min((1.0 + n) / (10.0 + n))
+    } else {
+        cfg.decay
+    };
+    EmaAction::Average { decay }
+}
+
+/// ema ← ema + (1 − decay)(θ − ema) over `n` elements: decay·ema + (1 − decay)·θ in the CPU's
+/// form, with 1 − decay formed in f64 and rounded once, as [`crate::optim::Ema::update`] does.
+pub fn ema_update(gpu: &Gpu, n: usize, ema: DevPtr, params: DevPtr, decay: f64) -> CudaResult<()> {
+    let rate = (1.0 - decay) as f32;
+    let n64 = n as u64;
+    gpu.launch(
+        "ema_update_f32",
+        Launch::linear(n, BLOCK),
+        kernel_args!(ema, params, rate, n64),
+        || format!("ema/params ({n}), decay {decay}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::optim::Ema;
+
+    /// Replaying [`ema_action`] with the kernel's arithmetic gives `Ema::update`'s weights bit
+    /// for bit: copies before `start_step`, skips between `update_every` multiples, the warmup
+    /// decay, and 1 − decay rounded once from f64.
+    #[test]
+    fn ema_action_follows_ema_update() {
+        let configs = [
+            EmaConfig {
+                decay: 0.999,
+                start_step: 3,
+                update_every: 2,
+                warmup: true,
+            },
+            EmaConfig {
+                decay: 0.9999,
+                start_step: 0,
+                update_every: 1,
+                warmup: false,
+            },
+        ];
+        for cfg in configs {
+            let mut ema = Ema::new(cfg.clone(), &[0.25]).unwrap();
+            let mut mirror = 0.25f32;
+            for step in 1..=40u64 {
+                let theta = (step as f32 * 0.37).sin();
+                ema.update(step, &[theta]);
+                match ema_action(&cfg, step) {
+                    EmaAction::Copy => mirror = theta,
+                    EmaAction::Skip => {}
+                    EmaAction::Average { decay } => {
+                        assert_eq!(decay, ema.decay_at(step));
+                        let rate = (1.0 - decay) as f32;
+                        mirror += rate * (theta - mirror);
+                    }
+                }
+                assert_eq!(
+                    ema.weights()[0].to_bits(),
+                    mirror.to_bits(),
+                    "{cfg:?} step {step}"
+                );
+            }
+        }
+    }
+}

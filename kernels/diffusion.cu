@@ -1,0 +1,150 @@
+// Diffusion kernels: the fused training "noise-add" and the sampler steps.
+// CPU reference: src/diffusion/{noise,forward,target,sampler}.rs and `Trainer::train_step` in
+// src/train/mod.rs. Random numbers are drawn in the kernels from the same Philox words the CPU
+// uses (kernels/common.cuh is src/rng.rs bit for bit), so no noise buffer is ever written or read.
+//
+// Every f32 product and sum goes through an explicit `__f*_rn` intrinsic so nvcc cannot fuse a
+// multiply and an add into an FMA (Rust never does): given the same noise, x_t, the targets and
+// the step outputs are the CPU's to the last bit.
+#include "common.cuh"
+
+// ---- Gaussian noise (src/diffusion/noise.rs) ---------------------------------------------------
+// Element j of normal stream s is Box–Muller on words 2j, 2j+1 of (seed, s). Those two words are
+// lanes (0, 1) or (2, 3) of Philox block j/2, so one block gives elements 2p and 2p+1: every
+// thread below handles one such pair.
+
+// Philox block `block` of stream (seed, stream): words 4·block .. 4·block + 3.
+__device__ __forceinline__ Philox4 philox_block(uint64_t seed, uint64_t stream, uint64_t block) {
+    Philox4 ctr = {{(uint32_t)block, (uint32_t)(block >> 32), (uint32_t)stream, (uint32_t)(stream >> 32)}};
+    return philox4x32_10(ctr, (uint32_t)seed, (uint32_t)(seed >> 32));
+}
+
+// `normal_from_words`: in f64, rounded once to f32.
+//   u1 = (w0 + 1)·2⁻³² ∈ (0, 1],  u2 = w1·2⁻³² ∈ [0, 1),  z = √(−2 ln u1) · cos(2π u2)
+// Both uniforms are exact; sqrt is correctly rounded on both sides, log and cos can differ from
+// the host's libm by an f64 ulp or two, which moves the f32 result only in rare boundary cases.
+__device__ __forceinline__ float normal_from_words(uint32_t w0, uint32_t w1) {
+    const double two_pow_m32 = 1.0 / 4294967296.0;
+    const double tau = 6.283185307179586;  // std::f64::consts::TAU
+    const double u1 = __dmul_rn(__dadd_rn((double)w0, 1.0), two_pow_m32);
+    const double u2 = __dmul_rn((double)w1, two_pow_m32);
+    return (float)__dmul_rn(sqrt(__dmul_rn(-2.0, log(u1))), cos(__dmul_rn(tau, u2)));
+}
+
+// ---- training timesteps (`timestep_for`) --------------------------------------------------------
+// Uniform on [0, T): Lemire's multiply-shift on words 0, 1, … of the item's TrainTimestep stream,
+// rejecting words whose low product half is below 2³² mod T (`reject_below`).
+__device__ __forceinline__ uint32_t train_timestep(uint64_t seed, uint64_t stream, uint32_t num_timesteps, uint32_t reject_below) {
+    for (uint64_t i = 0;; ++i) {
+        const uint64_t m = (uint64_t)philox_word(seed, stream, i) * (uint64_t)num_timesteps;
+        if ((m & 0xFFFFFFFFull) >= (uint64_t)reject_below) return (uint32_t)(m >> 32);
+    }
+}
+
+// Field for field `NoiseAddParams` in src/cuda/ops/diffusion.rs.
+struct NoiseAddParams {
+    uint64_t seed;
+    uint64_t noise_stream;  // stream(TrainNoise, step, 0); item i uses noise_stream | i
+    uint64_t t_stream;      // stream(TrainTimestep, step, 0); item i uses t_stream | i
+    uint64_t batch;
+    uint64_t item_len;
+    uint32_t num_timesteps;  // T
+    uint32_t reject_below;   // 2³² mod T
+    int32_t prediction;      // 0: ε, 1: x₀ ("sample"), 2: v
+    uint32_t pad;
+};
+
+// x_t = a·x0 + b·ε and target = cx·x0 + ce·ε for element k (the CPU's `mix_items`).
+__device__ __forceinline__ void noise_add_element(const float* x0, float* x_t, float* target, size_t k, float eps, float a, float b, float cx, float ce) {
+    const float x = x0[k];
+    x_t[k] = __fadd_rn(__fmul_rn(a, x), __fmul_rn(b, eps));
+    target[k] = __fadd_rn(__fmul_rn(cx, x), __fmul_rn(ce, eps));
+}
+
+// One training step's fused forward process, per item i of the batch (all of it in one pass):
+//   t_i ~ U{0..T−1}  (`timestep_for`; every thread of the item draws it again, one Philox block)
+//   ε   ~ N(0, I)    (`fill_train_noise`)
+//   x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε                       DDPM eq. 4 (`add_noise`)
+//   target = ε, x0, or v = √ᾱ_t ε − √(1 − ᾱ_t) x0     (`training_target`)
+// and t_i as f32 for the UNet's time embedding. Shapes: x0, x_t, target (B, item_len);
+// sqrt_ab, sqrt_1m_ab (T) f32 tables from `Schedule`; t_out (B).
+extern "C" __global__ void noise_add_f32(const float* x0, const float* sqrt_ab, const float* sqrt_1m_ab, float* x_t, float* target, float* t_out, NoiseAddParams p) {
+    const size_t pairs = (size_t)((p.item_len + 1) / 2);
+    GRID_STRIDE_LOOP(idx, (size_t)p.batch * pairs) {
+        const uint64_t item = idx / pairs, pair = idx % pairs;
+        const uint32_t t = train_timestep(p.seed, p.t_stream | item, p.num_timesteps, p.reject_below);
+        const float a = sqrt_ab[t], b = sqrt_1m_ab[t];
+        // `PredictionType::target_coeffs` rounded to f32: (0, 1), (1, 0), (−√(1 − ᾱ), √ᾱ).
+        float cx = -b, ce = a;
+        if (p.prediction == 0) { cx = 0.0f; ce = 1.0f; }
+        if (p.prediction == 1) { cx = 1.0f; ce = 0.0f; }
+        if (pair == 0) t_out[item] = (float)t;
+        const Philox4 w = philox_block(p.seed, p.noise_stream | item, pair);
+        const size_t j = 2 * (size_t)pair;
+        const size_t k = (size_t)item * p.item_len + j;
+        noise_add_element(x0, x_t, target, k, normal_from_words(w.v[0], w.v[1]), a, b, cx, ce);
+        if (j + 1 < p.item_len) noise_add_element(x0, x_t, target, k + 1, normal_from_words(w.v[2], w.v[3]), a, b, cx, ce);
+    }
+}
+
+// ---- sampler steps (src/diffusion/sampler.rs) ------------------------------------------------
+// Field for field `StepCoeffs` in src/diffusion/sampler.rs.
+struct StepCoeffs {
+    float x0_x, x0_out;  // raw x̂₀ = x0_x·x_t + x0_out·out (DDPM eq. 15 for ε)
+    float clip;          // |x̂₀| bound, +∞ when off
+    float c_x0;          // weight of the clipped x̂₀
+    float c_x0_raw;      // weight of the unclipped x̂₀
+    float c_xt;          // weight of x_t
+    float sigma;         // noise standard deviation; 0: no noise
+};
+
+// Field for field `StepNoiseParams` in src/cuda/ops/diffusion.rs.
+struct StepNoiseParams {
+    uint64_t seed;
+    uint64_t stream;  // stream(SampleStep, 0, k): image id goes in bits 24..59 (STREAM_B_BITS = 24)
+};
+
+// `step_element`: x̂₀ (clamped), then x_prev = c_x0·x̂₀ + c_x0_raw·raw + c_xt·x_t (+ σ z).
+__device__ __forceinline__ void step_element(const StepCoeffs& c, const float* x_t, const float* out, float* x_prev, float* x0, size_t k, float z) {
+    const float xt = x_t[k];
+    const float raw = __fadd_rn(__fmul_rn(c.x0_x, xt), __fmul_rn(c.x0_out, out[k]));
+    float x0v = raw;  // f32::clamp: NaN stays NaN
+    if (x0v < -c.clip) x0v = -c.clip;
+    if (x0v > c.clip) x0v = c.clip;
+    const float mean = __fadd_rn(__fadd_rn(__fmul_rn(c.c_x0, x0v), __fmul_rn(c.c_x0_raw, raw)), __fmul_rn(c.c_xt, xt));
+    x_prev[k] = c.sigma > 0.0f ? __fadd_rn(mean, __fmul_rn(c.sigma, z)) : mean;
+    if (x0 != nullptr) x0[k] = x0v;
+}
+
+// One reverse step over (n_items, item_len). z of item i, element j is element j of the
+// SampleStep stream (image_ids[i], k), drawn only when σ > 0. An image id that does not fit the
+// stream's 36 bits (the host checks ids when it makes x_T) gives NaN rather than another image's
+// noise. x_prev may alias x_t and x0 may alias out: each element is read before it is written.
+__device__ void sampler_step(const StepCoeffs& c, const StepNoiseParams& nz, const float* x_t, const float* out, float* x_prev, float* x0, const uint64_t* image_ids, size_t n_items, size_t item_len) {
+    const size_t pairs = (item_len + 1) / 2;
+    GRID_STRIDE_LOOP(idx, n_items * pairs) {
+        const size_t item = idx / pairs, pair = idx % pairs;
+        float z0 = 0.0f, z1 = 0.0f;
+        if (c.sigma > 0.0f) {
+            const uint64_t id = image_ids[item];
+            if ((id >> 36) != 0) {
+                z0 = z1 = __int_as_float(0x7fc00000);
+            } else {
+                const Philox4 w = philox_block(nz.seed, nz.stream | (id << 24), pair);
+                z0 = normal_from_words(w.v[0], w.v[1]);
+                z1 = normal_from_words(w.v[2], w.v[3]);
+            }
+        }
+        const size_t j = 2 * pair;
+        const size_t k = item * item_len + j;
+        step_element(c, x_t, out, x_prev, x0, k, z0);
+        if (j + 1 < item_len) step_element(c, x_t, out, x_prev, x0, k + 1, z1);
+    }
+}
+
+// DDPM ancestral step t → prev: posterior mean μ̃(x_t, x̂₀) of q(x_prev | x_t, x̂₀) (DDPM eqs. 6–7)
+// plus σ z; with every timestep visited and no clipping this is DDPM eq. 11 (Algorithm 2).
+extern "C" __global__ void ddpm_step_f32(StepCoeffs c, StepNoiseParams nz, const float* x_t, const float* out, float* x_prev, float* x0, const uint64_t* image_ids, size_t n_items, size_t item_len) { sampler_step(c, nz, x_t, out, x_prev, x0, image_ids, n_items, item_len); }
+// DDIM step t → prev: √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ²) ε̂ + σ z (DDIM eq. 12, σ = η·eq. 16), with
+// ε̂ folded into the coefficients on the host. Same elementwise form as the DDPM step.
+extern "C" __global__ void ddim_step_f32(StepCoeffs c, StepNoiseParams nz, const float* x_t, const float* out, float* x_prev, float* x0, const uint64_t* image_ids, size_t n_items, size_t item_len) { sampler_step(c, nz, x_t, out, x_prev, x0, image_ids, n_items, item_len); }
