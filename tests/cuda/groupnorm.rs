@@ -1,5 +1,208 @@
-use ddpm::cuda::testing::Case;
+//! Group norm on the GPU against the CPU reference, forward and backward.
+//!
+//! The reference runs in f64 on the same f32 inputs, so the measured error is the GPU's alone.
+//! Tolerances (relative, `expect_close`'s metric, where values below 1e-3·max|want| are measured
+//! against that floor):
+//! - mean, rstd: 1e-5. fp32 sums of at most 34k values in a fixed tree (per-thread runs of ≤ 64,
+//!   then warp and block trees, then an in-order merge of chunks): a few f32 roundings, ~1e-7.
+//! - y: 2e-4. Elementwise after the statistics, but where y crosses zero the floor turns the check
+//!   into an absolute one of tol·1e-3·max|y| — 1e-4 would be about one f32 ulp of the largest
+//!   output — while (x − μ)·s + β carries an ulp or two of its larger terms and of μ. A host
+//!   emulation of these kernels measured up to 4.7e-5.
+//! - dx: 2e-4, the same argument; dx = rstd·(γ·dy − m1 − x̂·m2) also cancels (emulated: 2e-5).
+//! - dγ, dβ: 1e-4: sums over B·H·W of products with only f32 accumulation (emulated: 6e-6).
+//!
+//! Outputs that must be written start as NaN, so a kernel that reads them (or skips an element)
+//! fails; parameter gradients start at random values, so `+=` is checked against the reference's
+//! `+=`. Every case also runs twice and must give bitwise the same results (no atomics).
+
+use ddpm::cuda::ops::groupnorm::{group_norm_backward, group_norm_forward, group_norm_scratch_len};
+use ddpm::cuda::testing::{expect_close, from_device, to_device, zeros_on_device, Case};
+use ddpm::cuda::Gpu;
+use ddpm::ops::groupnorm::{self as cpu, Affine, GroupNormShape};
+use ddpm::rng::Philox;
+use ddpm::shape::Nchw;
 
 pub fn cases() -> Vec<Case> {
-    vec![]
+    vec![
+        Case {
+            name: "groupnorm_one_group_odd_5x7",
+            run: |gpu| check(gpu, Nchw::new(2, 6, 5, 7), 1, 1),
+        },
+        Case {
+            name: "groupnorm_group_per_channel",
+            run: |gpu| check(gpu, Nchw::new(3, 8, 4, 4), 8, 2),
+        },
+        Case {
+            name: "groupnorm_unet_like_32_groups",
+            run: |gpu| check(gpu, Nchw::new(2, 64, 8, 8), 32, 3),
+        },
+        Case {
+            name: "groupnorm_odd_channels_per_group",
+            run: |gpu| check(gpu, Nchw::new(3, 6, 7, 5), 3, 4),
+        },
+        Case {
+            name: "groupnorm_1x1_spatial",
+            run: |gpu| check(gpu, Nchw::new(4, 12, 1, 1), 4, 5),
+        },
+        // 4·64·65 = 16 640 elements per group: two chunks in the forward, the last one short.
+        Case {
+            name: "groupnorm_big_group_two_chunks",
+            run: |gpu| check(gpu, Nchw::new(2, 8, 64, 65), 2, 6),
+        },
+        // One group of 2·130·131 = 34 060 elements (three forward chunks) and planes of 17 030
+        // (two backward chunks each), with B·G = 1: all the parallelism comes from the split.
+        Case {
+            name: "groupnorm_single_huge_group",
+            run: |gpu| check(gpu, Nchw::new(1, 2, 130, 131), 1, 7),
+        },
+    ]
+}
+
+const EPS: f64 = 1e-5;
+
+fn widen(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+fn narrow(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// What one GPU run produced.
+struct Outputs {
+    y: Vec<f32>,
+    mean: Vec<f32>,
+    rstd: Vec<f32>,
+    dx: Vec<f32>,
+    dgamma: Vec<f32>,
+    dbeta: Vec<f32>,
+}
+
+impl Outputs {
+    fn bits(&self) -> Vec<u32> {
+        [
+            &self.y,
+            &self.mean,
+            &self.rstd,
+            &self.dx,
+            &self.dgamma,
+            &self.dbeta,
+        ]
+        .iter()
+        .flat_map(|v| v.iter().map(|x| x.to_bits()))
+        .collect()
+    }
+}
+
+struct Inputs {
+    x: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    dy: Vec<f32>,
+    dgamma0: Vec<f32>,
+    dbeta0: Vec<f32>,
+}
+
+fn run_gpu(gpu: &Gpu, g: &GroupNormShape, i: &Inputs) -> anyhow::Result<Outputs> {
+    let (len, stats, c) = (g.x.len(), g.stats_len(), g.x.c);
+    let x = to_device(gpu, &i.x)?;
+    let gamma = to_device(gpu, &i.gamma)?;
+    let beta = to_device(gpu, &i.beta)?;
+    let dy = to_device(gpu, &i.dy)?;
+    let y = to_device(gpu, &vec![f32::NAN; len])?;
+    let mean = to_device(gpu, &vec![f32::NAN; stats])?;
+    let rstd = to_device(gpu, &vec![f32::NAN; stats])?;
+    let dx = to_device(gpu, &vec![f32::NAN; len])?;
+    let dgamma = to_device(gpu, &i.dgamma0)?;
+    let dbeta = to_device(gpu, &i.dbeta0)?;
+    let scratch = zeros_on_device::<f32>(gpu, group_norm_scratch_len(g))?;
+    group_norm_forward(
+        gpu,
+        g,
+        x.ptr(),
+        gamma.ptr(),
+        beta.ptr(),
+        y.ptr(),
+        mean.ptr(),
+        rstd.ptr(),
+        scratch.ptr(),
+    )?;
+    group_norm_backward(
+        gpu,
+        g,
+        x.ptr(),
+        gamma.ptr(),
+        mean.ptr(),
+        rstd.ptr(),
+        dy.ptr(),
+        dx.ptr(),
+        dgamma.ptr(),
+        dbeta.ptr(),
+        scratch.ptr(),
+    )?;
+    Ok(Outputs {
+        y: from_device(gpu, &y, len)?,
+        mean: from_device(gpu, &mean, stats)?,
+        rstd: from_device(gpu, &rstd, stats)?,
+        dx: from_device(gpu, &dx, len)?,
+        dgamma: from_device(gpu, &dgamma, c)?,
+        dbeta: from_device(gpu, &dbeta, c)?,
+    })
+}
+
+fn check(gpu: &Gpu, shape: Nchw, groups: usize, seed: u64) -> anyhow::Result<()> {
+    let g = GroupNormShape::new(shape, groups, EPS)?;
+    let (len, stats, c) = (shape.len(), g.stats_len(), shape.c);
+    let mut rng = Philox::new(seed);
+    // x off-centre (mean 0.5) so the statistics are exercised away from zero.
+    let inputs = Inputs {
+        x: rng.uniform_vec(len, -0.5, 1.5),
+        gamma: rng.uniform_vec(c, 0.5, 1.5),
+        beta: rng.uniform_vec(c, -0.5, 0.5),
+        dy: rng.uniform_vec(len, -1.0, 1.0),
+        dgamma0: rng.uniform_vec(c, -1.0, 1.0),
+        dbeta0: rng.uniform_vec(c, -1.0, 1.0),
+    };
+
+    // The reference, in f64.
+    let (x64, gamma64, beta64) = (widen(&inputs.x), widen(&inputs.gamma), widen(&inputs.beta));
+    let (mut y64, mut mean64, mut rstd64) = (vec![0.0; len], vec![0.0; stats], vec![0.0; stats]);
+    let affine = Affine {
+        gamma: &gamma64,
+        beta: &beta64,
+    };
+    cpu::group_norm_forward(&g, &x64, Some(affine), &mut y64, &mut mean64, &mut rstd64);
+    let mut dx64 = vec![0.0; len];
+    let (mut dgamma64, mut dbeta64) = (widen(&inputs.dgamma0), widen(&inputs.dbeta0));
+    cpu::group_norm_backward(
+        &g,
+        &x64,
+        Some(&gamma64),
+        &mean64,
+        &rstd64,
+        &widen(&inputs.dy),
+        &mut dx64,
+        Some((&mut dgamma64, &mut dbeta64)),
+    );
+
+    let got = run_gpu(gpu, &g, &inputs)?;
+    expect_close("mean", &got.mean, &narrow(&mean64), 1e-5);
+    expect_close("rstd", &got.rstd, &narrow(&rstd64), 1e-5);
+    expect_close("y", &got.y, &narrow(&y64), 2e-4);
+    expect_close("dx", &got.dx, &narrow(&dx64), 2e-4);
+    expect_close(
+        "dgamma (accumulated)",
+        &got.dgamma,
+        &narrow(&dgamma64),
+        1e-4,
+    );
+    expect_close("dbeta (accumulated)", &got.dbeta, &narrow(&dbeta64), 1e-4);
+
+    let again = run_gpu(gpu, &g, &inputs)?;
+    anyhow::ensure!(
+        got.bits() == again.bits(),
+        "two runs on the same inputs differ: the kernels are not deterministic"
+    );
+    Ok(())
 }

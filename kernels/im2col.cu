@@ -1,0 +1,160 @@
+// Convolution as im2col + GEMM: the unrolling (im2col), its adjoint (col2im) and the bias kernels
+// shared by conv2d and linear. CPU reference: src/ops/conv2d.rs (im2col, col2im, bias) and
+// src/ops/linear.rs (bias). Launch glue: src/cuda/ops/conv2d.rs.
+//
+// Layouts, per image: x (C_in, H, W); col (K, P) with K = C_in·kh·kw rows ordered (ci, ky, kx)
+// and P = H_out·W_out columns ordered (oy, ox). A chunk of images lies image after image in col,
+// `col_stride` >= K·P floats apart (the glue rounds it up so every image starts equally aligned).
+// Nothing here uses atomics: every output element is owned by one thread (or one block).
+#include "common.cuh"
+
+// Geometry of one convolution; field for field the same as `ConvGeom` in src/cuda/ops/conv2d.rs.
+// Bottom and right padding only show in out_h / out_w: reads past the input are zero either way.
+struct ConvGeom {
+    int c_in, h, w;          // input (C_in, H, W) of one image
+    int kh, kw;              // kernel
+    int sh, sw;              // stride
+    int pad_top, pad_left;   // zero padding before the first row / column
+    int out_h, out_w;        // output (H_out, W_out)
+};
+
+// Sum of `v` over the whole (1-d) block, returned to every thread. blockDim.x must be a multiple
+// of 32, at most 1024, and every thread must call it. `buf`: 33 floats of shared memory. The tree
+// is fixed by the block size, so the result is deterministic.
+__device__ __forceinline__ float block_sum(float v, float* buf) {
+    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+    __syncthreads(); // every thread has read the previous call's result
+    if (lane == 0) buf[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < (blockDim.x >> 5) ? buf[lane] : 0.0f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) w += __shfl_down_sync(0xffffffffu, w, o);
+        if (lane == 0) buf[32] = w;
+    }
+    __syncthreads();
+    return buf[32];
+}
+
+// One block per col row (image, ci, ky, kx), threads along the row's P output positions:
+//   col[img, (ci, ky, kx), (oy, ox)] = x[img, ci, oy·sh + ky − pad_top, ox·sw + kx − pad_left]
+// or 0 where that position lies in the padding.
+// x: (images, C_in, H, W)  col: (images, col_stride ≥ K·P)  rows = images·K
+__device__ void im2col(const float* x, float* col, ConvGeom g, size_t rows, size_t col_stride) {
+    const unsigned khw = (unsigned)(g.kh * g.kw);
+    const unsigned k = (unsigned)g.c_in * khw;
+    const unsigned p_len = (unsigned)(g.out_h * g.out_w);
+    const size_t plane_len = (size_t)g.h * g.w;
+    for (size_t row = blockIdx.x; row < rows; row += gridDim.x) {
+        const size_t img = row / k;
+        const unsigned r = (unsigned)(row % k);
+        const unsigned ci = r / khw;
+        const int ky = (int)((r / g.kw) % g.kh), kx = (int)(r % g.kw);
+        const float* plane = x + (img * g.c_in + ci) * plane_len;
+        float* out = col + img * col_stride + (size_t)r * p_len;
+        for (unsigned q = threadIdx.x; q < p_len; q += blockDim.x) {
+            const int oy = (int)(q / g.out_w), ox = (int)(q % g.out_w);
+            const int iy = oy * g.sh + ky - g.pad_top, ix = ox * g.sw + kx - g.pad_left;
+            const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
+            out[q] = inside ? plane[iy * g.w + ix] : 0.0f;
+        }
+    }
+}
+
+// The adjoint of im2col in gather form: one block per (image, ci) plane, one thread per input
+// position, summing every col entry that im2col read from that position — in (ky, kx) order,
+// the CPU's order — and writing the total (dx is overwritten, no atomics).
+// col: (images, col_stride ≥ K·P)  dx: (images, C_in, H, W)  planes = images·C_in
+__device__ void col2im(const float* col, float* dx, ConvGeom g, size_t planes, size_t col_stride) {
+    const unsigned khw = (unsigned)(g.kh * g.kw);
+    const size_t p_len = (size_t)g.out_h * g.out_w;
+    const unsigned plane_len = (unsigned)(g.h * g.w);
+    for (size_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
+        // Rows (ci, 0, 0) .. (ci, kh−1, kw−1) of image img's col: ci·kh·kw onwards.
+        const size_t img = plane / (unsigned)g.c_in;
+        const unsigned ci = (unsigned)(plane % (unsigned)g.c_in);
+        const float* rows = col + img * col_stride + (size_t)ci * khw * p_len;
+        float* out = dx + plane * plane_len;
+        for (unsigned e = threadIdx.x; e < plane_len; e += blockDim.x) {
+            const int iy = (int)(e / g.w), ix = (int)(e % g.w);
+            float acc = 0.0f;
+            for (int ky = 0; ky < g.kh; ++ky) {
+                // iy = oy·sh + ky − pad_top  ⇔  oy = (iy + pad_top − ky) / sh, when exact.
+                const int ty = iy + g.pad_top - ky;
+                if (ty < 0 || ty % g.sh != 0 || ty / g.sh >= g.out_h) continue;
+                const int oy = ty / g.sh;
+                for (int kx = 0; kx < g.kw; ++kx) {
+                    const int tx = ix + g.pad_left - kx;
+                    if (tx < 0 || tx % g.sw != 0 || tx / g.sw >= g.out_w) continue;
+                    const int ox = tx / g.sw;
+                    acc += rows[(size_t)(ky * g.kw + kx) * p_len + (size_t)(oy * g.out_w + ox)];
+                }
+            }
+            out[e] = acc;
+        }
+    }
+}
+
+// y[o, c, i] += b[c] over an (outer, C, inner) layout: conv (N, C_out, H_out·W_out) or
+// linear (rows, d_out, 1). Index type I: 32-bit when the sizes allow (cheaper division).
+template <typename I>
+__device__ void bias_add(float* y, const float* b, I total, I channels, I inner) {
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) y[i] += b[(i / inner) % channels];
+}
+
+__device__ void bias_add_nchw(float* y, const float* b, size_t total, size_t channels, size_t inner) {
+    // 32-bit indices only while i + the grid's stride cannot wrap (the grid is below 2^31 threads).
+    if (total <= 0x7fffffffu) {
+        bias_add<unsigned>(y, b, (unsigned)total, (unsigned)channels, (unsigned)inner);
+    } else {
+        bias_add<size_t>(y, b, total, channels, inner);
+    }
+}
+
+// db[c] += Σ_{o, i} dy[o, c, i] over an (outer, C, inner) layout, one block per channel, threads
+// along `inner` (contiguous): for conv bias gradients, inner = H_out·W_out. Fixed order.
+// dy: (outer, C, inner)  db: (C)
+__device__ void channel_sum_accumulate(const float* dy, float* db, size_t outer, size_t channels, size_t inner) {
+    __shared__ float buf[33];
+    for (size_t c = blockIdx.x; c < channels; c += gridDim.x) {
+        float acc = 0.0f;
+        for (size_t o = 0; o < outer; ++o) {
+            const float* row = dy + (o * channels + c) * inner;
+            for (size_t i = threadIdx.x; i < inner; i += blockDim.x) acc += row[i];
+        }
+        acc = block_sum(acc, buf);
+        if (threadIdx.x == 0) db[c] += acc;
+    }
+}
+
+// db[c] += Σ_r dy[r, c] for a (rows, C) matrix (inner = 1: linear bias gradients), where the
+// contiguous axis is the channel one. Block (32, 8): threadIdx.x picks a column of a 32-wide tile
+// (coalesced reads), threadIdx.y one of 8 interleaved row lanes; the 8 lane sums are added in
+// lane order. Fixed order.
+// dy: (rows, C)  db: (C)
+__device__ void column_sum_accumulate(const float* dy, float* db, size_t rows, size_t cols) {
+    __shared__ float lanes[8][32];
+    for (size_t tile = blockIdx.x; tile * 32 < cols; tile += gridDim.x) {
+        const size_t c = tile * 32 + threadIdx.x;
+        float acc = 0.0f;
+        if (c < cols) {
+            for (size_t r = threadIdx.y; r < rows; r += 8) acc += dy[r * cols + c];
+        }
+        lanes[threadIdx.y][threadIdx.x] = acc;
+        __syncthreads();
+        if (threadIdx.y == 0 && c < cols) {
+            float s = lanes[0][threadIdx.x];
+            for (int l = 1; l < 8; ++l) s += lanes[l][threadIdx.x];
+            db[c] += s;
+        }
+        __syncthreads(); // lanes is rewritten by the next tile
+    }
+}
+
+extern "C" __global__ void im2col_f32(const float* x, float* col, ConvGeom g, size_t rows, size_t col_stride) { im2col(x, col, g, rows, col_stride); }
+extern "C" __global__ void col2im_f32(const float* col, float* dx, ConvGeom g, size_t planes, size_t col_stride) { col2im(col, dx, g, planes, col_stride); }
+extern "C" __global__ void bias_add_nchw_f32(float* y, const float* b, size_t total, size_t channels, size_t inner) { bias_add_nchw(y, b, total, channels, inner); }
+extern "C" __global__ void channel_sum_accumulate_f32(const float* dy, float* db, size_t outer, size_t channels, size_t inner) { channel_sum_accumulate(dy, db, outer, channels, inner); }
+extern "C" __global__ void column_sum_accumulate_f32(const float* dy, float* db, size_t rows, size_t cols) { column_sum_accumulate(dy, db, rows, cols); }
