@@ -11,6 +11,7 @@
 //! gradients accumulate (`+=`). Outputs passed as `&mut Self::Buf` are fully overwritten unless the
 //! op says it accumulates. [`Backend::alloc`] may return garbage; [`Backend::zeros`] is zeroed.
 
+pub mod cpu;
 pub mod plan;
 
 use crate::float::Real;

@@ -6,11 +6,9 @@
 //! y = x + to_out.0(o) as (B, C, H, W)
 //! ```
 
-use super::layers::{accumulate, Builder, GroupNorm, GroupStats, Linear};
-use crate::float::Real;
-use crate::ops::attention::{attention_backward, attention_forward, AttentionShape};
-use crate::ops::layout::{nchw_to_tokens, tokens_to_nchw};
-use crate::params::ParamArena;
+use super::layers::{Builder, GroupNorm, GroupStats, Linear};
+use crate::backend::Backend;
+use crate::ops::attention::AttentionShape;
 use crate::shape::Nchw;
 
 #[derive(Clone, Debug)]
@@ -24,22 +22,30 @@ pub struct AttentionBlock {
 }
 
 /// What [`AttentionBlock::backward`] needs from the forward.
-#[derive(Debug)]
-pub struct AttentionTape<T> {
+pub struct AttentionTape<B: Backend> {
     /// (B, C, H, W)
     xs: Nchw,
-    x: Vec<T>,
-    st: GroupStats<T>,
+    x: B::Buf,
+    st: GroupStats<B>,
     /// Normalised input in token layout, the input of q/k/v. (B, L, C)
-    tokens: Vec<T>,
+    tokens: B::Buf,
     /// (B, L, C) each
-    q: Vec<T>,
-    k: Vec<T>,
-    v: Vec<T>,
+    q: B::Buf,
+    k: B::Buf,
+    v: B::Buf,
     /// (B, heads, L, L)
-    probs: Vec<T>,
+    probs: B::Buf,
     /// Attention output, the input of to_out. (B, L, C)
-    o: Vec<T>,
+    o: B::Buf,
+}
+
+// A summary: the buffers are large, and a device backend's cannot be printed from the host.
+impl<B: Backend> std::fmt::Debug for AttentionTape<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AttentionTape")
+            .field("xs", &self.xs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AttentionBlock {
@@ -66,28 +72,29 @@ impl AttentionBlock {
             .unwrap_or_else(|e| panic!("attention geometry was validated with the config: {e}"))
     }
 
-    /// x: (B, C, H, W) → y: (B, C, H, W)
-    pub fn forward<T: Real>(
+    /// x: (B, C, H, W) → y: (B, C, H, W). Takes `x` by value: the tape keeps it.
+    pub fn forward<B: Backend>(
         &self,
-        p: &ParamArena<T>,
+        be: &mut B,
+        p: &B::Params,
         xs: Nchw,
-        x: Vec<T>,
-    ) -> (Vec<T>, AttentionTape<T>) {
+        x: B::Buf,
+    ) -> (B::Buf, AttentionTape<B>) {
         let g = self.geometry(xs);
         let rows = xs.n * xs.hw();
-        let (n, st) = self.group_norm.forward(p, xs, &x);
-        let mut tokens = vec![T::zero(); n.len()];
-        nchw_to_tokens(xs, &n, &mut tokens);
-        let q = self.to_q.forward(p, rows, &tokens);
-        let k = self.to_k.forward(p, rows, &tokens);
-        let v = self.to_v.forward(p, rows, &tokens);
-        let mut o = vec![T::zero(); tokens.len()];
-        let mut probs = vec![T::zero(); g.probs_len()];
-        attention_forward(&g, &q, &k, &v, &mut o, &mut probs);
-        let out = self.to_out.forward(p, rows, &o);
-        let mut y = vec![T::zero(); x.len()];
-        tokens_to_nchw(xs, &out, &mut y);
-        accumulate(&mut y, &x);
+        let (n, st) = self.group_norm.forward(be, p, xs, &x);
+        let mut tokens = be.alloc(B::len(&n)); // (B, L, C)
+        be.nchw_to_tokens(xs, &n, &mut tokens);
+        let q = self.to_q.forward(be, p, rows, &tokens);
+        let k = self.to_k.forward(be, p, rows, &tokens);
+        let v = self.to_v.forward(be, p, rows, &tokens);
+        let mut o = be.alloc(B::len(&tokens)); // (B, L, C)
+        let mut probs = be.alloc(g.probs_len()); // (B, heads, L, L)
+        be.attention_forward(&g, &q, &k, &v, &mut o, &mut probs);
+        let out = self.to_out.forward(be, p, rows, &o);
+        let mut y = be.alloc(B::len(&x));
+        be.tokens_to_nchw(xs, &out, &mut y);
+        be.accumulate(&mut y, &x);
         let tape = AttentionTape {
             xs,
             x,
@@ -102,44 +109,42 @@ impl AttentionBlock {
         (y, tape)
     }
 
-    /// dy: (B, C, H, W) → dx
-    pub fn backward<T: Real>(
+    /// dy: (B, C, H, W) → dx: (B, C, H, W)
+    pub fn backward<B: Backend>(
         &self,
-        p: &mut ParamArena<T>,
-        t: &AttentionTape<T>,
-        dy: &[T],
-    ) -> Vec<T> {
+        be: &mut B,
+        p: &mut B::Params,
+        t: &AttentionTape<B>,
+        dy: &B::Buf,
+    ) -> B::Buf {
         let (xs, g) = (t.xs, self.geometry(t.xs));
         let rows = xs.n * xs.hw();
-        let mut dout = vec![T::zero(); dy.len()];
-        nchw_to_tokens(xs, dy, &mut dout);
+        let mut dout = be.alloc(B::len(dy)); // (B, L, C)
+        be.nchw_to_tokens(xs, dy, &mut dout);
         let do_ = self
             .to_out
-            .backward(p, rows, &t.o, &dout, true)
+            .backward(be, p, rows, &t.o, &dout, true)
             .expect("dx was asked for");
-        let (mut dq, mut dk, mut dv) = (
-            vec![T::zero(); do_.len()],
-            vec![T::zero(); do_.len()],
-            vec![T::zero(); do_.len()],
-        );
-        attention_backward(
+        let n = B::len(&do_);
+        let (mut dq, mut dk, mut dv) = (be.alloc(n), be.alloc(n), be.alloc(n));
+        be.attention_backward(
             &g, &t.q, &t.k, &t.v, &t.probs, &do_, &mut dq, &mut dk, &mut dv,
         );
         // q, k and v all read the same tokens: their input gradients add up.
         let mut dtokens = self
             .to_q
-            .backward(p, rows, &t.tokens, &dq, true)
+            .backward(be, p, rows, &t.tokens, &dq, true)
             .expect("dx was asked for");
         for (layer, d) in [(&self.to_k, &dk), (&self.to_v, &dv)] {
             let part = layer
-                .backward(p, rows, &t.tokens, d, true)
+                .backward(be, p, rows, &t.tokens, d, true)
                 .expect("dx was asked for");
-            accumulate(&mut dtokens, &part);
+            be.accumulate(&mut dtokens, &part);
         }
-        let mut dn = vec![T::zero(); dy.len()];
-        tokens_to_nchw(xs, &dtokens, &mut dn);
-        let mut dx = self.group_norm.backward(p, xs, &t.x, &t.st, &dn);
-        accumulate(&mut dx, dy); // the residual path
+        let mut dn = be.alloc(B::len(dy));
+        be.tokens_to_nchw(xs, &dtokens, &mut dn);
+        let mut dx = self.group_norm.backward(be, p, xs, &t.x, &t.st, &dn);
+        be.accumulate(&mut dx, dy); // the residual path
         dx
     }
 }

@@ -1,13 +1,16 @@
 //! The parameterised building blocks (conv, linear, group norm) over the ops in [`crate::ops`],
 //! and the builder that names their parameters and records how to initialise them.
 //!
-//! A layer holds only parameter ids and geometry; values live in the [`ParamArena`]. Each
-//! `forward` returns what its `backward` needs besides the input, which the caller keeps.
+//! A layer holds only parameter ids and geometry; values live in the backend's parameters (a
+//! [`ParamArena`] on the CPU). Each `forward` returns what its `backward` needs besides the
+//! input, which the caller keeps. Forward and backward are generic over [`Backend`], so the same
+//! layer runs on the CPU reference, the planner and the GPU.
 
+use crate::backend::Backend;
 use crate::float::Real;
-use crate::ops::conv2d::{conv2d_backward, conv2d_forward, Conv2dShape, Padding};
-use crate::ops::groupnorm::{group_norm_backward, group_norm_forward, Affine, GroupNormShape};
-use crate::ops::linear::{linear_backward, linear_forward, LinearShape};
+use crate::ops::conv2d::{Conv2dShape, Padding};
+use crate::ops::groupnorm::GroupNormShape;
+use crate::ops::linear::LinearShape;
 use crate::params::{ParamArena, ParamError, ParamId, ParamLayout};
 use crate::rng::Philox;
 use crate::shape::Nchw;
@@ -63,11 +66,6 @@ impl Builder {
         }
         arena
     }
-}
-
-/// Range of one parameter inside the arena (taken before a mutable borrow of the gradients).
-fn range<T: Real>(p: &ParamArena<T>, id: ParamId) -> std::ops::Range<usize> {
-    p.layout().spec(id).range()
 }
 
 /// A 2-d convolution with bias; diffusers names `{prefix}.weight`, `{prefix}.bias`.
@@ -130,33 +128,26 @@ impl Conv2d {
     }
 
     /// x: (B, C_in, H, W) → (B, C_out, H', W')
-    pub fn forward<T: Real>(&self, p: &ParamArena<T>, xs: Nchw, x: &[T]) -> Vec<T> {
+    pub fn forward<B: Backend>(&self, be: &mut B, p: &B::Params, xs: Nchw, x: &B::Buf) -> B::Buf {
         let g = self.geometry(xs);
-        let mut y = vec![T::zero(); g.output().len()];
-        conv2d_forward(
-            &g,
-            x,
-            p.value(self.weight),
-            Some(p.value(self.bias)),
-            &mut y,
-        );
+        let mut y = be.alloc(g.output().len());
+        be.conv2d_forward(p, &g, x, self.weight, self.bias, &mut y);
         y
     }
 
-    /// Accumulates dW, db; returns dx when asked for.
-    pub fn backward<T: Real>(
+    /// Accumulates dW, db; returns dx, (B, C_in, H, W), when asked for.
+    pub fn backward<B: Backend>(
         &self,
-        p: &mut ParamArena<T>,
+        be: &mut B,
+        p: &mut B::Params,
         xs: Nchw,
-        x: &[T],
-        dy: &[T],
+        x: &B::Buf,
+        dy: &B::Buf,
         need_dx: bool,
-    ) -> Option<Vec<T>> {
+    ) -> Option<B::Buf> {
         let g = self.geometry(xs);
-        let wr = range(p, self.weight);
-        let mut dx = need_dx.then(|| vec![T::zero(); x.len()]);
-        let (values, [dw, db]) = p.values_and_grads([self.weight, self.bias]);
-        conv2d_backward(&g, x, &values[wr], dy, dx.as_deref_mut(), dw, Some(db));
+        let mut dx = need_dx.then(|| be.alloc(B::len(x)));
+        be.conv2d_backward(p, &g, x, self.weight, self.bias, dy, dx.as_mut());
         dx
     }
 }
@@ -186,33 +177,32 @@ impl Linear {
     }
 
     /// x: (rows, d_in) → (rows, d_out)
-    pub fn forward<T: Real>(&self, p: &ParamArena<T>, rows: usize, x: &[T]) -> Vec<T> {
+    pub fn forward<B: Backend>(
+        &self,
+        be: &mut B,
+        p: &B::Params,
+        rows: usize,
+        x: &B::Buf,
+    ) -> B::Buf {
         let s = LinearShape::new(rows, self.d_in, self.d_out);
-        let mut y = vec![T::zero(); rows * self.d_out];
-        linear_forward(
-            &s,
-            x,
-            p.value(self.weight),
-            Some(p.value(self.bias)),
-            &mut y,
-        );
+        let mut y = be.alloc(rows * self.d_out);
+        be.linear_forward(p, &s, x, self.weight, self.bias, &mut y);
         y
     }
 
-    /// Accumulates dW, db; returns dx when asked for.
-    pub fn backward<T: Real>(
+    /// Accumulates dW, db; returns dx, (rows, d_in), when asked for.
+    pub fn backward<B: Backend>(
         &self,
-        p: &mut ParamArena<T>,
+        be: &mut B,
+        p: &mut B::Params,
         rows: usize,
-        x: &[T],
-        dy: &[T],
+        x: &B::Buf,
+        dy: &B::Buf,
         need_dx: bool,
-    ) -> Option<Vec<T>> {
+    ) -> Option<B::Buf> {
         let s = LinearShape::new(rows, self.d_in, self.d_out);
-        let wr = range(p, self.weight);
-        let mut dx = need_dx.then(|| vec![T::zero(); x.len()]);
-        let (values, [dw, db]) = p.values_and_grads([self.weight, self.bias]);
-        linear_backward(&s, x, &values[wr], dy, dx.as_deref_mut(), dw, Some(db));
+        let mut dx = need_dx.then(|| be.alloc(B::len(x)));
+        be.linear_backward(p, &s, x, self.weight, self.bias, dy, dx.as_mut());
         dx
     }
 }
@@ -227,10 +217,10 @@ pub struct GroupNorm {
 }
 
 /// Group statistics saved by the forward, (B, G) each.
-#[derive(Clone, Debug)]
-pub struct GroupStats<T> {
-    pub mean: Vec<T>,
-    pub rstd: Vec<T>,
+#[derive(Debug)]
+pub struct GroupStats<B: Backend> {
+    pub mean: B::Buf,
+    pub rstd: B::Buf,
 }
 
 impl GroupNorm {
@@ -249,55 +239,47 @@ impl GroupNorm {
     }
 
     /// x: (B, C, H, W) → (y, stats)
-    pub fn forward<T: Real>(
+    pub fn forward<B: Backend>(
         &self,
-        p: &ParamArena<T>,
+        be: &mut B,
+        p: &B::Params,
         xs: Nchw,
-        x: &[T],
-    ) -> (Vec<T>, GroupStats<T>) {
+        x: &B::Buf,
+    ) -> (B::Buf, GroupStats<B>) {
         let g = self.geometry(xs);
-        let mut y = vec![T::zero(); x.len()];
+        let mut y = be.alloc(B::len(x));
         let mut st = GroupStats {
-            mean: vec![T::zero(); g.stats_len()],
-            rstd: vec![T::zero(); g.stats_len()],
+            mean: be.alloc(g.stats_len()),
+            rstd: be.alloc(g.stats_len()),
         };
-        let affine = Affine {
-            gamma: p.value(self.gamma),
-            beta: p.value(self.beta),
-        };
-        group_norm_forward(&g, x, Some(affine), &mut y, &mut st.mean, &mut st.rstd);
+        be.group_norm_forward(
+            p,
+            &g,
+            x,
+            self.gamma,
+            self.beta,
+            &mut y,
+            &mut st.mean,
+            &mut st.rstd,
+        );
         (y, st)
     }
 
-    /// Accumulates dγ, dβ; returns dx.
-    pub fn backward<T: Real>(
+    /// Accumulates dγ, dβ; returns dx, (B, C, H, W).
+    pub fn backward<B: Backend>(
         &self,
-        p: &mut ParamArena<T>,
+        be: &mut B,
+        p: &mut B::Params,
         xs: Nchw,
-        x: &[T],
-        st: &GroupStats<T>,
-        dy: &[T],
-    ) -> Vec<T> {
+        x: &B::Buf,
+        st: &GroupStats<B>,
+        dy: &B::Buf,
+    ) -> B::Buf {
         let g = self.geometry(xs);
-        let gr = range(p, self.gamma);
-        let mut dx = vec![T::zero(); x.len()];
-        let (values, [dgamma, dbeta]) = p.values_and_grads([self.gamma, self.beta]);
-        group_norm_backward(
-            &g,
-            x,
-            Some(&values[gr]),
-            &st.mean,
-            &st.rstd,
-            dy,
-            &mut dx,
-            Some((dgamma, dbeta)),
+        let mut dx = be.alloc(B::len(x));
+        be.group_norm_backward(
+            p, &g, x, self.gamma, self.beta, &st.mean, &st.rstd, dy, &mut dx,
         );
         dx
     }
-}
-
-/// Elementwise sum of two equal-length buffers into the first (gradients meeting at a fork).
-pub fn accumulate<T: Real>(acc: &mut [T], add: &[T]) {
-    debug_assert_eq!(acc.len(), add.len());
-    acc.iter_mut().zip(add).for_each(|(a, &b)| *a += b);
 }

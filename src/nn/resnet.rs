@@ -7,13 +7,10 @@
 //! ```
 //! `silu(emb)` is the same for every block, so the UNet computes it once and passes it in.
 
-use super::layers::{accumulate, Builder, Conv2d, GroupNorm, GroupStats, Linear};
-use crate::float::Real;
-use crate::ops::add::{add_channel_bias, add_channel_bias_backward};
+use super::layers::{Builder, Conv2d, GroupNorm, GroupStats, Linear};
+use crate::backend::Backend;
 use crate::ops::conv2d::Padding;
-use crate::ops::dropout::{dropout_backward, dropout_forward, DropoutArgs};
-use crate::ops::silu::{silu_backward, silu_forward};
-use crate::params::ParamArena;
+use crate::ops::dropout::DropoutArgs;
 use crate::shape::Nchw;
 
 #[derive(Clone, Debug)]
@@ -30,24 +27,32 @@ pub struct ResnetBlock {
 }
 
 /// What [`ResnetBlock::backward`] needs from the forward.
-#[derive(Debug)]
-pub struct ResnetTape<T> {
+pub struct ResnetTape<B: Backend> {
     /// (B, C_in, H, W)
     xs: Nchw,
-    x: Vec<T>,
-    st1: GroupStats<T>,
+    x: B::Buf,
+    st1: GroupStats<B>,
     /// norm1(x), the input of the first SiLU. (B, C_in, H, W)
-    n1: Vec<T>,
+    n1: B::Buf,
     /// silu(n1), the input of conv1. (B, C_in, H, W)
-    a1: Vec<T>,
+    a1: B::Buf,
     /// conv1(a1) + time projection, the input of norm2. (B, C_out, H, W)
-    h: Vec<T>,
-    st2: GroupStats<T>,
+    h: B::Buf,
+    st2: GroupStats<B>,
     /// norm2(h). (B, C_out, H, W)
-    n2: Vec<T>,
+    n2: B::Buf,
     /// dropout(silu(n2)), the input of conv2. (B, C_out, H, W)
-    d: Vec<T>,
+    d: B::Buf,
     drop: Option<DropoutArgs>,
+}
+
+// A summary: the buffers are large, and a device backend's cannot be printed from the host.
+impl<B: Backend> std::fmt::Debug for ResnetTape<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResnetTape")
+            .field("xs", &self.xs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ResnetBlock {
@@ -91,25 +96,27 @@ impl ResnetBlock {
 
     /// x: (B, C_in, H, W), emb_act = silu(emb): (B, E) → y: (B, C_out, H, W).
     /// `dropout_seed` is `Some` in training (a fresh seed per step) and `None` for inference.
-    pub fn forward<T: Real>(
+    /// Takes `x` by value: the tape keeps it.
+    pub fn forward<B: Backend>(
         &self,
-        p: &ParamArena<T>,
+        be: &mut B,
+        p: &B::Params,
         xs: Nchw,
-        x: Vec<T>,
-        emb_act: &[T],
+        x: B::Buf,
+        emb_act: &B::Buf,
         dropout_seed: Option<u64>,
-    ) -> (Vec<T>, ResnetTape<T>) {
+    ) -> (B::Buf, ResnetTape<B>) {
         let ys = xs.with_c(self.c_out());
-        let (n1, st1) = self.norm1.forward(p, xs, &x);
-        let mut a1 = vec![T::zero(); n1.len()];
-        silu_forward(&n1, &mut a1);
-        let c1 = self.conv1.forward(p, xs, &a1);
-        let tproj = self.time_emb_proj.forward(p, xs.n, emb_act); // (B, C_out)
-        let mut h = vec![T::zero(); c1.len()];
-        add_channel_bias(ys, &c1, &tproj, &mut h);
-        let (n2, st2) = self.norm2.forward(p, ys, &h);
-        let mut a2 = vec![T::zero(); n2.len()];
-        silu_forward(&n2, &mut a2);
+        let (n1, st1) = self.norm1.forward(be, p, xs, &x);
+        let mut a1 = be.alloc(B::len(&n1));
+        be.silu_forward(&n1, &mut a1);
+        let c1 = self.conv1.forward(be, p, xs, &a1);
+        let tproj = self.time_emb_proj.forward(be, p, xs.n, emb_act); // (B, C_out)
+        let mut h = be.alloc(B::len(&c1));
+        be.add_channel_bias(ys, &c1, &tproj, &mut h);
+        let (n2, st2) = self.norm2.forward(be, p, ys, &h);
+        let mut a2 = be.alloc(B::len(&n2));
+        be.silu_forward(&n2, &mut a2);
         let drop = match dropout_seed {
             Some(seed) if self.dropout > 0.0 => Some(
                 DropoutArgs::new(self.dropout, seed, self.index)
@@ -119,16 +126,19 @@ impl ResnetBlock {
         };
         let d = match &drop {
             Some(args) => {
-                let mut d = vec![T::zero(); a2.len()];
-                dropout_forward(args, &a2, &mut d);
+                let mut d = be.alloc(B::len(&a2));
+                be.dropout_forward(args, &a2, &mut d);
                 d
             }
             None => a2,
         };
-        let mut y = self.conv2.forward(p, ys, &d);
+        let mut y = self.conv2.forward(be, p, ys, &d);
         match &self.conv_shortcut {
-            Some(sc) => accumulate(&mut y, &sc.forward(p, xs, &x)),
-            None => accumulate(&mut y, &x),
+            Some(sc) => {
+                let s = sc.forward(be, p, xs, &x);
+                be.accumulate(&mut y, &s);
+            }
+            None => be.accumulate(&mut y, &x),
         }
         let tape = ResnetTape {
             xs,
@@ -145,54 +155,56 @@ impl ResnetBlock {
         (y, tape)
     }
 
-    /// dy: (B, C_out, H, W) → dx; adds this block's share of d(silu(emb)) into `demb_act`.
-    pub fn backward<T: Real>(
+    /// dy: (B, C_out, H, W) → dx: (B, C_in, H, W); adds this block's share of d(silu(emb)),
+    /// (B, E), into `demb_act`.
+    pub fn backward<B: Backend>(
         &self,
-        p: &mut ParamArena<T>,
-        tape: &ResnetTape<T>,
-        emb_act: &[T],
-        dy: &[T],
-        demb_act: &mut [T],
-    ) -> Vec<T> {
+        be: &mut B,
+        p: &mut B::Params,
+        tape: &ResnetTape<B>,
+        emb_act: &B::Buf,
+        dy: &B::Buf,
+        demb_act: &mut B::Buf,
+    ) -> B::Buf {
         let (xs, ys) = (tape.xs, tape.xs.with_c(self.c_out()));
         // y = shortcut(x) + conv2(d)
         let mut dx = match &self.conv_shortcut {
             Some(sc) => sc
-                .backward(p, xs, &tape.x, dy, true)
+                .backward(be, p, xs, &tape.x, dy, true)
                 .expect("dx was asked for"),
-            None => dy.to_vec(),
+            None => be.copy(dy),
         };
         let dd = self
             .conv2
-            .backward(p, ys, &tape.d, dy, true)
+            .backward(be, p, ys, &tape.d, dy, true)
             .expect("dx was asked for");
         let da2 = match &tape.drop {
             Some(args) => {
-                let mut da2 = vec![T::zero(); dd.len()];
-                dropout_backward(args, &dd, &mut da2);
+                let mut da2 = be.alloc(B::len(&dd));
+                be.dropout_backward(args, &dd, &mut da2);
                 da2
             }
             None => dd,
         };
-        let mut dn2 = vec![T::zero(); da2.len()];
-        silu_backward(&tape.n2, &da2, &mut dn2);
-        let dh = self.norm2.backward(p, ys, &tape.h, &tape.st2, &dn2);
+        let mut dn2 = be.alloc(B::len(&da2));
+        be.silu_backward(&tape.n2, &da2, &mut dn2);
+        let dh = self.norm2.backward(be, p, ys, &tape.h, &tape.st2, &dn2);
         // h = conv1(a1) + tproj: the time projection sees Σ_hw dh.
-        let mut dtproj = vec![T::zero(); ys.n * ys.c];
-        add_channel_bias_backward(ys, &dh, None, &mut dtproj);
+        let mut dtproj = be.alloc(ys.n * ys.c); // (B, C_out)
+        be.sum_spatial(ys, &dh, &mut dtproj);
         let demb = self
             .time_emb_proj
-            .backward(p, xs.n, emb_act, &dtproj, true)
+            .backward(be, p, xs.n, emb_act, &dtproj, true)
             .expect("dx was asked for");
-        accumulate(demb_act, &demb);
+        be.accumulate(demb_act, &demb);
         let da1 = self
             .conv1
-            .backward(p, xs, &tape.a1, &dh, true)
+            .backward(be, p, xs, &tape.a1, &dh, true)
             .expect("dx was asked for");
-        let mut dn1 = vec![T::zero(); da1.len()];
-        silu_backward(&tape.n1, &da1, &mut dn1);
-        let dx1 = self.norm1.backward(p, xs, &tape.x, &tape.st1, &dn1);
-        accumulate(&mut dx, &dx1);
+        let mut dn1 = be.alloc(B::len(&da1));
+        be.silu_backward(&tape.n1, &da1, &mut dn1);
+        let dx1 = self.norm1.backward(be, p, xs, &tape.x, &tape.st1, &dn1);
+        be.accumulate(&mut dx, &dx1);
         dx
     }
 }

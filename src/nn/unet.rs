@@ -13,17 +13,21 @@
 //! ```
 //! Every tensor in the skip list is the output of one down-path op whose input is the previous
 //! entry, which is what makes the backward of the down path a simple reverse walk.
+//!
+//! The walk is written once, generic over [`Backend`] ([`UNet::forward_on`],
+//! [`UNet::backward_on`]); [`UNet::predict`], [`UNet::forward`] and [`UNet::backward`] run it on
+//! the CPU reference, and [`UNet::plan_step`] on the [`Planner`] to size a device arena.
 
 use super::attention::{AttentionBlock, AttentionTape};
 use super::config::{ConfigError, UNetConfig};
-use super::layers::{accumulate, Builder, Conv2d, GroupNorm, GroupStats, Init, Linear};
+use super::layers::{Builder, Conv2d, GroupNorm, GroupStats, Init, Linear};
 use super::resnet::{ResnetBlock, ResnetTape};
+use crate::backend::cpu::Cpu;
+use crate::backend::plan::Planner;
+use crate::backend::Backend;
 use crate::float::Real;
-use crate::ops::concat::{concat_channels, split_channels};
 use crate::ops::conv2d::Padding;
-use crate::ops::embedding::{timestep_embedding_forward, TimestepEmbedding};
-use crate::ops::silu::{silu_backward, silu_forward};
-use crate::ops::upsample::{upsample_nearest2x_backward, upsample_nearest2x_forward};
+use crate::ops::embedding::TimestepEmbedding;
 use crate::params::{ParamArena, ParamId, ParamLayout};
 use crate::shape::{Nchw, ShapeError};
 
@@ -65,72 +69,82 @@ pub struct UNet {
     conv_out: Conv2d,
 }
 
-/// Everything the backward needs from one forward.
-#[derive(Debug)]
-pub struct UNetTape<T> {
+/// Everything the backward needs from one forward, in `B`'s buffers.
+pub struct UNetTape<B: Backend> {
     /// (B, C, S, S) of the input.
     xs: Nchw,
-    x: Vec<T>,
+    x: B::Buf,
     labels: Option<Vec<u32>>,
     /// sinusoid(t), (B, C0)
-    t_sin: Vec<T>,
+    t_sin: B::Buf,
     /// linear_1 output, (B, E)
-    e1: Vec<T>,
+    e1: B::Buf,
     /// silu(e1), (B, E)
-    a1: Vec<T>,
+    a1: B::Buf,
     /// The embedding before its SiLU, (B, E)
-    emb: Vec<T>,
+    emb: B::Buf,
     /// silu(emb), shared by every residual block, (B, E)
-    emb_act: Vec<T>,
-    down: Vec<DownTape<T>>,
-    mid: Vec<LayerTape<T>>,
-    up: Vec<UpTape<T>>,
+    emb_act: B::Buf,
+    down: Vec<DownTape<B>>,
+    mid: Vec<LayerTape<B>>,
+    up: Vec<UpTape<B>>,
     /// Input of conv_norm_out, (B, C0, S, S)
-    out_in: Vec<T>,
-    out_st: GroupStats<T>,
+    out_in: B::Buf,
+    out_st: GroupStats<B>,
     /// conv_norm_out output, (B, C0, S, S)
-    out_n: Vec<T>,
+    out_n: B::Buf,
     /// silu(out_n), the input of conv_out
-    out_a: Vec<T>,
+    out_a: B::Buf,
 }
 
-#[derive(Debug)]
-struct LayerTape<T> {
-    resnet: ResnetTape<T>,
-    attention: Option<AttentionTape<T>>,
+/// The tape of a forward on the CPU reference.
+pub type CpuTape<T> = UNetTape<Cpu<T>>;
+
+// A summary: the buffers are large, and a device backend's cannot be printed from the host.
+impl<B: Backend> std::fmt::Debug for UNetTape<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UNetTape")
+            .field("xs", &self.xs)
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
+struct LayerTape<B: Backend> {
+    resnet: ResnetTape<B>,
+    attention: Option<AttentionTape<B>>,
     /// Shape of the layer's output.
     ys: Nchw,
 }
 
-#[derive(Debug)]
-struct DownTape<T> {
-    layers: Vec<LayerTape<T>>,
+struct DownTape<B: Backend> {
+    layers: Vec<LayerTape<B>>,
     /// Input of the downsampling conv and its shape.
-    down_in: Option<(Nchw, Vec<T>)>,
+    down_in: Option<(Nchw, B::Buf)>,
 }
 
-#[derive(Debug)]
-struct UpTape<T> {
+struct UpTape<B: Backend> {
     /// Per layer: the tape, and the channels of (h, skip) concatenated at its input.
-    layers: Vec<(LayerTape<T>, usize, usize)>,
+    layers: Vec<(LayerTape<B>, usize, usize)>,
     /// Shape before upsampling, and the upsampled tensor (the input of the conv).
-    up_in: Option<(Nchw, Vec<T>)>,
+    up_in: Option<(Nchw, B::Buf)>,
 }
 
 impl Layer {
-    fn forward<T: Real>(
+    fn forward<B: Backend>(
         &self,
-        p: &ParamArena<T>,
+        be: &mut B,
+        p: &B::Params,
         xs: Nchw,
-        x: Vec<T>,
-        emb_act: &[T],
+        x: B::Buf,
+        emb_act: &B::Buf,
         dropout_seed: Option<u64>,
-    ) -> (Vec<T>, LayerTape<T>) {
-        let (h, resnet) = self.resnet.forward(p, xs, x, emb_act, dropout_seed);
+    ) -> (B::Buf, LayerTape<B>) {
+        let (h, resnet) = self.resnet.forward(be, p, xs, x, emb_act, dropout_seed);
         let ys = xs.with_c(self.resnet.c_out());
         let (y, attention) = match &self.attention {
             Some(a) => {
-                let (y, t) = a.forward(p, ys, h);
+                let (y, t) = a.forward(be, p, ys, h);
                 (y, Some(t))
             }
             None => (h, None),
@@ -145,20 +159,28 @@ impl Layer {
         )
     }
 
-    fn backward<T: Real>(
+    fn backward<B: Backend>(
         &self,
-        p: &mut ParamArena<T>,
-        t: &LayerTape<T>,
-        emb_act: &[T],
-        dy: Vec<T>,
-        demb_act: &mut [T],
-    ) -> Vec<T> {
+        be: &mut B,
+        p: &mut B::Params,
+        t: &LayerTape<B>,
+        emb_act: &B::Buf,
+        dy: B::Buf,
+        demb_act: &mut B::Buf,
+    ) -> B::Buf {
         let dh = match (&self.attention, &t.attention) {
-            (Some(a), Some(at)) => a.backward(p, at, &dy),
+            (Some(a), Some(at)) => a.backward(be, p, at, &dy),
             _ => dy,
         };
-        self.resnet.backward(p, &t.resnet, emb_act, &dh, demb_act)
+        self.resnet
+            .backward(be, p, &t.resnet, emb_act, &dh, demb_act)
     }
+}
+
+/// Adds the gradient that came back through the most recent unconsumed skip into `g`.
+fn add_skip_grad<B: Backend>(be: &mut B, g: &mut B::Buf, dskips: &mut Vec<B::Buf>) {
+    let ds = dskips.pop().expect("one gradient per skip");
+    be.accumulate(g, &ds);
 }
 
 impl UNet {
@@ -383,8 +405,8 @@ impl UNet {
         }
     }
 
-    /// Predicts the model output for a batch without keeping anything for a backward.
-    /// x: (B, C, S, S), t: (B) → (B, C_out, S, S)
+    /// Predicts the model output for a batch on the CPU without keeping anything for a
+    /// backward. x: (B, C, S, S), t: (B) → (B, C_out, S, S)
     pub fn predict<T: Real>(
         &self,
         p: &ParamArena<T>,
@@ -392,12 +414,15 @@ impl UNet {
         t: &[T],
         labels: Option<&[u32]>,
     ) -> Result<Vec<T>, ShapeError> {
-        let (y, _) = self.run(p, x, t, labels, None, false)?;
+        let (x, t) = (x.to_vec(), t.to_vec());
+        let (y, _) = self.forward_on(&mut Cpu::new(), p, &x, &t, labels, None, false)?;
         Ok(y)
     }
 
-    /// Training forward: the output and the tape for [`UNet::backward`].
-    /// `dropout_seed` should differ per step; `None` disables dropout.
+    /// Training forward on the CPU: the output and the tape for [`UNet::backward`].
+    /// `dropout_seed` should differ per step; `None` disables dropout. The CPU wrappers copy
+    /// their slices into the backend's `Vec`s; a caller that owns `Vec`s (the training step)
+    /// calls [`UNet::forward_on`] with [`Cpu`] and saves the copy.
     pub fn forward<T: Real>(
         &self,
         p: &ParamArena<T>,
@@ -405,64 +430,74 @@ impl UNet {
         t: &[T],
         labels: Option<&[u32]>,
         dropout_seed: Option<u64>,
-    ) -> Result<(Vec<T>, UNetTape<T>), ShapeError> {
-        let (y, tape) = self.run(p, x, t, labels, dropout_seed, true)?;
+    ) -> Result<(Vec<T>, CpuTape<T>), ShapeError> {
+        let (x, t) = (x.to_vec(), t.to_vec());
+        let (y, tape) = self.forward_on(&mut Cpu::new(), p, &x, &t, labels, dropout_seed, true)?;
         Ok((y, tape.expect("the tape was asked for")))
     }
 
-    fn run<T: Real>(
+    /// Backward of [`UNet::forward`] on the CPU: accumulates every parameter gradient into `p`'s
+    /// gradient arena and returns d(input), (B, C, S, S). dy: (B, C_out, S, S).
+    pub fn backward<T: Real>(&self, p: &mut ParamArena<T>, tape: &CpuTape<T>, dy: &[T]) -> Vec<T> {
+        self.backward_on(&mut Cpu::new(), p, tape, &dy.to_vec())
+    }
+
+    /// One forward on any backend. x: (B, C, S, S), t: (B) → (B, C_out, S, S), and the tape for
+    /// [`UNet::backward_on`] when `keep_tape`. `dropout_seed` should differ per training step;
+    /// `None` disables dropout.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_on<B: Backend>(
         &self,
-        p: &ParamArena<T>,
-        x: &[T],
-        t: &[T],
+        be: &mut B,
+        p: &B::Params,
+        x: &B::Buf,
+        t: &B::Buf,
         labels: Option<&[u32]>,
         dropout_seed: Option<u64>,
-        keep: bool,
-    ) -> Result<(Vec<T>, Option<UNetTape<T>>), ShapeError> {
-        let batch = self.check_inputs(x.len(), t.len(), labels)?;
+        keep_tape: bool,
+    ) -> Result<(B::Buf, Option<UNetTape<B>>), ShapeError> {
+        let batch = self.check_inputs(B::len(x), B::len(t), labels)?;
         let xs = self.input_shape(batch);
 
         // Time (and class) embedding: (B) → (B, E).
-        let mut t_sin = vec![T::zero(); batch * self.time_proj.dim];
-        timestep_embedding_forward(&self.time_proj, t, &mut t_sin);
-        let e1 = self.linear_1.forward(p, batch, &t_sin);
-        let mut a1 = vec![T::zero(); e1.len()];
-        silu_forward(&e1, &mut a1);
-        let mut emb = self.linear_2.forward(p, batch, &a1);
+        let mut t_sin = be.alloc(batch * self.time_proj.dim); // (B, C0)
+        be.timestep_embedding(&self.time_proj, t, &mut t_sin);
+        let e1 = self.linear_1.forward(be, p, batch, &t_sin);
+        let mut a1 = be.alloc(B::len(&e1));
+        be.silu_forward(&e1, &mut a1);
+        let mut emb = self.linear_2.forward(be, p, batch, &a1);
         if let (Some(id), Some(labels)) = (self.class_embedding, labels) {
-            let (table, e) = (p.value(id), self.linear_2.d_out);
-            for (row, &c) in emb.chunks_exact_mut(e).zip(labels) {
-                accumulate(row, &table[c as usize * e..(c as usize + 1) * e]);
-            }
+            be.class_embedding_forward(p, id, labels, &mut emb);
         }
-        let mut emb_act = vec![T::zero(); emb.len()];
-        silu_forward(&emb, &mut emb_act);
+        let mut emb_act = be.alloc(B::len(&emb));
+        be.silu_forward(&emb, &mut emb_act);
 
         // Down path; every op's output is also a skip.
         let mut hs = self.conv_in.out_shape(xs);
-        let mut h = self.conv_in.forward(p, xs, x);
-        let mut skips: Vec<(Nchw, Vec<T>)> = vec![(hs, h.clone())];
+        let mut h = self.conv_in.forward(be, p, xs, x);
+        let mut skips: Vec<(Nchw, B::Buf)> = vec![(hs, be.copy(&h))];
         let mut down_tapes = Vec::with_capacity(self.down.len());
         for block in &self.down {
             let mut layers = Vec::new();
             for layer in &block.layers {
-                let (y, lt) = layer.forward(p, hs, h, &emb_act, dropout_seed);
+                let (y, lt) = layer.forward(be, p, hs, h, &emb_act, dropout_seed);
                 hs = lt.ys;
                 h = y;
-                skips.push((hs, h.clone()));
-                if keep {
+                skips.push((hs, be.copy(&h)));
+                if keep_tape {
                     layers.push(lt);
                 }
             }
             let mut down_in = None;
             if let Some(conv) = &block.downsample {
                 let ys = conv.out_shape(hs);
-                let y = conv.forward(p, hs, &h);
-                if keep {
-                    down_in = Some((hs, std::mem::take(&mut h)));
+                let y = conv.forward(be, p, hs, &h);
+                let h_in = std::mem::replace(&mut h, y);
+                if keep_tape {
+                    down_in = Some((hs, h_in));
                 }
-                (hs, h) = (ys, y);
-                skips.push((hs, h.clone()));
+                hs = ys;
+                skips.push((hs, be.copy(&h)));
             }
             down_tapes.push(DownTape { layers, down_in });
         }
@@ -470,9 +505,9 @@ impl UNet {
         // Middle.
         let mut mid_tapes = Vec::new();
         for layer in &self.mid {
-            let (y, lt) = layer.forward(p, hs, h, &emb_act, dropout_seed);
+            let (y, lt) = layer.forward(be, p, hs, h, &emb_act, dropout_seed);
             h = y;
-            if keep {
+            if keep_tape {
                 mid_tapes.push(lt);
             }
         }
@@ -484,22 +519,22 @@ impl UNet {
             for layer in &block.layers {
                 let (ss, skip) = skips.pop().expect("one skip per up layer");
                 let cat = hs.with_c(hs.c + ss.c);
-                let mut joined = vec![T::zero(); cat.len()];
-                concat_channels(cat, &[(&h, hs.c), (&skip, ss.c)], &mut joined);
-                let (y, lt) = layer.forward(p, cat, joined, &emb_act, dropout_seed);
+                let mut joined = be.alloc(cat.len());
+                be.concat_channels(cat, &h, hs.c, &skip, ss.c, &mut joined);
+                let (y, lt) = layer.forward(be, p, cat, joined, &emb_act, dropout_seed);
                 hs = lt.ys;
                 h = y;
-                if keep {
+                if keep_tape {
                     layers.push((lt, cat.c - ss.c, ss.c));
                 }
             }
             let mut up_in = None;
             if let Some(conv) = &block.upsample {
                 let us = Nchw::new(hs.n, hs.c, hs.h * 2, hs.w * 2);
-                let mut u = vec![T::zero(); us.len()];
-                upsample_nearest2x_forward(hs, &h, &mut u);
-                h = conv.forward(p, us, &u);
-                if keep {
+                let mut u = be.alloc(us.len());
+                be.upsample_nearest2x_forward(hs, &h, &mut u);
+                h = conv.forward(be, p, us, &u);
+                if keep_tape {
                     up_in = Some((hs, u));
                 }
                 hs = conv.out_shape(us);
@@ -509,38 +544,55 @@ impl UNet {
         debug_assert!(skips.is_empty(), "every skip is consumed");
 
         // Output head.
-        let (out_n, out_st) = self.conv_norm_out.forward(p, hs, &h);
-        let mut out_a = vec![T::zero(); out_n.len()];
-        silu_forward(&out_n, &mut out_a);
-        let y = self.conv_out.forward(p, hs, &out_a);
+        let (out_n, out_st) = self.conv_norm_out.forward(be, p, hs, &h);
+        let mut out_a = be.alloc(B::len(&out_n));
+        be.silu_forward(&out_n, &mut out_a);
+        let y = self.conv_out.forward(be, p, hs, &out_a);
 
-        let tape = keep.then(|| UNetTape {
-            xs,
-            x: x.to_vec(),
-            labels: labels.map(<[u32]>::to_vec),
-            t_sin,
-            e1,
-            a1,
-            emb,
-            emb_act,
-            down: down_tapes,
-            mid: mid_tapes,
-            up: up_tapes,
-            out_in: h,
-            out_st,
-            out_n,
-            out_a,
-        });
+        let tape = if keep_tape {
+            Some(UNetTape {
+                xs,
+                x: be.copy(x),
+                labels: labels.map(<[u32]>::to_vec),
+                t_sin,
+                e1,
+                a1,
+                emb,
+                emb_act,
+                down: down_tapes,
+                mid: mid_tapes,
+                up: up_tapes,
+                out_in: h,
+                out_st,
+                out_n,
+                out_a,
+            })
+        } else {
+            None
+        };
         Ok((y, tape))
     }
 
-    /// Backward of [`UNet::forward`]: accumulates every parameter gradient into `p`'s gradient
-    /// arena and returns d(input), (B, C, S, S). dy: (B, C_out, S, S).
-    pub fn backward<T: Real>(&self, p: &mut ParamArena<T>, tape: &UNetTape<T>, dy: &[T]) -> Vec<T> {
+    /// Backward of [`UNet::forward_on`] on the same backend: accumulates every parameter gradient
+    /// into `p`'s gradients and returns d(input), (B, C, S, S). dy: (B, C_out, S, S).
+    pub fn backward_on<B: Backend>(
+        &self,
+        be: &mut B,
+        p: &mut B::Params,
+        tape: &UNetTape<B>,
+        dy: &B::Buf,
+    ) -> B::Buf {
         let batch = tape.xs.n;
         let out_shape = self.output_shape(batch);
-        crate::shape::expect_len("unet_backward", "dy", dy.len(), out_shape.len(), out_shape);
-        let mut demb_act = vec![T::zero(); tape.emb_act.len()];
+        crate::shape::expect_len(
+            "unet_backward",
+            "dy",
+            B::len(dy),
+            out_shape.len(),
+            out_shape,
+        );
+        // Every residual block adds its share of d(silu(emb)) here. (B, E)
+        let mut demb_act = be.zeros(B::len(&tape.emb_act));
         let emb_act = &tape.emb_act;
 
         // Output head.
@@ -549,30 +601,32 @@ impl UNet {
             .with_c(self.config.block_out_channels[0]);
         let dout_a = self
             .conv_out
-            .backward(p, hs, &tape.out_a, dy, true)
+            .backward(be, p, hs, &tape.out_a, dy, true)
             .expect("dx was asked for");
-        let mut dout_n = vec![T::zero(); dout_a.len()];
-        silu_backward(&tape.out_n, &dout_a, &mut dout_n);
+        let mut dout_n = be.alloc(B::len(&dout_a));
+        be.silu_backward(&tape.out_n, &dout_a, &mut dout_n);
         let mut g = self
             .conv_norm_out
-            .backward(p, hs, &tape.out_in, &tape.out_st, &dout_n);
+            .backward(be, p, hs, &tape.out_in, &tape.out_st, &dout_n);
 
         // Up path, in reverse; skips come back in the order they were made (0 = conv_in's).
-        let mut dskips: Vec<Vec<T>> = Vec::new();
+        let mut dskips: Vec<B::Buf> = Vec::new();
         for (block, bt) in self.up.iter().zip(&tape.up).rev() {
             if let (Some(conv), Some((hs, u))) = (&block.upsample, &bt.up_in) {
                 let us = Nchw::new(hs.n, hs.c, hs.h * 2, hs.w * 2);
-                let du = conv.backward(p, us, u, &g, true).expect("dx was asked for");
-                let mut dh = vec![T::zero(); hs.len()];
-                upsample_nearest2x_backward(*hs, &du, &mut dh);
+                let du = conv
+                    .backward(be, p, us, u, &g, true)
+                    .expect("dx was asked for");
+                let mut dh = be.alloc(hs.len());
+                be.upsample_nearest2x_backward(*hs, &du, &mut dh);
                 g = dh;
             }
             for (layer, (lt, c_h, c_skip)) in block.layers.iter().zip(&bt.layers).rev() {
-                let dj = layer.backward(p, lt, emb_act, g, &mut demb_act);
+                let dj = layer.backward(be, p, lt, emb_act, g, &mut demb_act);
                 let cat = lt.ys.with_c(c_h + c_skip);
-                let mut dh = vec![T::zero(); cat.n * c_h * cat.hw()];
-                let mut ds = vec![T::zero(); cat.n * c_skip * cat.hw()];
-                split_channels(cat, &dj, &mut [(&mut dh, *c_h), (&mut ds, *c_skip)]);
+                let mut dh = be.alloc(cat.n * c_h * cat.hw());
+                let mut ds = be.alloc(cat.n * c_skip * cat.hw());
+                be.split_channels(cat, &dj, &mut dh, *c_h, &mut ds, *c_skip);
                 dskips.push(ds);
                 g = dh;
             }
@@ -580,53 +634,120 @@ impl UNet {
 
         // Middle.
         for (layer, lt) in self.mid.iter().zip(&tape.mid).rev() {
-            g = layer.backward(p, lt, emb_act, g, &mut demb_act);
+            g = layer.backward(be, p, lt, emb_act, g, &mut demb_act);
         }
 
         // Down path: the gradient of each skip-producing op's output is the running gradient
         // plus what the up path sent back through that skip.
         // dskips[k] came back through skip k (0 = conv_in's output): the up path consumed the
-        // skips last-made-first and its backward ran in reverse.
-        let mut next_skip = dskips.len();
-        let mut add_skip = |g: &mut Vec<T>| {
-            next_skip -= 1;
-            accumulate(g, &dskips[next_skip]);
-        };
+        // skips last-made-first and its backward ran in reverse, so the down path, walking
+        // backwards too, always wants the last one.
         for (block, bt) in self.down.iter().zip(&tape.down).rev() {
             if let (Some(conv), Some((hs, h_in))) = (&block.downsample, &bt.down_in) {
-                add_skip(&mut g);
+                add_skip_grad(be, &mut g, &mut dskips);
                 g = conv
-                    .backward(p, *hs, h_in, &g, true)
+                    .backward(be, p, *hs, h_in, &g, true)
                     .expect("dx was asked for");
             }
             for (layer, lt) in block.layers.iter().zip(&bt.layers).rev() {
-                add_skip(&mut g);
-                g = layer.backward(p, lt, emb_act, g, &mut demb_act);
+                add_skip_grad(be, &mut g, &mut dskips);
+                g = layer.backward(be, p, lt, emb_act, g, &mut demb_act);
             }
         }
-        add_skip(&mut g);
+        add_skip_grad(be, &mut g, &mut dskips);
+        debug_assert!(dskips.is_empty(), "every skip gradient is consumed");
         let dx = self
             .conv_in
-            .backward(p, tape.xs, &tape.x, &g, true)
+            .backward(be, p, tape.xs, &tape.x, &g, true)
             .expect("dx was asked for");
 
         // Time (and class) embedding.
-        let mut demb = vec![T::zero(); tape.emb.len()];
-        silu_backward(&tape.emb, &demb_act, &mut demb);
+        let mut demb = be.alloc(B::len(&tape.emb));
+        be.silu_backward(&tape.emb, &demb_act, &mut demb);
         if let (Some(id), Some(labels)) = (self.class_embedding, &tape.labels) {
-            let e = self.linear_2.d_out;
-            let table = p.grad_mut(id);
-            for (row, &c) in demb.chunks_exact(e).zip(labels) {
-                accumulate(&mut table[c as usize * e..(c as usize + 1) * e], row);
-            }
+            be.class_embedding_backward(p, id, labels, &demb);
         }
         let da1 = self
             .linear_2
-            .backward(p, batch, &tape.a1, &demb, true)
+            .backward(be, p, batch, &tape.a1, &demb, true)
             .expect("dx was asked for");
-        let mut de1 = vec![T::zero(); da1.len()];
-        silu_backward(&tape.e1, &da1, &mut de1);
-        self.linear_1.backward(p, batch, &tape.t_sin, &de1, false);
+        let mut de1 = be.alloc(B::len(&da1));
+        be.silu_backward(&tape.e1, &da1, &mut de1);
+        self.linear_1
+            .backward(be, p, batch, &tape.t_sin, &de1, false);
         dx
+    }
+
+    /// Runs one step of `batch` images on the [`Planner`]: the forward, and in training the
+    /// backward too. What it adds up (input, timesteps and, in training, the output gradient
+    /// included) is what a device backend must allocate before the first step. Class-conditional
+    /// models get labels, as their forward requires.
+    pub fn plan_step<T: Real>(
+        &self,
+        batch: usize,
+        training: bool,
+    ) -> Result<Planner<T>, ShapeError> {
+        let mut plan = Planner::new();
+        let x = plan.alloc(self.input_shape(batch).len()); // (B, C, S, S)
+        let t = plan.alloc(batch); // (B)
+        let labels = self.config.num_class_embeds.map(|_| vec![0u32; batch]);
+        let seed = training.then_some(0);
+        let (y, tape) =
+            self.forward_on(&mut plan, &(), &x, &t, labels.as_deref(), seed, training)?;
+        if let Some(tape) = tape {
+            let dy = plan.alloc(y.0); // (B, C_out, S, S)
+            self.backward_on(&mut plan, &mut (), &tape, &dy);
+        }
+        Ok(plan)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::ARENA_ALIGN;
+    use crate::nn::UNetConfig;
+
+    #[test]
+    fn planning_a_step_adds_up_buffers_and_lists_the_ops() {
+        let net = UNet::new(UNetConfig::preset("tiny").unwrap()).unwrap();
+        let infer: Planner<f32> = net.plan_step(4, false).unwrap();
+        let train: Planner<f32> = net.plan_step(4, true).unwrap();
+
+        assert!(infer.buffers > 0 && infer.arena_bytes > 0);
+        assert_eq!(infer.arena_bytes % ARENA_ALIGN, 0);
+        // The tape, the skip copies and every gradient come on top of the forward.
+        assert!(train.arena_bytes > infer.arena_bytes);
+        assert!(train.buffers > infer.buffers);
+
+        // The first and the last convolution are listed, each once; the backward runs the
+        // forward's geometries and adds none.
+        let xs = net.input_shape(4);
+        let (first, last) = (
+            net.conv_in.geometry(xs),
+            net.conv_out
+                .geometry(xs.with_c(net.config.block_out_channels[0])),
+        );
+        for g in [first, last] {
+            assert_eq!(infer.convs.iter().filter(|&&c| c == g).count(), 1);
+        }
+        assert_eq!(train.convs, infer.convs);
+        // tiny: attention at 4×4 (down, up and middle, all 64 channels): one geometry.
+        assert_eq!(infer.attentions.len(), 1);
+        assert_eq!(infer.max_labels, 0);
+        assert!(net.plan_step::<f32>(0, false).is_err());
+    }
+
+    #[test]
+    fn planning_a_class_conditional_step_reads_one_label_per_image() {
+        let mut cfg = UNetConfig::preset("tiny").unwrap();
+        cfg.num_class_embeds = Some(10);
+        let net = UNet::new(cfg).unwrap();
+        let plan: Planner<f64> = net.plan_step(3, true).unwrap();
+        assert_eq!(plan.max_labels, 3);
+        // f64 buffers take twice the bytes of f32 ones, up to the alignment of each.
+        let f32_plan: Planner<f32> = net.plan_step(3, true).unwrap();
+        assert_eq!(plan.buffers, f32_plan.buffers);
+        assert!(plan.arena_bytes > f32_plan.arena_bytes);
     }
 }

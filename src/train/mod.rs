@@ -20,6 +20,7 @@ pub use run::{run, RunOptions, RunSummary, Start};
 
 use anyhow::{Context, Result};
 
+use crate::backend::cpu::Cpu;
 use crate::data::Batch;
 use crate::diffusion::noise::{draw_timesteps, fill_train_noise, stream, NoisePurpose};
 use crate::diffusion::{add_noise, training_target, Schedule, ScheduleConfig};
@@ -153,9 +154,12 @@ impl Trainer {
         let t_in: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         self.params.zero_grads();
         let dropout = Some(self.dropout_seed());
-        let (out, tape) = self
-            .net
-            .forward(&self.params, &x_t, &t_in, labels, dropout)?;
+        // The generic entry points take the step's own buffers, so nothing is copied to call them.
+        let cpu = &mut Cpu::new();
+        let (out, tape) =
+            self.net
+                .forward_on(cpu, &self.params, &x_t, &t_in, labels, dropout, true)?;
+        let tape = tape.expect("the tape was asked for");
         let mut dout = vec![0.0f32; out.len()];
         let loss = match self.config.loss {
             LossKind::L2 => {
@@ -173,7 +177,7 @@ impl Trainer {
             step + 1
         );
         drop(out);
-        self.net.backward(&mut self.params, &tape, &dout);
+        self.net.backward_on(cpu, &mut self.params, &tape, &dout);
         drop(tape);
 
         let grad_norm = clip_grad_norm(self.params.grads_mut(), self.config.grad_clip);
