@@ -18,6 +18,7 @@ pub mod backend;
 pub mod cli;
 pub mod cuda;
 pub mod data;
+pub mod device;
 pub mod diffusion;
 pub mod float;
 pub mod gradcheck;

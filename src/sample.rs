@@ -36,40 +36,8 @@ pub fn generate(
     init_noise: Option<&[f32]>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<f32>> {
-    ensure!(opts.num > 0, "--num must be at least 1");
-    ensure!(opts.batch_size > 0, "--batch-size must be at least 1");
+    let labels = check_request(net, opts, init_noise)?;
     let item = net.input_shape(1).len();
-    ensure!(
-        net.config.in_channels == net.config.out_channels,
-        "the model maps {} channels to {}: it cannot be sampled as a denoiser",
-        net.config.in_channels,
-        net.config.out_channels
-    );
-    if let Some(noise) = init_noise {
-        ensure!(
-            noise.len() == opts.num * item,
-            "the initial noise holds {} values, expected {} images × {item}",
-            noise.len(),
-            opts.num
-        );
-    }
-    let labels: Option<Vec<u32>> = match (net.config.num_class_embeds, &opts.labels) {
-        (None, None) => None,
-        (None, Some(_)) => anyhow::bail!("class labels were given for an unconditional model"),
-        (Some(n), None) => Some((0..opts.num).map(|i| (i % n) as u32).collect()),
-        (Some(n), Some(l)) => {
-            ensure!(
-                l.len() == opts.num,
-                "{} labels for {} images",
-                l.len(),
-                opts.num
-            );
-            if let Some(bad) = l.iter().find(|&&c| c as usize >= n) {
-                anyhow::bail!("class {bad} is out of range: the model has {n} classes (0..{n})");
-            }
-            Some(l.clone())
-        }
-    };
     let steps = opts.sampler.plan(schedule)?.len() as u64;
     let batches = opts.num.div_ceil(opts.batch_size) as u64;
     let total = steps * batches;
@@ -107,4 +75,48 @@ pub fn generate(
         images.extend(x.iter().map(|v| v.clamp(-1.0, 1.0)));
     }
     Ok(images)
+}
+
+/// Checks a request against the model and resolves the class of every image (`None` for an
+/// unconditional model); shared by the CPU and GPU samplers.
+pub fn check_request(
+    net: &UNet,
+    opts: &GenerateOptions,
+    init_noise: Option<&[f32]>,
+) -> Result<Option<Vec<u32>>> {
+    ensure!(opts.num > 0, "--num must be at least 1");
+    ensure!(opts.batch_size > 0, "--batch-size must be at least 1");
+    let item = net.input_shape(1).len();
+    ensure!(
+        net.config.in_channels == net.config.out_channels,
+        "the model maps {} channels to {}: it cannot be sampled as a denoiser",
+        net.config.in_channels,
+        net.config.out_channels
+    );
+    if let Some(noise) = init_noise {
+        ensure!(
+            noise.len() == opts.num * item,
+            "the initial noise holds {} values, expected {} images × {item}",
+            noise.len(),
+            opts.num
+        );
+    }
+    let labels: Option<Vec<u32>> = match (net.config.num_class_embeds, &opts.labels) {
+        (None, None) => None,
+        (None, Some(_)) => anyhow::bail!("class labels were given for an unconditional model"),
+        (Some(n), None) => Some((0..opts.num).map(|i| (i % n) as u32).collect()),
+        (Some(n), Some(l)) => {
+            ensure!(
+                l.len() == opts.num,
+                "{} labels for {} images",
+                l.len(),
+                opts.num
+            );
+            if let Some(bad) = l.iter().find(|&&c| c as usize >= n) {
+                anyhow::bail!("class {bad} is out of range: the model has {n} classes (0..{n})");
+            }
+            Some(l.clone())
+        }
+    };
+    Ok(labels)
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use ddpm::data::{make_batch, Dataset};
+use ddpm::device::Device;
 use ddpm::diffusion::sampler::{SampleOptions, SamplerKind};
 use ddpm::diffusion::ScheduleConfig;
 use ddpm::nn::{DownBlockType::*, UNetConfig, UpBlockType::*};
@@ -197,6 +198,7 @@ fn resumed_run_repeats_the_straight_run_bit_for_bit() {
     };
     let fresh = |steps: u64, out: &PathBuf| {
         train::run(RunOptions {
+            device: Device::Cpu,
             start: Start::Fresh {
                 model: model.clone(),
                 schedule: ScheduleConfig::default(),
@@ -216,6 +218,7 @@ fn resumed_run_repeats_the_straight_run_bit_for_bit() {
     let split_dir = temp_dir("split");
     let first = fresh(3, &split_dir);
     let second = train::run(RunOptions {
+        device: Device::Cpu,
         start: Start::Resume {
             checkpoint: split_dir.join("checkpoints/latest.safetensors"),
             steps: Some(6),
@@ -258,6 +261,7 @@ fn resumed_run_repeats_the_straight_run_bit_for_bit() {
 fn class_conditional_training_takes_its_classes_from_the_data() {
     let out = temp_dir("class-cond");
     let summary = train::run(RunOptions {
+        device: Device::Cpu,
         start: Start::Fresh {
             model: UNetConfig {
                 in_channels: 3,

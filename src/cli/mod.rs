@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and the commands they run.
 
+mod bench;
 mod sample;
 mod train;
 
@@ -27,12 +28,15 @@ pub enum Command {
     /// Show the version, whether CUDA kernels are built in, the CUDA driver and devices found,
     /// and the CPU threads in use.
     Info(InfoArgs),
-    /// Train a DDPM on the CPU. With no arguments: the `tiny` model on the built-in synthetic
+    /// Train a DDPM (on the GPU when there is one, else the CPU). With no arguments: the `tiny` model on the built-in synthetic
     /// shapes, about 10 minutes on two cores, writing sample grids, a loss curve, a CSV log and
     /// checkpoints to `runs/ddpm`.
     Train(Box<TrainArgs>),
     /// Draw images from a checkpoint with DDPM or DDIM: one PNG per image plus a grid.
     Sample(Box<SampleArgs>),
+    /// Measure training or sampling throughput (images/s) for a preset and batch size.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +65,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train(args) => train::run(*args)?,
         Command::Sample(args) => sample::run(*args)?,
+        Command::Bench(cmd) => bench::run(cmd)?,
     }
     Ok(())
 }

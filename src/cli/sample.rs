@@ -9,6 +9,8 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::atomic_file::write_atomic;
+use crate::cuda::sample::GpuSampler;
+use crate::device::{Device, DeviceArg};
 use crate::diffusion::sampler::{SampleOptions, SamplerKind};
 use crate::diffusion::{Schedule, Spacing, VarianceType};
 use crate::imaging::{save_grid_upscaled, save_png};
@@ -71,6 +73,10 @@ pub struct SampleArgs {
     /// Class of every image for a class-conditional model [default: cycle through the classes].
     #[arg(long)]
     pub class: Option<u32>,
+    /// Where to sample: auto (CUDA when a GPU and the kernels are present, else the CPU), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda[:N]")]
+    pub device: DeviceArg,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -175,19 +181,27 @@ pub fn run(a: SampleArgs) -> Result<()> {
         );
         bar
     });
-    let images = generate(
-        &net,
-        &params,
-        &schedule,
-        &opts,
-        noise.as_ref().map(|(v, _)| v.as_slice()),
-        &mut |done, total| {
-            if let Some(bar) = &bar {
-                bar.set_length(total);
-                bar.set_position(done);
-            }
-        },
-    )?;
+    let quiet = a.quiet;
+    let device = Device::select(a.device, &mut |line| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    })?;
+    let init = noise.as_ref().map(|(v, _)| v.as_slice());
+    let mut progress = |done, total| {
+        if let Some(bar) = &bar {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    };
+    let images = match &device {
+        Device::Cpu => generate(&net, &params, &schedule, &opts, init, &mut progress)?,
+        Device::Cuda(gpu) => {
+            let mut sampler = GpuSampler::new(gpu.clone(), &net, opts.batch_size)?;
+            sampler.load_weights(params.values())?;
+            sampler.generate(&net, &schedule, &opts, init, &mut progress)?
+        }
+    };
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }

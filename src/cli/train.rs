@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
+use crate::device::{Device, DeviceArg};
 use crate::diffusion::{BetaSchedule, PredictionType, ScheduleConfig};
 use crate::nn::{UNetConfig, PRESETS};
 use crate::train::{self, LossKind, RunOptions, Start, TrainConfig};
@@ -115,6 +116,10 @@ pub struct TrainArgs {
     /// stored settings; `--steps` sets the new total.
     #[arg(long, value_name = "CHECKPOINT", conflicts_with_all = NEW_RUN_FLAGS)]
     pub resume: Option<PathBuf>,
+    /// Where to train: auto (CUDA when a GPU and the kernels are present, else the CPU), cpu,
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda[:N]")]
+    pub device: DeviceArg,
     /// No progress bar or log lines.
     #[arg(long, short)]
     pub quiet: bool,
@@ -223,8 +228,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
             }
         }
     };
+    let quiet = a.quiet;
+    let device = Device::select(a.device, &mut |line| {
+        if !quiet {
+            eprintln!("{line}");
+        }
+    })?;
     train::run(RunOptions {
         start,
+        device,
         out,
         verbose: !a.quiet,
     })?;

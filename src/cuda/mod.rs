@@ -2,10 +2,13 @@
 //! driver probe, the device runtime (context, stream, memory, launches, cuBLAS), the op launches
 //! and the GPU implementation of [`crate::backend::Backend`].
 
+pub mod backend;
 pub mod device;
 pub mod kernels;
 pub mod ops;
 pub mod probe;
+pub mod sample;
 pub mod testing;
+pub mod train;
 
 pub use device::{CudaError, CudaErrorKind, CudaResult, DevPtr, Gpu, Launch, Mat};

@@ -27,6 +27,7 @@ pub struct Measured {
 }
 
 thread_local! {
+    static GPU: RefCell<Option<std::rc::Rc<Gpu>>> = const { RefCell::new(None) };
     static CURRENT: RefCell<String> = const { RefCell::new(String::new()) };
     static REPORTS: RefCell<Vec<Measured>> = const { RefCell::new(Vec::new()) };
 }
@@ -91,7 +92,7 @@ pub fn run_main(suite: &str, cases: &[Case]) {
         .unwrap_or(0);
     println!("\nrunning {} {suite} tests", selected.len());
     let gpu = match Gpu::open(ordinal) {
-        Ok(g) => g,
+        Ok(g) => std::rc::Rc::new(g),
         Err(e) => {
             for c in &selected {
                 println!("test {} ... SKIPPED (no usable GPU)", c.name);
@@ -107,6 +108,7 @@ pub fn run_main(suite: &str, cases: &[Case]) {
         "on {} (compute capability {}.{})",
         gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
     );
+    GPU.with(|g| *g.borrow_mut() = Some(gpu.clone()));
     let mut failed = Vec::new();
     for c in &selected {
         CURRENT.with(|cur| *cur.borrow_mut() = c.name.to_string());
@@ -151,6 +153,12 @@ pub fn run_main(suite: &str, cases: &[Case]) {
         println!("failed: {}", failed.join(", "));
         std::process::exit(1);
     }
+}
+
+/// The runner's GPU as a shared handle, for tests that build trainers or samplers.
+pub fn shared_gpu() -> std::rc::Rc<Gpu> {
+    GPU.with(|g| g.borrow().clone())
+        .expect("shared_gpu is only available inside run_main")
 }
 
 /// Device memory holding a copy of `data`.

@@ -24,6 +24,42 @@ pub struct EmaConfig {
     pub warmup: bool,
 }
 
+/// What the EMA does at one step (the same on every device).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EmaAction {
+    /// Before `start_step`: the EMA is a copy of the weights.
+    Copy,
+    /// Not a multiple of `update_every`.
+    Skip,
+    /// ema += rate · (w − ema), rate = 1 − decay.
+    Average { rate: f32 },
+}
+
+impl EmaConfig {
+    /// The decay used at `step`, with the warmup when enabled.
+    pub fn decay_at(&self, step: u64) -> f64 {
+        if self.warmup {
+            let n = step.saturating_sub(self.start_step) as f64;
+            self.decay.min((1.0 + n) / (10.0 + n))
+        } else {
+            self.decay
+        }
+    }
+
+    /// What [`Ema::update`] does at `step`.
+    pub fn action(&self, step: u64) -> EmaAction {
+        if step < self.start_step {
+            EmaAction::Copy
+        } else if step % self.update_every != 0 {
+            EmaAction::Skip
+        } else {
+            EmaAction::Average {
+                rate: (1.0 - self.decay_at(step)) as f32,
+            }
+        }
+    }
+}
+
 impl Default for EmaConfig {
     fn default() -> Self {
         Self {
@@ -82,12 +118,7 @@ impl Ema {
 
     /// The decay used at optimizer step `step` (at or after `start_step`).
     pub fn decay_at(&self, step: u64) -> f64 {
-        if self.cfg.warmup {
-            let n = step.saturating_sub(self.cfg.start_step) as f64;
-            self.cfg.decay.min((1.0 + n) / (10.0 + n))
-        } else {
-            self.cfg.decay
-        }
+        self.cfg.decay_at(step)
     }
 
     /// Follows `params` after optimizer step `step`: a copy before `start_step`, then
@@ -95,14 +126,14 @@ impl Ema {
     pub fn update(&mut self, step: u64, params: &[f32]) {
         let n = self.weights.len();
         expect_len("ema", "params", params.len(), n, format!("({n})"));
-        if step < self.cfg.start_step {
-            self.weights.copy_from_slice(params);
-            return;
-        }
-        if step % self.cfg.update_every != 0 {
-            return;
-        }
-        let rate = (1.0 - self.decay_at(step)) as f32;
+        let rate = match self.cfg.action(step) {
+            EmaAction::Copy => {
+                self.weights.copy_from_slice(params);
+                return;
+            }
+            EmaAction::Skip => return,
+            EmaAction::Average { rate } => rate,
+        };
         self.weights
             .par_chunks_mut(CHUNK)
             .zip(params.par_chunks(CHUNK))

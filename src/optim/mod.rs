@@ -11,7 +11,7 @@ pub mod ema;
 
 pub use adamw::{adamw_element, AdamW, AdamWCoeffs, AdamWConfig};
 pub use clip::{clip_grad_norm, global_grad_norm};
-pub use ema::{Ema, EmaConfig};
+pub use ema::{Ema, EmaAction, EmaConfig};
 
 /// Elements per rayon task; fixed so reductions do not depend on the thread count.
 pub const CHUNK: usize = 1 << 14;

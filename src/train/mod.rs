@@ -12,10 +12,12 @@
 
 pub mod checkpoint;
 pub mod config;
+mod engine;
 mod run;
 
 pub use checkpoint::{Checkpoint, CheckpointError, RngState};
 pub use config::{LossKind, TrainConfig, TrainConfigError};
+pub use engine::TrainEngine;
 pub use run::{run, RunOptions, RunSummary, Start};
 
 use anyhow::{Context, Result};
@@ -39,6 +41,13 @@ pub struct StepStats {
     /// Gradient norm before clipping.
     pub grad_norm: f64,
     pub lr: f64,
+}
+
+/// Seed of the dropout masks at one step (each residual block adds its own stream); the same on
+/// every device.
+pub fn dropout_seed(seed: u64, step: u64) -> u64 {
+    let s = stream(NoisePurpose::Dropout, step, 0);
+    u64::from(philox_word(seed, s, 0)) | (u64::from(philox_word(seed, s, 1)) << 32)
 }
 
 /// Model, schedule, weights, optimizer and EMA: everything a step reads and writes.
@@ -105,13 +114,6 @@ impl Trainer {
         }
     }
 
-    /// Seed of the dropout masks at one step (each residual block adds its own stream).
-    fn dropout_seed(&self) -> u64 {
-        let s = stream(NoisePurpose::Dropout, self.step, 0);
-        u64::from(philox_word(self.config.seed, s, 0))
-            | (u64::from(philox_word(self.config.seed, s, 1)) << 32)
-    }
-
     /// One optimizer step on `batch` (x₀ in [-1, 1], (B, C, H, W)).
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats> {
         let item = self.net.input_shape(1).len();
@@ -153,7 +155,7 @@ impl Trainer {
         };
         let t_in: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         self.params.zero_grads();
-        let dropout = Some(self.dropout_seed());
+        let dropout = Some(dropout_seed(self.config.seed, self.step));
         // The generic entry points take the step's own buffers, so nothing is copied to call them.
         let cpu = &mut Cpu::new();
         let (out, tape) =

@@ -19,15 +19,16 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{Checkpoint, StepStats, TrainConfig, Trainer};
+use super::{Checkpoint, StepStats, TrainConfig, TrainEngine, Trainer};
 use crate::atomic_file::write_atomic;
+use crate::cuda::train::GpuTrainer;
 use crate::data::{self, DataSpec, Dataset, Loader, LoaderConfig};
+use crate::device::Device;
 use crate::diffusion::sampler::{SampleOptions, SamplerKind};
 use crate::diffusion::ScheduleConfig;
 use crate::imaging::{save_grid_upscaled, save_loss_curve};
-use crate::nn::UNetConfig;
-use crate::params::ParamArena;
-use crate::sample::{generate, GenerateOptions};
+use crate::nn::{UNet, UNetConfig};
+use crate::sample::GenerateOptions;
 
 /// How to start: a fresh run from configs, or a checkpoint to continue. (Built once per run,
 /// so the size difference of the variants does not matter.)
@@ -47,6 +48,8 @@ pub enum Start {
 
 pub struct RunOptions {
     pub start: Start,
+    /// Where the steps run.
+    pub device: Device,
     pub out: PathBuf,
     /// Console output: a progress bar on a terminal, plain lines otherwise; `false` is silent.
     pub verbose: bool,
@@ -85,25 +88,34 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 );
                 model.num_class_embeds = Some(dataset.num_classes());
             }
-            (Trainer::new(model, schedule, train)?, dataset)
+            let engine: Box<dyn TrainEngine> = match &opts.device {
+                Device::Cpu => Box::new(Trainer::new(model, schedule, train)?),
+                Device::Cuda(gpu) => {
+                    Box::new(GpuTrainer::new(gpu.clone(), model, schedule, train)?)
+                }
+            };
+            (engine, dataset)
         }
         Start::Resume { checkpoint, steps } => {
             let ck = Checkpoint::load(&checkpoint)?;
-            let mut t = Trainer::from_checkpoint(ck)?;
+            let mut t: Box<dyn TrainEngine> = match &opts.device {
+                Device::Cpu => Box::new(Trainer::from_checkpoint(ck)?),
+                Device::Cuda(gpu) => Box::new(GpuTrainer::from_checkpoint(gpu.clone(), ck)?),
+            };
             if let Some(s) = steps {
-                t.config.steps = s;
+                t.config_mut().steps = s;
             }
-            let dataset = load_data(&t.config)?;
+            let dataset = load_data(t.config())?;
             (t, dataset)
         }
     };
-    check_data_fits(&dataset, &trainer)?;
+    check_data_fits(&dataset, trainer.net())?;
     let dataset = Arc::new(dataset);
-    let cfg = trainer.config.clone();
+    let cfg = trainer.config().clone();
     ensure!(
-        trainer.step < cfg.steps,
+        trainer.step() < cfg.steps,
         "the run is already at step {} of {}: pass a larger --steps to continue it",
-        trainer.step,
+        trainer.step(),
         cfg.steps
     );
     let out = opts.out;
@@ -111,8 +123,8 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
     }
-    write_config(&out, &trainer)?;
-    let mut log = CsvLog::open(&out.join("log.csv"), trainer.step)?;
+    write_config(&out, trainer.as_ref())?;
+    let mut log = CsvLog::open(&out.join("log.csv"), trainer.step())?;
 
     let say = |line: String| {
         if opts.verbose {
@@ -120,35 +132,36 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         }
     };
     say(format!(
-        "training {} ({:.2}M parameters) on {} ({} images) for steps {}..{}, batch {}, output {}",
-        trainer.net.config,
-        trainer.net.num_params() as f64 / 1e6,
+        "training {} ({:.2}M parameters) on {} with {} ({} images) for steps {}..{}, batch {}, output {}",
+        trainer.net().config,
+        trainer.net().num_params() as f64 / 1e6,
         dataset.name,
+        trainer.device(),
         dataset.len(),
-        trainer.step + 1,
+        trainer.step() + 1,
         cfg.steps,
         cfg.batch_size,
         out.display()
     ));
-    let bar = progress_bar(opts.verbose, trainer.step, cfg.steps);
+    let bar = progress_bar(opts.verbose, trainer.step(), cfg.steps);
     let mut loader = Loader::spawn(
         Arc::clone(&dataset),
         LoaderConfig {
             batch_size: cfg.batch_size,
             seed: cfg.seed,
             hflip: cfg.hflip,
-            start_step: trainer.step,
+            start_step: trainer.step(),
             prefetch: 4,
         },
     );
 
     let started = Instant::now();
-    let first_step = trainer.step;
+    let first_step = trainer.step();
     let mut losses = Vec::new();
     let mut window = Window::default();
     let mut checkpoint = out.join("checkpoints").join("latest.safetensors");
     let mut grid = PathBuf::new();
-    while trainer.step < cfg.steps {
+    while trainer.step() < cfg.steps {
         let batch = loader.next_batch();
         let stats = trainer.train_step(&batch)?;
         losses.push((stats.step, stats.loss));
@@ -172,12 +185,12 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         }
         if (cfg.sample_every > 0 && s % cfg.sample_every == 0) || last {
             grid = out.join("samples").join(format!("step_{s:07}.png"));
-            sample_grid(&trainer, &grid)?;
+            sample_grid(trainer.as_mut(), &grid)?;
             let points = read_loss_points(&out.join("log.csv"))?;
             save_loss_curve(&out.join("loss.png"), &points, 800, 400)?;
         }
         if (cfg.checkpoint_every > 0 && s % cfg.checkpoint_every == 0) || last {
-            let ck = trainer.checkpoint();
+            let ck = trainer.checkpoint()?;
             checkpoint = out
                 .join("checkpoints")
                 .join(format!("step_{s:07}.safetensors"));
@@ -189,16 +202,16 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         bar.finish();
     }
     let seconds = started.elapsed().as_secs_f64();
-    let images_per_s = (trainer.step - first_step) as f64 * cfg.batch_size as f64 / seconds;
+    let images_per_s = (trainer.step() - first_step) as f64 * cfg.batch_size as f64 / seconds;
     say(format!(
         "done: step {} in {seconds:.0} s ({images_per_s:.1} images/s); samples {}, checkpoint {}",
-        trainer.step,
+        trainer.step(),
         grid.display(),
         checkpoint.display()
     ));
     Ok(RunSummary {
         losses,
-        final_step: trainer.step,
+        final_step: trainer.step(),
         seconds,
         images_per_s,
         checkpoint,
@@ -212,8 +225,8 @@ fn load_data(cfg: &TrainConfig) -> Result<Dataset> {
 }
 
 /// The data must have the model's geometry, and labels for a class-conditional model.
-fn check_data_fits(ds: &Dataset, trainer: &Trainer) -> Result<()> {
-    let m = &trainer.net.config;
+fn check_data_fits(ds: &Dataset, net: &UNet) -> Result<()> {
+    let m = &net.config;
     ensure!(
         ds.size == m.sample_size && ds.channels == m.in_channels,
         "the data is {}×{}×{} but the model expects {}×{}×{}",
@@ -240,11 +253,11 @@ fn check_data_fits(ds: &Dataset, trainer: &Trainer) -> Result<()> {
     Ok(())
 }
 
-fn write_config(out: &Path, t: &Trainer) -> Result<()> {
+fn write_config(out: &Path, t: &dyn TrainEngine) -> Result<()> {
     let all = serde_json::json!({
-        "model": t.net.config,
-        "schedule": t.schedule.config(),
-        "train": t.config,
+        "model": t.net().config,
+        "schedule": t.schedule().config(),
+        "train": t.config(),
     });
     let path = out.join("config.json");
     write_atomic(&path, serde_json::to_string_pretty(&all)?.as_bytes())
@@ -252,30 +265,20 @@ fn write_config(out: &Path, t: &Trainer) -> Result<()> {
 }
 
 /// A grid of `sample_count` images drawn with the EMA weights (DDIM, η = 0).
-fn sample_grid(t: &Trainer, path: &Path) -> Result<()> {
-    let cfg = &t.config;
-    let mut ema = ParamArena::<f32>::zeros(t.net.layout.clone());
-    ema.values_mut().copy_from_slice(t.ema.weights());
-    let steps = cfg.sample_steps.min(t.schedule.num_timesteps());
+fn sample_grid(t: &mut dyn TrainEngine, path: &Path) -> Result<()> {
+    let cfg = t.config().clone();
+    let steps = cfg.sample_steps.min(t.schedule().num_timesteps());
     let opts = GenerateOptions {
-        sampler: SampleOptions::new(t.schedule.config(), SamplerKind::Ddim { eta: 0.0 }, steps),
+        sampler: SampleOptions::new(t.schedule().config(), SamplerKind::Ddim { eta: 0.0 }, steps),
         num: cfg.sample_count,
         batch_size: cfg.sample_count,
         seed: cfg.seed,
         labels: None,
     };
-    let images = generate(&t.net, &ema, &t.schedule, &opts, None, &mut |_, _| {})?;
-    let s = t.net.config.sample_size;
+    let images = t.generate_ema(&opts)?;
+    let (s, channels) = (t.net().config.sample_size, t.net().config.in_channels);
     let nrow = (cfg.sample_count as f64).sqrt().ceil() as usize;
-    save_grid_upscaled(
-        path,
-        &images,
-        cfg.sample_count,
-        t.net.config.in_channels,
-        s,
-        s,
-        nrow,
-    )?;
+    save_grid_upscaled(path, &images, cfg.sample_count, channels, s, s, nrow)?;
     Ok(())
 }
 

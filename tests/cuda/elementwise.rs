@@ -9,7 +9,6 @@ use ddpm::cuda::device::DeviceMemory;
 use ddpm::cuda::ops::{elementwise as ew, embedding as emb, resample};
 use ddpm::cuda::testing::{expect_close, from_device, to_device, Case};
 use ddpm::cuda::Gpu;
-use ddpm::nn::layers::accumulate;
 use ddpm::ops::add::{add, add_channel_bias, add_channel_bias_backward, scale};
 use ddpm::ops::concat::{concat_channels, split_channels};
 use ddpm::ops::conv2d::Padding;
@@ -471,4 +470,10 @@ fn class_embedding_matches_cpu(gpu: &Gpu) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// acc += x, the reference for the accumulate kernel and the class-embedding gather/scatter.
+fn accumulate(acc: &mut [f32], x: &[f32]) {
+    assert_eq!(acc.len(), x.len());
+    acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
 }

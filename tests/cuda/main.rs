@@ -8,6 +8,7 @@ mod elementwise;
 mod groupnorm;
 mod loss;
 mod optim;
+mod train;
 
 use ddpm::cuda::testing::{run_main, Case};
 
@@ -20,5 +21,6 @@ fn main() {
     cases.extend(loss::cases());
     cases.extend(optim::cases());
     cases.extend(diffusion::cases());
+    cases.extend(train::cases());
     run_main("cuda", &cases);
 }

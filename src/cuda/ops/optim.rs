@@ -10,7 +10,7 @@
 
 use super::super::device::{CudaResult, DevPtr, Gpu, Launch};
 use crate::kernel_args;
-use crate::optim::{AdamWCoeffs, EmaConfig};
+use crate::optim::AdamWCoeffs;
 
 /// Blocks of the first grad-norm pass; must equal `NORM_BLOCKS` in `kernels/optim.cu`.
 pub const NORM_BLOCKS: usize = 1024;
@@ -105,94 +105,14 @@ pub fn adamw_step(
     )
 }
 
-/// What the EMA does after optimizer step `step`, decided as [`crate::optim::Ema::update`] does.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum EmaAction {
-    /// Before `start_step`: the EMA is a copy of the weights (a device-to-device copy).
-    Copy,
-    /// A step that is not a multiple of `update_every`: leave the EMA alone.
-    Skip,
-    /// Average with this decay ([`ema_update`]).
-    Average { decay: f64 },
-}
-
-/// The EMA's action after optimizer step `step` (the count of updates done, as `Ema::update`
-/// takes it). The decay is [`crate::optim::Ema::decay_at`]: min(decay, (1 + n)/(10 + n)) with n
-/// steps past `start_step` when `warmup` is on.
-pub fn ema_action(cfg: &EmaConfig, step: u64) -> EmaAction {
-    if step < cfg.start_step {
-        return EmaAction::Copy;
-    }
-    if step % cfg.update_every.max(1) != 0 {
-        return EmaAction::Skip;
-    }
-    let decay = if cfg.warmup {
-        let n = step.saturating_sub(cfg.start_step) as f64;
-        cfg.decay.min((1.0 + n) / (10.0 + n))
-    } else {
-        cfg.decay
-    };
-    EmaAction::Average { decay }
-}
-
-/// ema ← ema + (1 − decay)(θ − ema) over `n` elements: decay·ema + (1 − decay)·θ in the CPU's
-/// form, with 1 − decay formed in f64 and rounded once, as [`crate::optim::Ema::update`] does.
-pub fn ema_update(gpu: &Gpu, n: usize, ema: DevPtr, params: DevPtr, decay: f64) -> CudaResult<()> {
-    let rate = (1.0 - decay) as f32;
+/// ema ← ema + rate·(θ − ema) over `n` elements, the CPU's form; `rate` = 1 − decay from
+/// [`crate::optim::EmaConfig::action`] (formed in f64, rounded once).
+pub fn ema_update(gpu: &Gpu, n: usize, ema: DevPtr, params: DevPtr, rate: f32) -> CudaResult<()> {
     let n64 = n as u64;
     gpu.launch(
         "ema_update_f32",
         Launch::linear(n, BLOCK),
         kernel_args!(ema, params, rate, n64),
-        || format!("ema/params ({n}), decay {decay}"),
+        || format!("ema/params ({n}), rate {rate}"),
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::optim::Ema;
-
-    /// Replaying [`ema_action`] with the kernel's arithmetic gives `Ema::update`'s weights bit
-    /// for bit: copies before `start_step`, skips between `update_every` multiples, the warmup
-    /// decay, and 1 − decay rounded once from f64.
-    #[test]
-    fn ema_action_follows_ema_update() {
-        let configs = [
-            EmaConfig {
-                decay: 0.999,
-                start_step: 3,
-                update_every: 2,
-                warmup: true,
-            },
-            EmaConfig {
-                decay: 0.9999,
-                start_step: 0,
-                update_every: 1,
-                warmup: false,
-            },
-        ];
-        for cfg in configs {
-            let mut ema = Ema::new(cfg.clone(), &[0.25]).unwrap();
-            let mut mirror = 0.25f32;
-            for step in 1..=40u64 {
-                let theta = (step as f32 * 0.37).sin();
-                ema.update(step, &[theta]);
-                match ema_action(&cfg, step) {
-                    EmaAction::Copy => mirror = theta,
-                    EmaAction::Skip => {}
-                    EmaAction::Average { decay } => {
-                        assert_eq!(decay, ema.decay_at(step));
-                        let rate = (1.0 - decay) as f32;
-                        mirror += rate * (theta - mirror);
-                    }
-                }
-                assert_eq!(
-                    ema.weights()[0].to_bits(),
-                    mirror.to_bits(),
-                    "{cfg:?} step {step}"
-                );
-            }
-        }
-    }
 }

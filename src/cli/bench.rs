@@ -1,0 +1,235 @@
+//! `ddpm bench train|sample`: images per second for a preset and batch size, after warm-up.
+//! On the GPU the time is measured on the device (CUDA events around the timed steps, so it
+//! counts every gap the host leaves too); on the CPU it is wall-clock time.
+
+use std::time::Instant;
+
+use anyhow::{ensure, Context, Result};
+use clap::{Args, Subcommand};
+
+use crate::cuda::sample::GpuSampler;
+use crate::cuda::train::GpuTrainer;
+use crate::data::Batch;
+use crate::device::{Device, DeviceArg};
+use crate::diffusion::sampler::{initial_noise, SampleOptions, SamplerKind};
+use crate::diffusion::{Schedule, ScheduleConfig};
+use crate::nn::{UNet, UNetConfig, PRESETS};
+use crate::rng::Philox;
+use crate::sample::{generate, GenerateOptions};
+use crate::train::{TrainConfig, Trainer};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Training steps per second (forward, backward, clipping, AdamW, EMA) on random data.
+    Train(BenchArgs),
+    /// DDIM sampling: images per second for a batch going through every step.
+    Sample(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Model preset.
+    #[arg(long, default_value = "tiny")]
+    pub preset: String,
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// Timed training steps, or DDIM steps of the timed sampling run.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub steps: Option<u64>,
+    /// Untimed steps first (kernel loading, caches, clocks).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda[:N]")]
+    pub device: DeviceArg,
+}
+
+pub fn run(cmd: BenchCommand) -> Result<()> {
+    match cmd {
+        BenchCommand::Train(a) => bench_train(&a),
+        BenchCommand::Sample(a) => bench_sample(&a),
+    }
+}
+
+fn setup(a: &BenchArgs) -> Result<(UNetConfig, Device)> {
+    let model = UNetConfig::preset(&a.preset).with_context(|| {
+        format!(
+            "--preset {}: unknown (presets: {})",
+            a.preset,
+            PRESETS.join(", ")
+        )
+    })?;
+    let device = Device::select(a.device, &mut |l| eprintln!("{l}"))?;
+    Ok((model, device))
+}
+
+/// Images in [-1, 1] drawn once (the numbers do not matter for speed, only their shape).
+fn random_batch(net: &UNet, batch: usize) -> Batch {
+    let mut rng = Philox::new(1);
+    Batch {
+        step: 0,
+        x: rng.uniform_vec(batch * net.input_shape(1).len(), -1.0, 1.0),
+        labels: net
+            .config
+            .num_class_embeds
+            .map(|n| (0..batch).map(|i| (i % n) as u32).collect()),
+    }
+}
+
+fn bench_train(a: &BenchArgs) -> Result<()> {
+    let (model, device) = setup(a)?;
+    let b = a.batch_size as usize;
+    let steps = a.steps.unwrap_or(20);
+    let config = TrainConfig {
+        batch_size: b,
+        image_size: model.sample_size,
+        channels: model.in_channels,
+        ..TrainConfig::default()
+    };
+    let params = UNet::new(model.clone())?.num_params();
+    println!(
+        "bench train: preset {} ({:.2}M parameters), batch {b}, {} warm-up + {steps} timed steps on {}",
+        a.preset,
+        params as f64 / 1e6,
+        a.warmup,
+        device.describe()
+    );
+    let seconds = match &device {
+        Device::Cpu => {
+            let mut t = Trainer::new(model, ScheduleConfig::default(), config)?;
+            let batch = random_batch(&t.net, b);
+            for _ in 0..a.warmup {
+                t.train_step(&batch)?;
+            }
+            let start = Instant::now();
+            for _ in 0..steps {
+                t.train_step(&batch)?;
+            }
+            start.elapsed().as_secs_f64()
+        }
+        Device::Cuda(gpu) => {
+            let mut t = GpuTrainer::new(gpu.clone(), model, ScheduleConfig::default(), config)?;
+            let batch = random_batch(&t.net, b);
+            for _ in 0..a.warmup {
+                t.train_step(&batch)?;
+            }
+            let before = gpu.allocation_stats();
+            let mut result = Ok(());
+            let ms = gpu.time_ms(|| {
+                for _ in 0..steps {
+                    if let Err(e) = t.train_step(&batch) {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                Ok(())
+            })?;
+            result?;
+            ensure!(
+                gpu.allocation_stats() == before,
+                "a training step allocated device memory ({:?} → {:?} allocations, bytes)",
+                before,
+                gpu.allocation_stats()
+            );
+            println!("device allocations during the timed steps: 0");
+            f64::from(ms) / 1e3
+        }
+    };
+    report(steps as f64 * b as f64, steps, seconds, "step");
+    Ok(())
+}
+
+fn bench_sample(a: &BenchArgs) -> Result<()> {
+    let (model, device) = setup(a)?;
+    let b = a.batch_size as usize;
+    let steps = a.steps.unwrap_or(50) as usize;
+    let net = UNet::new(model)?;
+    let schedule = Schedule::new(ScheduleConfig::default())?;
+    let weights = net.init_params::<f32>(0);
+    let sampler = SampleOptions::new(schedule.config(), SamplerKind::Ddim { eta: 0.0 }, steps);
+    let warm = SampleOptions::new(
+        schedule.config(),
+        SamplerKind::Ddim { eta: 0.0 },
+        a.warmup.max(1) as usize,
+    );
+    println!(
+        "bench sample: preset {} ({:.2}M parameters), DDIM-{steps}, batch {b}, on {}",
+        a.preset,
+        net.num_params() as f64 / 1e6,
+        device.describe()
+    );
+    let item = net.input_shape(1).len();
+    let ids: Vec<u64> = (0..b as u64).collect();
+    let labels: Option<Vec<u32>> = net
+        .config
+        .num_class_embeds
+        .map(|n| (0..b).map(|i| (i % n) as u32).collect());
+    let seconds = match &device {
+        Device::Cpu => {
+            let opts = |s: &SampleOptions| GenerateOptions {
+                sampler: s.clone(),
+                num: b,
+                batch_size: b,
+                seed: 0,
+                labels: labels.clone(),
+            };
+            generate(
+                &net,
+                &weights,
+                &schedule,
+                &opts(&warm),
+                None,
+                &mut |_, _| {},
+            )?;
+            let start = Instant::now();
+            generate(
+                &net,
+                &weights,
+                &schedule,
+                &opts(&sampler),
+                None,
+                &mut |_, _| {},
+            )?;
+            start.elapsed().as_secs_f64()
+        }
+        Device::Cuda(gpu) => {
+            let mut s = GpuSampler::new(gpu.clone(), &net, b)?;
+            s.load_weights(weights.values())?;
+            let x_t = initial_noise(0, &ids, item)?;
+            let mut x = x_t.clone();
+            s.run_batch(
+                &net,
+                &schedule,
+                &warm,
+                0,
+                &ids,
+                labels.as_deref(),
+                &mut x,
+                &mut |_| {},
+            )?;
+            x.copy_from_slice(&x_t);
+            let mut result = Ok(());
+            let ms = gpu.time_ms(|| {
+                result = s.run_batch(
+                    &net,
+                    &schedule,
+                    &sampler,
+                    0,
+                    &ids,
+                    labels.as_deref(),
+                    &mut x,
+                    &mut |_| {},
+                );
+                Ok(())
+            })?;
+            result?;
+            f64::from(ms) / 1e3
+        }
+    };
+    report(b as f64, steps as u64, seconds, "sampling step");
+    Ok(())
+}
+
+fn report(images: f64, steps: u64, seconds: f64, what: &str) {
+    println!("time per {what}: {:.3} ms", seconds * 1e3 / steps as f64);
+    println!("images/s: {:.1}", images / seconds);
+}

@@ -1,0 +1,588 @@
+//! The GPU implementation of [`Backend`]: activations in one planned device arena, parameters
+//! and their gradients in two device buffers laid out like [`ParamArena`], every op a launch of
+//! our kernels (and cuBLAS for the matrix products).
+//!
+//! The arena is sized by running the same pass on the [`Planner`] first, so a training or
+//! sampling step only bumps an offset: no device allocation ever happens inside a step. The
+//! trait's ops cannot return errors (the CPU cannot fail), so the first CUDA error of a pass is
+//! kept, later launches are skipped, and the caller collects it with [`GpuBackend::finish`].
+
+use std::rc::Rc;
+
+use super::device::{DevPtr, DeviceMemory, Gpu};
+use super::ops;
+use super::{CudaError, CudaErrorKind, CudaResult};
+use crate::backend::plan::Planner;
+use crate::backend::{arena_bytes, Backend};
+use crate::ops::attention::AttentionShape;
+use crate::ops::conv2d::Conv2dShape;
+use crate::ops::dropout::DropoutArgs;
+use crate::ops::embedding::TimestepEmbedding;
+use crate::ops::groupnorm::GroupNormShape;
+use crate::ops::linear::LinearShape;
+use crate::params::{ParamArena, ParamId, ParamLayout};
+use crate::shape::Nchw;
+
+/// A device buffer of f32 (an arena slice, or a view of a longer-lived buffer).
+#[derive(Debug, PartialEq, Eq)]
+pub struct DevBuf {
+    pub ptr: DevPtr,
+    pub len: usize,
+}
+
+impl DevBuf {
+    /// A view of `len` f32 at `ptr` (the caller keeps the memory alive).
+    pub fn view(ptr: DevPtr, len: usize) -> Self {
+        Self { ptr, len }
+    }
+
+    pub fn of(mem: &DeviceMemory) -> Self {
+        Self {
+            ptr: mem.ptr(),
+            len: mem.bytes() / 4,
+        }
+    }
+}
+
+/// Parameter values and gradients on the device, in the arena's layout (f32).
+pub struct DeviceParams {
+    pub layout: ParamLayout,
+    /// (P) f32
+    pub values: DeviceMemory,
+    /// (P) f32
+    pub grads: DeviceMemory,
+}
+
+impl DeviceParams {
+    /// Uploads `host`'s values; gradients start at zero.
+    pub fn upload(gpu: &Gpu, host: &ParamArena<f32>) -> CudaResult<Self> {
+        let len = host.values().len();
+        let values = gpu.alloc(len * 4, "parameters")?;
+        let grads = gpu.alloc(len * 4, "parameter gradients")?;
+        gpu.upload(values.ptr(), host.values(), "parameters")?;
+        gpu.zero(grads.ptr(), grads.bytes(), "parameter gradients")?;
+        Ok(Self {
+            layout: host.layout().clone(),
+            values,
+            grads,
+        })
+    }
+
+    /// Device room for weights only (sampling needs no gradients); values are set later.
+    pub fn for_inference(gpu: &Gpu, layout: ParamLayout) -> CudaResult<Self> {
+        let values = gpu.alloc(layout.arena_len() * 4, "parameters")?;
+        let grads = gpu.alloc(0, "no gradients")?;
+        Ok(Self {
+            layout,
+            values,
+            grads,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.layout.arena_len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn value(&self, id: ParamId) -> DevPtr {
+        self.values.ptr() + 4 * self.layout.spec(id).range().start as u64
+    }
+
+    pub fn grad(&self, id: ParamId) -> DevPtr {
+        self.grads.ptr() + 4 * self.layout.spec(id).range().start as u64
+    }
+
+    /// Overwrites the values with `host` (same layout).
+    pub fn set_values(&self, gpu: &Gpu, host: &[f32]) -> CudaResult<()> {
+        assert_eq!(host.len(), self.len(), "parameter count");
+        gpu.upload(self.values.ptr(), host, "parameters")
+    }
+
+    pub fn zero_grads(&self, gpu: &Gpu) -> CudaResult<()> {
+        gpu.zero(self.grads.ptr(), self.grads.bytes(), "parameter gradients")
+    }
+
+    /// Values and gradients copied back into a host arena.
+    pub fn download(&self, gpu: &Gpu) -> CudaResult<ParamArena<f32>> {
+        let mut host = ParamArena::zeros(self.layout.clone());
+        gpu.download(host.values_mut(), self.values.ptr(), "parameters")?;
+        gpu.download(host.grads_mut(), self.grads.ptr(), "parameter gradients")?;
+        Ok(host)
+    }
+}
+
+/// What one planned pass needs on the device, from the [`Planner`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizing {
+    pub arena_bytes: usize,
+    /// f32 elements of the shared op workspace (im2col, reduction partials, attention dP).
+    pub workspace: usize,
+    pub max_labels: usize,
+}
+
+/// Largest im2col workspace we grow to for batching images into one GEMM (256 MiB).
+const MAX_CONV_WORKSPACE: usize = 64 << 20;
+
+impl Sizing {
+    pub fn from_plan(plan: &Planner<f32>) -> Self {
+        let mut ws = ops::loss::REDUCE_SCRATCH;
+        for g in &plan.convs {
+            // As many images per im2col chunk as fit under the cap, at least one.
+            let one = ops::conv2d::conv2d_workspace_len(g).max(1);
+            let images = (MAX_CONV_WORKSPACE / one).clamp(1, g.input.n);
+            ws = ws.max(ops::conv2d::conv2d_workspace_for(g, images));
+        }
+        for g in &plan.norms {
+            ws = ws.max(ops::groupnorm::group_norm_scratch_len(g));
+        }
+        for g in &plan.attentions {
+            ws = ws.max(ops::attention::attention_workspace_len(g));
+        }
+        Self {
+            arena_bytes: plan.arena_bytes,
+            workspace: ws,
+            max_labels: plan.max_labels,
+        }
+    }
+
+    /// The largest of two sizings, so one backend can run either pass.
+    pub fn max(self, o: Self) -> Self {
+        Self {
+            arena_bytes: self.arena_bytes.max(o.arena_bytes),
+            workspace: self.workspace.max(o.workspace),
+            max_labels: self.max_labels.max(o.max_labels),
+        }
+    }
+
+    pub fn total_bytes(&self) -> usize {
+        self.arena_bytes + 4 * self.workspace + 4 * self.max_labels
+    }
+}
+
+/// The GPU backend for one planned pass shape.
+pub struct GpuBackend {
+    gpu: Rc<Gpu>,
+    sizing: Sizing,
+    arena: DeviceMemory,
+    used: usize,
+    workspace: DeviceMemory,
+    labels: DeviceMemory,
+    error: Option<CudaError>,
+}
+
+impl GpuBackend {
+    /// Allocates the arena and workspace for passes no larger than `sizing`.
+    pub fn new(gpu: Rc<Gpu>, sizing: Sizing) -> CudaResult<Self> {
+        let arena = gpu.alloc(sizing.arena_bytes, "the activation arena")?;
+        let workspace = gpu.alloc(sizing.workspace * 4, "the op workspace")?;
+        let labels = gpu.alloc(sizing.max_labels * 4, "class labels")?;
+        Ok(Self {
+            gpu,
+            sizing,
+            arena,
+            used: 0,
+            workspace,
+            labels,
+            error: None,
+        })
+    }
+
+    pub fn gpu(&self) -> &Rc<Gpu> {
+        &self.gpu
+    }
+
+    pub fn sizing(&self) -> Sizing {
+        self.sizing
+    }
+
+    /// Starts a new pass: every arena buffer of the previous one is dead.
+    pub fn reset(&mut self) {
+        self.used = 0;
+    }
+
+    /// The first error of the pass, if any (and clears it).
+    pub fn finish(&mut self) -> CudaResult<()> {
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Bytes of the arena the current pass has taken.
+    pub fn arena_used(&self) -> usize {
+        self.used
+    }
+
+    fn record(&mut self, r: CudaResult<()>) {
+        if let (Err(e), None) = (r, &self.error) {
+            self.error = Some(e);
+        }
+    }
+
+    /// Runs `f` unless an earlier op of this pass failed.
+    fn run(&mut self, f: impl FnOnce(&Gpu, DevPtr, usize) -> CudaResult<()>) {
+        if self.error.is_none() {
+            let r = f(&self.gpu, self.workspace.ptr(), self.sizing.workspace);
+            self.record(r);
+        }
+    }
+
+    fn take(&mut self, len: usize) -> DevBuf {
+        let bytes = arena_bytes(len, 4);
+        if self.used + bytes > self.arena.bytes() {
+            self.record(Err(CudaError::new(
+                CudaErrorKind::Driver,
+                "activation arena",
+                format!(
+                    "a pass asked for more than the {} planned bytes (a buffer of {len} values at offset {}): the plan and the pass disagree",
+                    self.arena.bytes(),
+                    self.used
+                ),
+            )));
+            return DevBuf { ptr: 0, len };
+        }
+        let ptr = self.arena.ptr() + self.used as u64;
+        self.used += bytes;
+        DevBuf { ptr, len }
+    }
+
+    fn upload_labels(&mut self, labels: &[u32]) -> DevPtr {
+        if labels.len() > self.sizing.max_labels {
+            self.record(Err(CudaError::new(
+                CudaErrorKind::Driver,
+                "class labels",
+                format!(
+                    "{} labels but {} were planned",
+                    labels.len(),
+                    self.sizing.max_labels
+                ),
+            )));
+            return 0;
+        }
+        let ptr = self.labels.ptr();
+        let r = self.gpu.upload(ptr, labels, "class labels");
+        self.record(r);
+        ptr
+    }
+}
+
+impl Backend for GpuBackend {
+    type T = f32;
+    type Buf = DevBuf;
+    type Params = DeviceParams;
+
+    fn alloc(&mut self, len: usize) -> DevBuf {
+        self.take(len)
+    }
+
+    fn zeros(&mut self, len: usize) -> DevBuf {
+        let b = self.take(len);
+        self.run(|gpu, _, _| gpu.zero(b.ptr, 4 * len, "zeroed buffer"));
+        b
+    }
+
+    fn len(buf: &DevBuf) -> usize {
+        buf.len
+    }
+
+    fn copy(&mut self, x: &DevBuf) -> DevBuf {
+        let y = self.take(x.len);
+        self.run(|gpu, _, _| gpu.copy(y.ptr, x.ptr, 4 * x.len, "buffer copy"));
+        y
+    }
+
+    fn accumulate(&mut self, acc: &mut DevBuf, x: &DevBuf) {
+        self.run(|gpu, _, _| ops::elementwise::accumulate(gpu, acc.len, acc.ptr, x.ptr));
+    }
+
+    fn conv2d_forward(
+        &mut self,
+        p: &DeviceParams,
+        g: &Conv2dShape,
+        x: &DevBuf,
+        w: ParamId,
+        b: ParamId,
+        y: &mut DevBuf,
+    ) {
+        self.run(|gpu, ws, ws_len| {
+            ops::conv2d::conv2d_forward(
+                gpu,
+                g,
+                x.ptr,
+                p.value(w),
+                Some(p.value(b)),
+                y.ptr,
+                ws,
+                ws_len,
+            )
+        });
+    }
+
+    fn conv2d_backward(
+        &mut self,
+        p: &mut DeviceParams,
+        g: &Conv2dShape,
+        x: &DevBuf,
+        w: ParamId,
+        b: ParamId,
+        dy: &DevBuf,
+        dx: Option<&mut DevBuf>,
+    ) {
+        let dx = dx.map(|d| d.ptr);
+        self.run(|gpu, ws, ws_len| {
+            ops::conv2d::conv2d_backward(
+                gpu,
+                g,
+                x.ptr,
+                p.value(w),
+                dy.ptr,
+                dx,
+                p.grad(w),
+                Some(p.grad(b)),
+                ws,
+                ws_len,
+            )
+        });
+    }
+
+    fn linear_forward(
+        &mut self,
+        p: &DeviceParams,
+        s: &LinearShape,
+        x: &DevBuf,
+        w: ParamId,
+        b: ParamId,
+        y: &mut DevBuf,
+    ) {
+        self.run(|gpu, _, _| {
+            ops::linear::linear_forward(gpu, s, x.ptr, p.value(w), Some(p.value(b)), y.ptr)
+        });
+    }
+
+    fn linear_backward(
+        &mut self,
+        p: &mut DeviceParams,
+        s: &LinearShape,
+        x: &DevBuf,
+        w: ParamId,
+        b: ParamId,
+        dy: &DevBuf,
+        dx: Option<&mut DevBuf>,
+    ) {
+        let dx = dx.map(|d| d.ptr);
+        self.run(|gpu, _, _| {
+            ops::linear::linear_backward(
+                gpu,
+                s,
+                x.ptr,
+                p.value(w),
+                dy.ptr,
+                dx,
+                p.grad(w),
+                Some(p.grad(b)),
+            )
+        });
+    }
+
+    fn group_norm_forward(
+        &mut self,
+        p: &DeviceParams,
+        g: &GroupNormShape,
+        x: &DevBuf,
+        gamma: ParamId,
+        beta: ParamId,
+        y: &mut DevBuf,
+        mean: &mut DevBuf,
+        rstd: &mut DevBuf,
+    ) {
+        self.run(|gpu, ws, _| {
+            ops::groupnorm::group_norm_forward(
+                gpu,
+                g,
+                x.ptr,
+                p.value(gamma),
+                p.value(beta),
+                y.ptr,
+                mean.ptr,
+                rstd.ptr,
+                ws,
+            )
+        });
+    }
+
+    fn group_norm_backward(
+        &mut self,
+        p: &mut DeviceParams,
+        g: &GroupNormShape,
+        x: &DevBuf,
+        gamma: ParamId,
+        beta: ParamId,
+        mean: &DevBuf,
+        rstd: &DevBuf,
+        dy: &DevBuf,
+        dx: &mut DevBuf,
+    ) {
+        self.run(|gpu, ws, _| {
+            ops::groupnorm::group_norm_backward(
+                gpu,
+                g,
+                x.ptr,
+                p.value(gamma),
+                mean.ptr,
+                rstd.ptr,
+                dy.ptr,
+                dx.ptr,
+                p.grad(gamma),
+                p.grad(beta),
+                ws,
+            )
+        });
+    }
+
+    fn class_embedding_forward(
+        &mut self,
+        p: &DeviceParams,
+        table: ParamId,
+        labels: &[u32],
+        emb: &mut DevBuf,
+    ) {
+        let l = self.upload_labels(labels);
+        let n = labels.len();
+        let width = emb.len / n.max(1);
+        self.run(|gpu, _, _| {
+            ops::embedding::class_embedding_forward(gpu, n, width, l, p.value(table), emb.ptr)
+        });
+    }
+
+    fn class_embedding_backward(
+        &mut self,
+        p: &mut DeviceParams,
+        table: ParamId,
+        labels: &[u32],
+        demb: &DevBuf,
+    ) {
+        let l = self.upload_labels(labels);
+        let n = labels.len();
+        let width = demb.len / n.max(1);
+        let classes = p.layout.spec(table).len() / width.max(1);
+        self.run(|gpu, _, _| {
+            ops::embedding::class_embedding_backward(
+                gpu,
+                n,
+                classes,
+                width,
+                l,
+                demb.ptr,
+                p.grad(table),
+            )
+        });
+    }
+
+    fn silu_forward(&mut self, x: &DevBuf, y: &mut DevBuf) {
+        self.run(|gpu, _, _| ops::elementwise::silu_forward(gpu, x.len, x.ptr, y.ptr));
+    }
+
+    fn silu_backward(&mut self, x: &DevBuf, dy: &DevBuf, dx: &mut DevBuf) {
+        self.run(|gpu, _, _| ops::elementwise::silu_backward(gpu, x.len, x.ptr, dy.ptr, dx.ptr));
+    }
+
+    fn add_channel_bias(&mut self, shape: Nchw, x: &DevBuf, t: &DevBuf, y: &mut DevBuf) {
+        self.run(|gpu, _, _| ops::elementwise::add_channel_bias(gpu, shape, x.ptr, t.ptr, y.ptr));
+    }
+
+    fn sum_spatial(&mut self, shape: Nchw, dy: &DevBuf, dt: &mut DevBuf) {
+        self.run(|gpu, _, _| ops::elementwise::sum_spatial(gpu, shape, dy.ptr, dt.ptr));
+    }
+
+    fn dropout_forward(&mut self, a: &DropoutArgs, x: &DevBuf, y: &mut DevBuf) {
+        self.run(|gpu, _, _| ops::elementwise::dropout_forward(gpu, x.len, a, x.ptr, y.ptr));
+    }
+
+    fn dropout_backward(&mut self, a: &DropoutArgs, dy: &DevBuf, dx: &mut DevBuf) {
+        self.run(|gpu, _, _| ops::elementwise::dropout_backward(gpu, dy.len, a, dy.ptr, dx.ptr));
+    }
+
+    fn concat_channels(
+        &mut self,
+        out: Nchw,
+        a: &DevBuf,
+        c_a: usize,
+        b: &DevBuf,
+        c_b: usize,
+        y: &mut DevBuf,
+    ) {
+        self.run(|gpu, _, _| {
+            ops::elementwise::concat_channels(gpu, out, a.ptr, c_a, b.ptr, c_b, y.ptr)
+        });
+    }
+
+    fn split_channels(
+        &mut self,
+        out: Nchw,
+        dy: &DevBuf,
+        da: &mut DevBuf,
+        c_a: usize,
+        db: &mut DevBuf,
+        c_b: usize,
+    ) {
+        self.run(|gpu, _, _| {
+            ops::elementwise::split_channels(gpu, out, dy.ptr, da.ptr, c_a, db.ptr, c_b)
+        });
+    }
+
+    fn upsample_nearest2x_forward(&mut self, xs: Nchw, x: &DevBuf, y: &mut DevBuf) {
+        self.run(|gpu, _, _| ops::resample::upsample_nearest2x_forward(gpu, xs, x.ptr, y.ptr));
+    }
+
+    fn upsample_nearest2x_backward(&mut self, xs: Nchw, dy: &DevBuf, dx: &mut DevBuf) {
+        self.run(|gpu, _, _| ops::resample::upsample_nearest2x_backward(gpu, xs, dy.ptr, dx.ptr));
+    }
+
+    fn nchw_to_tokens(&mut self, shape: Nchw, x: &DevBuf, tokens: &mut DevBuf) {
+        self.run(|gpu, _, _| ops::attention::nchw_to_tokens(gpu, shape, x.ptr, tokens.ptr));
+    }
+
+    fn tokens_to_nchw(&mut self, shape: Nchw, tokens: &DevBuf, x: &mut DevBuf) {
+        self.run(|gpu, _, _| ops::attention::tokens_to_nchw(gpu, shape, tokens.ptr, x.ptr));
+    }
+
+    fn attention_forward(
+        &mut self,
+        g: &AttentionShape,
+        q: &DevBuf,
+        k: &DevBuf,
+        v: &DevBuf,
+        out: &mut DevBuf,
+        probs: &mut DevBuf,
+    ) {
+        self.run(|gpu, _, _| {
+            ops::attention::attention_forward(gpu, g, q.ptr, k.ptr, v.ptr, out.ptr, probs.ptr)
+        });
+    }
+
+    fn attention_backward(
+        &mut self,
+        g: &AttentionShape,
+        q: &DevBuf,
+        k: &DevBuf,
+        v: &DevBuf,
+        probs: &DevBuf,
+        dout: &DevBuf,
+        dq: &mut DevBuf,
+        dk: &mut DevBuf,
+        dv: &mut DevBuf,
+    ) {
+        self.run(|gpu, ws, _| {
+            ops::attention::attention_backward(
+                gpu, g, q.ptr, k.ptr, v.ptr, probs.ptr, dout.ptr, dq.ptr, dk.ptr, dv.ptr, ws,
+            )
+        });
+    }
+
+    fn timestep_embedding(&mut self, e: &TimestepEmbedding, t: &DevBuf, emb: &mut DevBuf) {
+        self.run(|gpu, _, _| ops::embedding::timestep_embedding(gpu, e, t.len, t.ptr, emb.ptr));
+    }
+}

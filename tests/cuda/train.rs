@@ -1,0 +1,232 @@
+//! The whole training step and the sampler on the GPU against the CPU trainer and sampler:
+//! the same initial weights, data, timesteps, noise and dropout masks, so every number can be
+//! compared. Differences come only from float summation order (cuBLAS vs our GEMM, reduction
+//! trees), which compound through ~30 layers: tolerances are relative to each tensor's largest
+//! magnitude, 2e-3 for gradients and 1e-3 for losses, images and weights after updates.
+
+use std::rc::Rc;
+
+use ddpm::cuda::sample::GpuSampler;
+use ddpm::cuda::testing::{expect_close, shared_gpu, Case};
+use ddpm::cuda::train::GpuTrainer;
+use ddpm::cuda::Gpu;
+use ddpm::data::Batch;
+use ddpm::diffusion::sampler::{SampleOptions, SamplerKind};
+use ddpm::diffusion::{PredictionType, Schedule, ScheduleConfig};
+use ddpm::nn::{DownBlockType::*, UNetConfig, UpBlockType::*};
+use ddpm::optim::{AdamWConfig, EmaConfig};
+use ddpm::rng::Philox;
+use ddpm::sample::{generate, GenerateOptions};
+use ddpm::train::{LossKind, TrainConfig, TrainEngine, Trainer};
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "train_step_loss_and_every_gradient_match_cpu",
+            run: |g| train_step_matches(g, false),
+        },
+        Case {
+            name: "train_step_class_conditional_v_prediction_l1_matches_cpu",
+            run: |g| train_step_matches(g, true),
+        },
+        Case {
+            name: "five_optimizer_steps_match_cpu_and_allocate_nothing",
+            run: several_steps_match,
+        },
+        Case {
+            name: "gpu_checkpoint_resumes_on_the_cpu",
+            run: checkpoint_crosses_devices,
+        },
+        Case {
+            name: "ddpm_and_ddim_sampling_from_fixed_noise_match_cpu",
+            run: sampling_matches,
+        },
+    ]
+}
+
+/// A small UNet with every layer kind: attention (2 heads) in down, mid and up blocks,
+/// shortcuts, a stride-2 conv with asymmetric padding, upsampling, dropout.
+fn model(class_cond: bool) -> UNetConfig {
+    UNetConfig {
+        sample_size: 8,
+        in_channels: 3,
+        out_channels: 3,
+        block_out_channels: vec![16, 32],
+        layers_per_block: 1,
+        down_block_types: vec![DownBlock2D, AttnDownBlock2D],
+        up_block_types: vec![AttnUpBlock2D, UpBlock2D],
+        norm_num_groups: 8,
+        attention_head_dim: Some(16),
+        dropout: 0.1,
+        num_class_embeds: class_cond.then_some(3),
+        ..UNetConfig::default()
+    }
+}
+
+fn train_config(batch: usize, loss: LossKind, clip: f64) -> TrainConfig {
+    TrainConfig {
+        image_size: 8,
+        channels: 3,
+        batch_size: batch,
+        loss,
+        grad_clip: clip,
+        optimizer: AdamWConfig {
+            lr: 1e-3,
+            weight_decay: 0.01,
+            warmup_steps: 2,
+            ..AdamWConfig::default()
+        },
+        ema: EmaConfig {
+            decay: 0.99,
+            ..EmaConfig::default()
+        },
+        ..TrainConfig::default()
+    }
+}
+
+fn batch(b: usize, step: u64, class_cond: bool) -> Batch {
+    let mut rng = Philox::with_stream(7, step);
+    Batch {
+        step,
+        x: rng.uniform_vec(b * 3 * 8 * 8, -1.0, 1.0),
+        labels: class_cond.then(|| (0..b).map(|i| (i % 3) as u32).collect()),
+    }
+}
+
+/// The runner's device as the shared handle trainers and samplers keep.
+fn open(g: &Gpu) -> Rc<Gpu> {
+    let gpu = shared_gpu();
+    assert_eq!(gpu.ordinal, g.ordinal);
+    gpu
+}
+
+fn train_step_matches(g: &Gpu, variant: bool) -> anyhow::Result<()> {
+    let gpu = open(g);
+    let schedule = ScheduleConfig {
+        prediction_type: if variant {
+            PredictionType::VPrediction
+        } else {
+            PredictionType::Epsilon
+        },
+        ..ScheduleConfig::default()
+    };
+    let loss = if variant { LossKind::L1 } else { LossKind::L2 };
+    // Clipping off, so the gradients compared are the raw ones.
+    let cfg = train_config(5, loss, 0.0);
+    let mut cpu = Trainer::new(model(variant), schedule.clone(), cfg.clone())?;
+    let mut dev = GpuTrainer::new(gpu, model(variant), schedule, cfg)?;
+    let data = batch(5, 0, variant);
+    let a = cpu.train_step(&data)?;
+    let b = dev.train_step(&data)?;
+    expect_close("loss", &[b.loss], &[a.loss], 1e-3);
+    expect_close(
+        "grad norm",
+        &[b.grad_norm as f32],
+        &[a.grad_norm as f32],
+        1e-3,
+    );
+    let host = dev.params_to_host()?;
+    for spec in cpu.net.layout.specs() {
+        let r = spec.range();
+        expect_close(
+            &spec.name,
+            &host.grads()[r.clone()],
+            &cpu.params.grads()[r],
+            2e-3,
+        );
+    }
+    expect_close(
+        "weights after AdamW",
+        host.values(),
+        cpu.params.values(),
+        1e-3,
+    );
+    Ok(())
+}
+
+fn several_steps_match(g: &Gpu) -> anyhow::Result<()> {
+    let gpu = open(g);
+    let cfg = train_config(4, LossKind::L2, 1.0);
+    let mut cpu = Trainer::new(model(false), ScheduleConfig::default(), cfg.clone())?;
+    let mut dev = GpuTrainer::new(gpu.clone(), model(false), ScheduleConfig::default(), cfg)?;
+    let mut allocations = None;
+    for step in 0..5 {
+        let data = batch(4, step, false);
+        let a = cpu.train_step(&data)?;
+        let b = dev.train_step(&data)?;
+        expect_close(
+            &format!("loss at step {}", step + 1),
+            &[b.loss],
+            &[a.loss],
+            1e-3,
+        );
+        // Steps after the first allocate nothing on the device.
+        let now = gpu.allocation_stats();
+        if let Some(before) = allocations {
+            assert_eq!(now, before, "step {} allocated device memory", step + 1);
+        }
+        allocations = Some(now);
+    }
+    let ck = dev.checkpoint()?;
+    expect_close(
+        "weights after 5 steps",
+        &ck.weights,
+        cpu.params.values(),
+        1e-3,
+    );
+    expect_close("EMA after 5 steps", &ck.ema, cpu.ema.weights(), 1e-3);
+    let (_, m, v) = cpu.optimizer.state();
+    expect_close("Adam m after 5 steps", &ck.adam_m, m, 2e-3);
+    expect_close("Adam v after 5 steps", &ck.adam_v, v, 2e-3);
+    Ok(())
+}
+
+fn checkpoint_crosses_devices(g: &Gpu) -> anyhow::Result<()> {
+    let gpu = open(g);
+    let cfg = train_config(3, LossKind::L2, 1.0);
+    let mut dev = GpuTrainer::new(gpu.clone(), model(false), ScheduleConfig::default(), cfg)?;
+    for step in 0..2 {
+        dev.train_step(&batch(3, step, false))?;
+    }
+    let ck = dev.checkpoint()?;
+    let mut cpu = Trainer::from_checkpoint(ck.clone())?;
+    let mut back = GpuTrainer::from_checkpoint(gpu, ck)?;
+    let data = batch(3, 2, false);
+    let a = cpu.train_step(&data)?;
+    let b = back.train_step(&data)?;
+    let c = dev.train_step(&data)?;
+    assert_eq!(
+        b.loss.to_bits(),
+        c.loss.to_bits(),
+        "a resumed GPU run continues exactly"
+    );
+    expect_close("loss after resuming on the CPU", &[a.loss], &[c.loss], 1e-3);
+    Ok(())
+}
+
+fn sampling_matches(g: &Gpu) -> anyhow::Result<()> {
+    let gpu = open(g);
+    let cfg = model(true);
+    let net = ddpm::nn::UNet::new(cfg)?;
+    let weights = net.init_params::<f32>(3);
+    let schedule = Schedule::new(ScheduleConfig::default())?;
+    let mut sampler = GpuSampler::new(gpu, &net, 4)?;
+    sampler.load_weights(weights.values())?;
+    for (name, kind, steps) in [
+        ("DDPM, 25 steps", SamplerKind::Ddpm, 25),
+        ("DDIM eta=0, 10 steps", SamplerKind::Ddim { eta: 0.0 }, 10),
+        ("DDIM eta=1, 10 steps", SamplerKind::Ddim { eta: 1.0 }, 10),
+    ] {
+        let opts = GenerateOptions {
+            sampler: SampleOptions::new(schedule.config(), kind, steps),
+            num: 6, // two batches, the second one short
+            batch_size: 4,
+            seed: 11,
+            labels: None,
+        };
+        let want = generate(&net, &weights, &schedule, &opts, None, &mut |_, _| {})?;
+        let got = sampler.generate(&net, &schedule, &opts, None, &mut |_, _| {})?;
+        expect_close(name, &got, &want, 1e-3);
+    }
+    Ok(())
+}
