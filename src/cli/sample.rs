@@ -197,7 +197,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let images = match &device {
         Device::Cpu => generate(&net, &params, &schedule, &opts, init, &mut progress)?,
         Device::Cuda(gpu) => {
-            let mut sampler = GpuSampler::new(gpu.clone(), &net, opts.batch_size)?;
+            let mut sampler = GpuSampler::new(gpu.clone(), &net, opts.batch_size.min(opts.num))?;
             sampler.load_weights(params.values())?;
             sampler.generate(&net, &schedule, &opts, init, &mut progress)?
         }

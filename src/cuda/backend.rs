@@ -586,3 +586,32 @@ impl Backend for GpuBackend {
         self.run(|gpu, _, _| ops::embedding::timestep_embedding(gpu, e, t.len, t.ptr, emb.ptr));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::{UNet, UNetConfig};
+
+    /// The planned device memory of a training step and of a sampling step, for the presets at
+    /// the batch sizes the benchmarks use; a training step keeps its activations for the
+    /// backward, so it needs more than inference at the same batch.
+    #[test]
+    fn presets_plan_device_memory_that_fits_an_h100() {
+        for (preset, batch) in [("tiny", 32), ("ddpm-cifar10", 128)] {
+            let net = UNet::new(UNetConfig::preset(preset).unwrap()).unwrap();
+            let train = Sizing::from_plan(&net.plan_step::<f32>(batch, true).unwrap());
+            let infer = Sizing::from_plan(&net.plan_step::<f32>(batch, false).unwrap());
+            let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+            eprintln!(
+                "{preset} batch {batch}: training {:.2} GiB (arena {:.2}, workspace {:.2}), inference {:.2} GiB",
+                gib(train.total_bytes()),
+                gib(train.arena_bytes),
+                gib(4 * train.workspace),
+                gib(infer.total_bytes())
+            );
+            assert!(train.arena_bytes > infer.arena_bytes);
+            assert!(infer.arena_bytes > 0 && train.workspace > 0);
+            assert!(gib(train.total_bytes()) < 70.0, "{preset} does not fit an 80 GB GPU");
+        }
+    }
+}
