@@ -309,3 +309,75 @@ fn bad_inputs_are_reported_by_name() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn device_flag_is_validated_and_a_missing_gpu_is_a_clear_error() {
+    let out = ddpm(&["train", "--device", "gpu", "--steps", "1"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a bad --device is a usage error"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("expected auto, cpu, cuda or cuda:N"), "{err}");
+
+    // Device 99 exists nowhere: with or without a GPU this is an error naming the reason.
+    let dir = std::env::temp_dir().join(format!("ddpm-cli-device-{}", std::process::id()));
+    let out = ddpm(&[
+        "train",
+        "--device",
+        "cuda:99",
+        "--steps",
+        "1",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("open GPU: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        !dir.exists(),
+        "nothing is written when the device cannot be opened"
+    );
+}
+
+#[test]
+fn bench_train_and_sample_report_images_per_second_on_the_cpu() {
+    for kind in ["train", "sample"] {
+        let out = ddpm(&[
+            "bench",
+            kind,
+            "--device",
+            "cpu",
+            "--preset",
+            "tiny",
+            "--batch-size",
+            "2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&format!("bench {kind}: preset tiny")),
+            "{text}"
+        );
+        let ips: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("images/s: "))
+            .expect("an images/s line")
+            .parse()
+            .unwrap();
+        assert!(ips > 0.0 && ips.is_finite(), "{text}");
+    }
+    let out = ddpm(&["bench", "train", "--device", "cpu", "--preset", "huge"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--preset huge: unknown"));
+}

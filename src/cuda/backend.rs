@@ -611,7 +611,10 @@ mod tests {
             );
             assert!(train.arena_bytes > infer.arena_bytes);
             assert!(infer.arena_bytes > 0 && train.workspace > 0);
-            assert!(gib(train.total_bytes()) < 70.0, "{preset} does not fit an 80 GB GPU");
+            assert!(
+                gib(train.total_bytes()) < 70.0,
+                "{preset} does not fit an 80 GB GPU"
+            );
         }
     }
 }
