@@ -235,7 +235,7 @@ fn render_modules(nvcc_version: Option<&str>, modules: &[Module]) -> String {
     for m in modules {
         writeln!(
             s,
-            "    KernelModule {{ name: {:?}, fatbin: include_bytes!({:?}), kernels: &{:?} }},",
+            "    KernelModule {{ name: {:?}, fatbin: {{ const A: &Aligned<[u8]> = &Aligned(*include_bytes!({:?})); &A.0 }}, kernels: &{:?} }},",
             m.name,
             m.fatbin.display().to_string(),
             m.kernels

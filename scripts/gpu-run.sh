@@ -225,7 +225,7 @@ printf 'gpu-run: %s\n' "${lib_report[@]}"
 ddpm="$B/bin/ddpm"
 run_step ddpm-info 30 "$ddpm" info
 
-run_step cuda "${DDPM_CUDA_TIMEOUT:-180}" "$B/tests/cuda" ${DDPM_CUDA_FILTER:+"$DDPM_CUDA_FILTER"}
+DDPM_REQUIRE_GPU=1 run_step cuda "${DDPM_CUDA_TIMEOUT:-180}" "$B/tests/cuda" ${DDPM_CUDA_FILTER:+"$DDPM_CUDA_FILTER"}
 # The suite exits 0 when it finds no usable GPU; on the GPU machine that is a failure.
 if [ "${names[-1]}" = cuda ] && [ "${statuses[-1]}" = ok ] &&
   grep -q 'SKIPPED, not run' "$LOGS/cuda.log" 2>/dev/null; then

@@ -10,6 +10,11 @@ pub struct KernelModule {
     pub kernels: &'static [&'static str],
 }
 
+/// Keeps an embedded fatbin on a 16-byte boundary: `include_bytes!` alone gives alignment 1, and
+/// the fatbin header the driver parses holds 64-bit fields (nvcc aligns its own embeddings).
+#[repr(C, align(16))]
+pub struct Aligned<B: ?Sized>(pub B);
+
 include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 
 /// Whether this binary was built with nvcc (and so carries kernels).
@@ -51,6 +56,12 @@ mod tests {
         assert_eq!(MODULES.len(), sources.len(), "one module per kernels/*.cu");
         for m in MODULES {
             assert!(sources.contains(&m.name.to_string()), "{}", m.name);
+            assert_eq!(
+                m.fatbin.as_ptr() as usize % 16,
+                0,
+                "module {} is not 16-byte aligned",
+                m.name
+            );
             assert!(
                 !m.kernels.is_empty(),
                 "module {} declares no kernels",

@@ -101,6 +101,11 @@ pub fn run_main(suite: &str, cases: &[Case]) {
                 "\n{suite}: {} tests SKIPPED, not run: {e}\n",
                 selected.len()
             );
+            // On a machine that is meant to have a GPU, a skip is a failure.
+            if std::env::var("DDPM_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                println!("{suite}: DDPM_REQUIRE_GPU=1 but no GPU could be opened");
+                std::process::exit(1);
+            }
             return;
         }
     };

@@ -261,6 +261,7 @@ impl GpuTrainer {
         be.finish()?;
         let tape = tape.expect("the tape was asked for");
         let dout = crate::backend::Backend::alloc(be, n);
+        be.finish()?; // an arena that ran out would hand back a null buffer
         let loss_ptr = self.scalars.ptr();
         ops::loss::loss_forward(
             g,

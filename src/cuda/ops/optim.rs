@@ -61,7 +61,9 @@ pub fn clipping_enabled(max_norm: f64) -> bool {
 /// read from `norm` (1 f32 on the device, as [`grad_norm`] writes it): the scale is computed on
 /// the device in f64, no host round trip. CPU twin: the scaling in
 /// [`crate::optim::clip_grad_norm`]; `max_norm` is f64 like the CPU's (the config's
-/// `grad_clip`). Launches nothing when clipping is off ([`clipping_enabled`]).
+/// `grad_clip`). Launches nothing when clipping is off ([`clipping_enabled`]). One difference:
+/// the norm read here was rounded to f32, where the CPU keeps it in f64, so the scale (and the
+/// `‖g‖ > max_norm` test right at the boundary) can differ by about one f32 ulp.
 pub fn clip_grads(
     gpu: &Gpu,
     n: usize,
