@@ -948,6 +948,12 @@ fn main() {
             return;
         }
     };
+    if gpu.is_emulated() {
+        println!(
+            "cuda_ops: SKIPPED, built with the cuda-emulator feature: timings need a real GPU"
+        );
+        return;
+    }
     if let Err(e) = run(gpu) {
         eprintln!("cuda_ops: {e:#}");
         std::process::exit(1);

@@ -128,6 +128,8 @@ macro_rules! kernel_args {
 pub struct DeviceMemory {
     ptr: DevPtr,
     bytes: usize,
+    /// Host memory standing in for device memory (the `cuda-emulator` feature).
+    host: bool,
 }
 
 impl DeviceMemory {
@@ -141,7 +143,14 @@ impl DeviceMemory {
 
 impl Drop for DeviceMemory {
     fn drop(&mut self) {
-        if self.bytes > 0 {
+        #[cfg(feature = "cuda-emulator")]
+        if self.host {
+            if self.bytes > 0 {
+                super::emulator::free_bytes(self.ptr, self.bytes);
+            }
+            return;
+        }
+        if self.bytes > 0 && !self.host {
             // SAFETY: allocated by `Gpu::alloc`; the context outlives every allocation because
             // it is the device's primary context, which is never released while the process runs.
             unsafe {
@@ -195,6 +204,8 @@ pub struct Gpu {
     /// Device allocations made so far and their bytes: a step must not add to them.
     allocations: Cell<usize>,
     allocated_bytes: Cell<usize>,
+    /// The `cuda-emulator` feature's CPU stand-in: no driver handle above is used.
+    emulated: bool,
     _not_send: std::marker::PhantomData<*const ()>,
 }
 
@@ -205,6 +216,44 @@ impl Gpu {
     /// Opens device `ordinal`: checks the driver and the kernel image first, so a machine
     /// without a GPU gets a sentence, never a panic.
     pub fn open(ordinal: usize) -> CudaResult<Self> {
+        #[cfg(feature = "cuda-emulator")]
+        return Ok(Self::emulated(ordinal));
+        #[cfg(not(feature = "cuda-emulator"))]
+        Self::open_driver(ordinal)
+    }
+
+    /// The CPU emulation of a GPU (the `cuda-emulator` feature; see `super::emulator`).
+    #[cfg(feature = "cuda-emulator")]
+    fn emulated(ordinal: usize) -> Self {
+        Self {
+            ordinal,
+            name: "CPU emulator (not a GPU)".into(),
+            compute_capability: (9, 0),
+            total_memory: 0,
+            dev: 0,
+            stream: std::ptr::null_mut(),
+            modules: Vec::new(),
+            functions: HashMap::new(),
+            blas: std::ptr::null_mut(),
+            _blas_workspace: DeviceMemory {
+                ptr: 0,
+                bytes: 0,
+                host: true,
+            },
+            allocations: Cell::new(0),
+            allocated_bytes: Cell::new(0),
+            emulated: true,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
+    /// Whether this is the `cuda-emulator` stand-in rather than a real device.
+    pub fn is_emulated(&self) -> bool {
+        self.emulated
+    }
+
+    #[cfg_attr(feature = "cuda-emulator", allow(dead_code))]
+    fn open_driver(ordinal: usize) -> CudaResult<Self> {
         let unavailable = |msg: String| CudaError::new(CudaErrorKind::Unavailable, "open GPU", msg);
         if !kernels::built_in() {
             return Err(unavailable(
@@ -308,6 +357,7 @@ impl Gpu {
             let ws = DeviceMemory {
                 ptr,
                 bytes: BLAS_WORKSPACE,
+                host: false,
             };
             // SAFETY: `ws` lives as long as the handle (both owned by the Gpu).
             unsafe { blas_sys::cublasSetWorkspace_v2(handle, ptr as *mut c_void, BLAS_WORKSPACE) }
@@ -329,6 +379,7 @@ impl Gpu {
             _blas_workspace: ws,
             allocations: Cell::new(1),
             allocated_bytes: Cell::new(BLAS_WORKSPACE),
+            emulated: false,
             _not_send: std::marker::PhantomData,
         })
     }
@@ -344,20 +395,42 @@ impl Gpu {
 
     /// Free and total device memory in bytes.
     pub fn memory_info(&self) -> CudaResult<(usize, usize)> {
+        if self.emulated {
+            return Ok((0, 0));
+        }
         result::mem_get_info().map_err(|e| CudaError::driver("cuMemGetInfo", e))
     }
 
     /// Allocates `bytes` of device memory for `what`; running out names what and how much.
     pub fn alloc(&self, bytes: usize, what: &str) -> CudaResult<DeviceMemory> {
         if bytes == 0 {
-            return Ok(DeviceMemory { ptr: 0, bytes: 0 });
+            return Ok(DeviceMemory {
+                ptr: 0,
+                bytes: 0,
+                host: self.emulated,
+            });
+        }
+        #[cfg(feature = "cuda-emulator")]
+        if self.emulated {
+            let ptr = super::emulator::alloc_bytes(bytes)?;
+            self.allocations.set(self.allocations.get() + 1);
+            self.allocated_bytes.set(self.allocated_bytes.get() + bytes);
+            return Ok(DeviceMemory {
+                ptr,
+                bytes,
+                host: true,
+            });
         }
         // SAFETY: plain device allocation in the current context.
         match unsafe { result::malloc_sync(bytes) } {
             Ok(ptr) => {
                 self.allocations.set(self.allocations.get() + 1);
                 self.allocated_bytes.set(self.allocated_bytes.get() + bytes);
-                Ok(DeviceMemory { ptr, bytes })
+                Ok(DeviceMemory {
+                    ptr,
+                    bytes,
+                    host: false,
+                })
             }
             Err(e) => {
                 let free = self.memory_info().map(|(f, _)| f).unwrap_or(0);
@@ -380,6 +453,13 @@ impl Gpu {
         if src.is_empty() {
             return Ok(());
         }
+        #[cfg(feature = "cuda-emulator")]
+        if self.emulated {
+            let bytes = std::mem::size_of_val(src);
+            // SAFETY: `dst` is an emulated allocation of at least `bytes`.
+            unsafe { super::emulator::copy(dst as *mut u8, src.as_ptr().cast(), bytes) };
+            return Ok(());
+        }
         // SAFETY: the caller hands a device range of at least `size_of_val(src)` bytes.
         unsafe { result::memcpy_htod_async(dst, src, self.stream) }
             .map_err(|e| CudaError::driver(format!("upload {what}"), e))
@@ -395,6 +475,13 @@ impl Gpu {
         if dst.is_empty() {
             return Ok(());
         }
+        #[cfg(feature = "cuda-emulator")]
+        if self.emulated {
+            let bytes = std::mem::size_of_val(dst);
+            // SAFETY: `src` is an emulated allocation of at least `bytes`.
+            unsafe { super::emulator::copy(dst.as_mut_ptr().cast(), src as *const u8, bytes) };
+            return Ok(());
+        }
         // SAFETY: the caller hands a device range of at least `size_of_val(dst)` bytes.
         unsafe { result::memcpy_dtoh_async(dst, src, self.stream) }
             .map_err(|e| CudaError::driver(format!("download {what}"), e))?;
@@ -404,6 +491,12 @@ impl Gpu {
     /// dst[..bytes] = src[..bytes] on the stream.
     pub fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize, what: &str) -> CudaResult<()> {
         if bytes == 0 {
+            return Ok(());
+        }
+        #[cfg(feature = "cuda-emulator")]
+        if self.emulated {
+            // SAFETY: both are emulated allocations of at least `bytes`.
+            unsafe { super::emulator::copy(dst as *mut u8, src as *const u8, bytes) };
             return Ok(());
         }
         // SAFETY: both ranges are device memory of at least `bytes`.
@@ -416,6 +509,11 @@ impl Gpu {
         if bytes == 0 {
             return Ok(());
         }
+        if self.emulated {
+            // SAFETY: an emulated allocation of at least `bytes`.
+            unsafe { (dst as *mut u8).write_bytes(0, bytes) };
+            return Ok(());
+        }
         // SAFETY: `dst` is device memory of at least `bytes`.
         unsafe { result::memset_d8_async(dst, 0, bytes, self.stream) }
             .map_err(|e| CudaError::driver(format!("zero {what}"), e))
@@ -423,6 +521,9 @@ impl Gpu {
 
     /// Waits for everything queued so far; an asynchronous kernel fault surfaces here.
     pub fn synchronize(&self, after: &str) -> CudaResult<()> {
+        if self.emulated {
+            return Ok(());
+        }
         // SAFETY: the stream belongs to this context.
         unsafe { result::stream::synchronize(self.stream) }
             .map_err(|e| CudaError::driver(format!("wait for the GPU after {after}"), e))
@@ -436,6 +537,16 @@ impl Gpu {
         params: &mut [*mut c_void],
         shapes: impl FnOnce() -> String,
     ) -> CudaResult<()> {
+        #[cfg(feature = "cuda-emulator")]
+        if self.emulated {
+            if cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 {
+                return Ok(());
+            }
+            return super::emulator::launch(kernel, cfg, params).map_err(|mut e| {
+                e.op = format!("{} {}", e.op, shapes());
+                e
+            });
+        }
         let f = *self.functions.get(kernel).ok_or_else(|| {
             CudaError::new(
                 CudaErrorKind::Unavailable,
@@ -496,6 +607,11 @@ impl Gpu {
                 )
             })
         };
+        #[cfg(feature = "cuda-emulator")]
+        if self.emulated {
+            super::emulator::gemm_rm((m, n, k), alpha, a, b, beta, c, batch);
+            return Ok(());
+        }
         // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: swap the operands and m/n.
         // SAFETY: the caller guarantees the device ranges cover the described matrices.
         unsafe {
@@ -525,6 +641,11 @@ impl Gpu {
 
     /// Times `work` on the device with events; returns milliseconds.
     pub fn time_ms(&self, work: impl FnOnce() -> CudaResult<()>) -> CudaResult<f32> {
+        if self.emulated {
+            let start = std::time::Instant::now();
+            work()?;
+            return Ok(start.elapsed().as_secs_f32() * 1e3);
+        }
         let d = |op: &'static str| move |e| CudaError::driver(op, e);
         let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
         let start = result::event::create(flags).map_err(d("cuEventCreate"))?;
@@ -553,6 +674,9 @@ impl Gpu {
 
 impl Drop for Gpu {
     fn drop(&mut self) {
+        if self.emulated {
+            return;
+        }
         // SAFETY: every handle below was created by `open` and is not used after this.
         unsafe {
             let _ = result::stream::synchronize(self.stream);

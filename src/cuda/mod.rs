@@ -4,6 +4,8 @@
 
 pub mod backend;
 pub mod device;
+#[cfg(feature = "cuda-emulator")]
+mod emulator;
 pub mod kernels;
 pub mod ops;
 pub mod probe;

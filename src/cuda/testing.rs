@@ -109,10 +109,17 @@ pub fn run_main(suite: &str, cases: &[Case]) {
             return;
         }
     };
-    println!(
-        "on {} (compute capability {}.{})",
-        gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
-    );
+    if gpu.is_emulated() {
+        println!(
+            "on the CPU emulator of the CUDA kernels (the cuda-emulator feature): NOT a GPU; \
+             this checks kernel and launch logic, not the hardware"
+        );
+    } else {
+        println!(
+            "on {} (compute capability {}.{})",
+            gpu.name, gpu.compute_capability.0, gpu.compute_capability.1
+        );
+    }
     GPU.with(|g| *g.borrow_mut() = Some(gpu.clone()));
     let mut failed = Vec::new();
     for c in &selected {
