@@ -1,7 +1,7 @@
 // The CUDA language as host C++, for the `cuda-emulator` feature: force-included (g++ -include)
 // before every kernels/*.cu, which then compiles unchanged. runtime.cpp runs the kernels: every
-// thread of a block is a live OS thread, __syncthreads is a real barrier and the warp shuffles
-// exchange values through per-warp slots (see there for the launch model).
+// thread of a block is a fiber with its own stack, all alive at once, __syncthreads is a barrier
+// among them and the warp shuffles exchange values through per-warp slots (see there).
 //
 // Only what ddpm's kernels use is here. Arithmetic is the host's IEEE arithmetic: build with
 // -ffp-contract=off so no a*b+c is fused (the kernels' __f*_rn intrinsics promise that), and note

@@ -1,177 +1,231 @@
 // Runs the kernels of kernels/*.cu (compiled as host C++ with cuda_emulator.h) on the CPU.
 //
-// Launch model. A pool of worker threads, one per thread of the largest block seen so far (at
-// most 1024), lives for the whole process. A launch wakes workers 0..n-1 for its n-thread block;
-// worker t is thread t of every block and walks the grid's blocks in order (x fastest, then y,
-// then z). So all n threads of a block are alive at once and really concurrent, and
-// __syncthreads is a std::barrier over them.
+// Launch model. Each CUDA thread of a block is a fiber: its own stack and registers, switched
+// cooperatively on the launching OS thread. All threads of a block are alive at once; a thread
+// runs until it reaches a barrier (__syncthreads, or a warp shuffle's exchange) or returns, and
+// a barrier lets its threads go on only once every live thread it spans has arrived. Blocks run
+// one after another (x fastest, then y, then z), so each kernel's __shared__ arrays are a single
+// static copy. A thread that has returned no longer counts at barriers, as on current GPUs.
 //
-// Blocks are separated only where they need to be. Because blocks run one after another, each
-// kernel's __shared__ arrays are a single static copy; a block that used __syncthreads ends with
-// one more block barrier, so the next block cannot overwrite shared memory the previous one is
-// still reading. A block that never called __syncthreads cannot have shared data between its
-// threads, so its threads go straight on to their next block. This relies on CUDA's own rule
-// that __syncthreads is reached by every thread of a block or by none; kernels whose threads
-// return early and then let the others reach a __syncthreads are not supported.
+// Why fibers rather than one OS thread per CUDA thread (the first version of this file, in git
+// history): with 256 threads on a 2-core machine every barrier phase costs one sleep and one
+// wake-up per thread, about 1.4 ms a phase, so a 1024-block reduction took 3 s and the parity
+// suite's loss and optimizer tests minutes; a fiber switch is a few nanoseconds, and with fibers
+// that reduction takes ~60 ms and the whole suite ~20 s. What is lost is true parallelism inside
+// a block; what is gained is determinism: threads run in index order between barriers, so a
+// missing __syncthreads shows up the same way on every run, and a barrier that some live threads
+// never reach is reported (-4) instead of hanging.
 //
-// Warp shuffles exchange 8-byte values through a per-warp slot array and a 32-thread barrier,
+// Warp shuffles exchange 8-byte values through a per-warp slot array and a warp barrier,
 // double-buffered so that one barrier per shuffle is enough: a lane can only come back to the
 // same buffer after the next shuffle's barrier, which every lane reaches after its read. As CUDA
 // requires, all 32 lanes must make the same shuffles (ddpm's kernels always pass the full mask).
 //
-// ddpm_emu_launch is synchronous and must be called from one thread at a time (the Rust side
-// drives its Gpu from one thread). A fault inside a kernel takes the process down.
+// ddpm_emu_launch is synchronous and serialised by a mutex. A fault inside a kernel takes the
+// process down.
 
 #include "runtime.h"
 
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
 
-#include <atomic>
 #include <memory>
-#include <thread>
-#include <vector>
+#include <mutex>
 
 #include "cuda_emulator.h"
+
+#if defined(__x86_64__) && defined(__ELF__) && !defined(DDPM_EMU_UCONTEXT)
+#define DDPM_EMU_ASM_SWITCH 1
+#else
+#include <ucontext.h>
+#endif
 
 __thread uint3 threadIdx __attribute__((tls_model("initial-exec")));
 __thread uint3 blockIdx __attribute__((tls_model("initial-exec")));
 dim3 blockDim;
 dim3 gridDim;
 
+#if DDPM_EMU_ASM_SWITCH
+// Saves the callee-saved registers on the current stack and its stack pointer in *save_sp, then
+// continues on sp (a stack saved the same way, or a fresh one from init_context). x86-64 SysV.
+// Fibers never touch the MXCSR or x87 control word, so those are not switched. ucontext's
+// swapcontext does the same but with a signal-mask system call each time (~400 ns).
+extern "C" void ddpm_emu_switch(void** save_sp, void* sp);
+asm(R"(
+    .text
+    .globl ddpm_emu_switch
+    .hidden ddpm_emu_switch
+    .type ddpm_emu_switch, @function
+ddpm_emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size ddpm_emu_switch, .-ddpm_emu_switch
+)");
+#endif
+
 namespace ddpm_emu {
 namespace {
 
 constexpr unsigned kMaxBlockThreads = 1024;
+// Per fiber; only the pages a kernel touches are ever committed. A guard page below each stack
+// turns an overflow into a fault.
+constexpr size_t kStackBytes = 256 << 10;
+constexpr size_t kGuardBytes = 4096;
 
-// A central barrier: count the arrivals, the last one bumps the generation and wakes the rest.
-class Barrier {
-public:
-    explicit Barrier(unsigned threads) : threads_(threads) {}
-    void arrive_and_wait() {
-        const uint32_t gen = gen_.load(std::memory_order_acquire);
-        if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == threads_) {
-            arrived_.store(0, std::memory_order_relaxed);  // published by the release below
-            gen_.store(gen + 1, std::memory_order_release);
-            gen_.notify_all();
-        } else {
-            while (gen_.load(std::memory_order_acquire) == gen) gen_.wait(gen, std::memory_order_acquire);
-        }
-    }
-
-private:
-    const unsigned threads_;
-    std::atomic<unsigned> arrived_{0};
-    std::atomic<uint32_t> gen_{0};
+// A barrier among cooperatively scheduled threads: released when every live member has arrived.
+struct Barrier {
+    unsigned live = 0, arrived = 0;
+    uint64_t gen = 0;  // bumped at each release
 };
 
 struct Warp {
-    Barrier arrived{32};
+    Barrier bar;
     uint64_t slot[2][32];  // [buffer][lane]
 };
 
-// The block-wide synchronisation objects, shared by every block of a launch. Rebuilt only when
-// the block size changes: a launch that completes leaves every barrier at a phase boundary.
-struct BlockSync {
-    unsigned threads = 0;
-    std::unique_ptr<Barrier> block;
-    std::unique_ptr<Warp[]> warps;
+struct Context {
+#if DDPM_EMU_ASM_SWITCH
+    void* sp = nullptr;
+#else
+    ucontext_t uc;
+#endif
 };
 
-// The launch in flight, written by the launching thread before it wakes the workers (the wake-up
-// is a release store, the workers' read of it an acquire load).
-struct Launch {
+struct Fiber {
+    Context ctx;
+    char* stack = nullptr;       // kStackBytes above a guard page
+    bool parked = false;         // sits at the top of fiber_main's loop, ready for a kernel
+    bool done = false;           // returned from the kernel in the current block
+    Barrier* waits_on = nullptr; // with `gen`: waiting for that barrier's release
+    uint64_t gen = 0;
+    unsigned shfl_buffer = 0;    // which slot buffer this lane's next shuffle uses
+    uint3 idx{};
+};
+
+// The launch in flight. Only the launching thread and its fibers touch it.
+struct State {
+    std::unique_ptr<Fiber[]> fibers;
+    unsigned capacity = 0;
+    Context scheduler;  // the launching thread while a fiber runs
+    unsigned current = 0;
     Trampoline run = nullptr;
     void** args = nullptr;
-    unsigned threads = 0;
-    BlockSync* sync = nullptr;
+    Barrier block;
+    Warp warps[kMaxBlockThreads / 32];
 };
-Launch current;
+State S;
 
-// This worker's place in the block, and what it did in the block it is running.
-thread_local unsigned t_lane, t_warp;
-thread_local unsigned t_shfl_buffer;  // which of the two slot buffers the next shuffle uses
-thread_local bool t_block_synced;     // called __syncthreads in the current block
+void switch_to(Context& save, Context& to) {
+#if DDPM_EMU_ASM_SWITCH
+    ddpm_emu_switch(&save.sp, to.sp);
+#else
+    swapcontext(&save.uc, &to.uc);
+#endif
+}
 
-// Runs thread `t` of every block of the current launch.
-void run_thread(unsigned t) {
-    const Launch& l = current;
-    const unsigned bx = blockDim.x, by = blockDim.y;
-    threadIdx = uint3{t % bx, (t / bx) % by, t / (bx * by)};
-    t_lane = t % 32;
-    t_warp = t / 32;
-    t_shfl_buffer = 0;
-    for (unsigned z = 0; z < gridDim.z; ++z) {
-        for (unsigned y = 0; y < gridDim.y; ++y) {
-            for (unsigned x = 0; x < gridDim.x; ++x) {
-                blockIdx = uint3{x, y, z};
-                t_block_synced = false;
-                l.run(l.args);
-                if (t_block_synced) l.sync->block->arrive_and_wait();
+// Every fiber runs this forever: the kernel for one block, then back to the scheduler, which
+// resumes it for the next block (or, at the next launch, for the next kernel).
+[[noreturn]] void fiber_main() {
+    for (;;) {
+        Fiber& f = S.fibers[S.current];
+        f.parked = false;
+        S.run(S.args);
+        f.done = true;
+        f.parked = true;
+        // Returned threads stop counting at barriers; the last arrival may have been waiting on us.
+        for (Barrier* b : {&S.block, &S.warps[S.current / 32].bar}) {
+            --b->live;
+            if (b->arrived != 0 && b->arrived == b->live) {
+                b->arrived = 0;
+                ++b->gen;
             }
         }
+        switch_to(f.ctx, S.scheduler);
     }
 }
 
-// One per worker, on its own cache line: the serial number of the last launch it was woken for.
-struct alignas(64) Doorbell {
-    std::atomic<uint64_t> serial{0};
-};
+void init_context(Fiber& f) {
+    if (!f.stack) {
+        void* m = mmap(nullptr, kGuardBytes + kStackBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) abort();
+        mprotect(m, kGuardBytes, PROT_NONE);
+        f.stack = static_cast<char*>(m) + kGuardBytes;
+    }
+#if DDPM_EMU_ASM_SWITCH
+    // What ddpm_emu_switch pops: six registers, then fiber_main as the return address, entered
+    // with the stack 8 off 16-byte alignment as after a call; its own return address is null.
+    void** sp = reinterpret_cast<void**>(f.stack + kStackBytes);
+    *--sp = nullptr;
+    *--sp = reinterpret_cast<void*>(&fiber_main);
+    for (int i = 0; i < 6; ++i) *--sp = nullptr;
+    f.ctx.sp = sp;
+#else
+    getcontext(&f.ctx.uc);
+    f.ctx.uc.uc_stack.ss_sp = f.stack;
+    f.ctx.uc.uc_stack.ss_size = kStackBytes;
+    f.ctx.uc.uc_link = nullptr;
+    makecontext(&f.ctx.uc, fiber_main, 0);
+#endif
+    f.parked = true;
+}
 
-class Pool {
-public:
-    // Runs the current launch on workers 0..threads-1 and waits for all of them.
-    void run(unsigned threads) {
-        grow(threads);
-        ++serial_;
-        remaining_.store(threads, std::memory_order_relaxed);
+// Called on a fiber: arrive at `b`, and unless this completes it, wait for its release.
+void arrive(Barrier& b) {
+    if (++b.arrived == b.live) {
+        b.arrived = 0;
+        ++b.gen;
+        return;
+    }
+    Fiber& f = S.fibers[S.current];
+    f.waits_on = &b;
+    f.gen = b.gen;
+    switch_to(f.ctx, S.scheduler);
+}
+
+// Runs one block to completion: passes over its threads in index order, resuming each one that
+// is not finished and not held at an unreleased barrier. False if a pass resumes nobody while
+// threads are left (a barrier that some live threads never reach).
+bool run_block(unsigned threads) {
+    S.block.live = threads;
+    S.block.arrived = 0;
+    for (unsigned w = 0; w < threads / 32; ++w) {
+        S.warps[w].bar.live = 32;
+        S.warps[w].bar.arrived = 0;
+    }
+    for (unsigned t = 0; t < threads; ++t) {
+        S.fibers[t].done = false;
+        S.fibers[t].waits_on = nullptr;
+        S.fibers[t].shfl_buffer = 0;
+    }
+    for (unsigned left = threads; left != 0;) {
+        bool resumed = false;
         for (unsigned t = 0; t < threads; ++t) {
-            doorbells_[t]->serial.store(serial_, std::memory_order_release);
-            doorbells_[t]->serial.notify_one();
+            Fiber& f = S.fibers[t];
+            if (f.done || (f.waits_on && f.waits_on->gen == f.gen)) continue;
+            f.waits_on = nullptr;
+            S.current = t;
+            threadIdx = f.idx;
+            switch_to(S.scheduler, f.ctx);
+            resumed = true;
+            left -= f.done;
         }
-        for (unsigned r; (r = remaining_.load(std::memory_order_acquire)) != 0;) remaining_.wait(r, std::memory_order_acquire);
+        if (!resumed) return false;
     }
-
-private:
-    void grow(unsigned threads) {
-        while (doorbells_.size() < threads) {
-            const unsigned t = (unsigned)doorbells_.size();
-            doorbells_.push_back(std::make_unique<Doorbell>());
-            // Detached and never joined: the pool lives until the process exits, with the
-            // workers asleep on their doorbells.
-            std::thread([this, t, bell = doorbells_.back().get()] { work(t, *bell); }).detach();
-        }
-    }
-
-    void work(unsigned t, Doorbell& bell) {
-        uint64_t seen = 0;
-        for (;;) {
-            bell.serial.wait(seen, std::memory_order_acquire);
-            seen = bell.serial.load(std::memory_order_acquire);
-            run_thread(t);
-            if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) remaining_.notify_one();
-        }
-    }
-
-    std::vector<std::unique_ptr<Doorbell>> doorbells_;
-    std::atomic<unsigned> remaining_{0};
-    uint64_t serial_ = 0;
-};
-
-// Leaked on purpose: detached workers may still touch it while static destructors run at exit.
-Pool& pool() {
-    static Pool* p = new Pool;
-    return *p;
-}
-
-BlockSync& block_sync(unsigned threads) {
-    static BlockSync s;
-    if (s.threads != threads) {
-        s.block = std::make_unique<Barrier>(threads);
-        s.warps = std::make_unique<Warp[]>(threads / 32);
-        s.threads = threads;
-    }
-    return s;
+    return true;
 }
 
 const Kernel* find(const char* name) {
@@ -186,17 +240,20 @@ const Kernel* find(const char* name) {
     return nullptr;
 }
 
+std::mutex launch_mutex;
+
 }  // namespace
 
 uint64_t shfl(uint64_t bits, Shfl rule, unsigned arg, int width) {
-    Warp& w = current.sync->warps[t_warp];
-    const unsigned buf = t_shfl_buffer;
-    t_shfl_buffer ^= 1;
-    w.slot[buf][t_lane] = bits;
-    w.arrived.arrive_and_wait();
+    Fiber& f = S.fibers[S.current];
+    Warp& w = S.warps[S.current / 32];
+    const unsigned lane = S.current % 32, buf = f.shfl_buffer;
+    f.shfl_buffer ^= 1;
+    w.slot[buf][lane] = bits;
+    arrive(w.bar);
     // CUDA's rules for a segment of `width` lanes (a power of two up to 32).
     const unsigned wd = (width > 0 && width <= 32) ? (unsigned)width : 32;
-    const unsigned lane = t_lane, base = lane & ~(wd - 1), in_seg = lane & (wd - 1);
+    const unsigned base = lane & ~(wd - 1), in_seg = lane & (wd - 1);
     unsigned src = lane;
     switch (rule) {
     case Shfl::Idx: src = base + (arg & (wd - 1)); break;
@@ -209,15 +266,13 @@ uint64_t shfl(uint64_t bits, Shfl rule, unsigned arg, int width) {
 
 }  // namespace ddpm_emu
 
-void __syncthreads() {
-    ddpm_emu::t_block_synced = true;
-    ddpm_emu::current.sync->block->arrive_and_wait();
-}
+void __syncthreads() { ddpm_emu::arrive(ddpm_emu::S.block); }
 
 // Runs kernel `kernel` over a gx×gy×gz grid of bx×by×bz blocks with args[i] pointing at the value
 // of parameter i (as cuLaunchKernel), and returns when it has finished: 0, or -1 for a kernel not
 // in the table, -2 for a launch shape CUDA would reject or a block that is not whole warps
-// (the shuffles need full warps), -3 for dynamic shared memory (not emulated).
+// (the shuffles need full warps), -3 for dynamic shared memory (not emulated), -4 when a barrier
+// was never reached by all live threads of its block or warp (the kernel is abandoned there).
 extern "C" int ddpm_emu_launch(const char* kernel, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                                unsigned shared_bytes, void** args) {
     using namespace ddpm_emu;
@@ -229,9 +284,35 @@ extern "C" int ddpm_emu_launch(const char* kernel, unsigned gx, unsigned gy, uns
     if (threads > kMaxBlockThreads || threads % 32 != 0) return -2;
     if (shared_bytes != 0) return -3;
 
+    std::lock_guard<std::mutex> lock(launch_mutex);
+    const unsigned nt = (unsigned)threads;
+    if (S.capacity < nt) {
+        // Only between launches, when no fiber is in the middle of anything: all start afresh.
+        auto grown = std::make_unique<Fiber[]>(nt);
+        for (unsigned t = 0; t < S.capacity; ++t) grown[t].stack = S.fibers[t].stack;
+        S.fibers = std::move(grown);
+        S.capacity = nt;
+    }
+    for (unsigned t = 0; t < nt; ++t) {
+        Fiber& f = S.fibers[t];
+        if (!f.parked) init_context(f);
+        f.idx = uint3{t % bx, (t / bx) % by, t / (bx * by)};
+    }
     blockDim = dim3(bx, by, bz);
     gridDim = dim3(gx, gy, gz);
-    current = Launch{k->run, args, (unsigned)threads, &block_sync((unsigned)threads)};
-    pool().run((unsigned)threads);
+    S.run = k->run;
+    S.args = args;
+    for (unsigned z = 0; z < gz; ++z) {
+        for (unsigned y = 0; y < gy; ++y) {
+            for (unsigned x = 0; x < gx; ++x) {
+                blockIdx = uint3{x, y, z};
+                if (!run_block(nt)) {
+                    // Fibers stuck at barriers start afresh at the next launch.
+                    for (unsigned t = 0; t < nt; ++t) S.fibers[t].parked = S.fibers[t].done;
+                    return -4;
+                }
+            }
+        }
+    }
     return 0;
 }

@@ -240,6 +240,9 @@ static void overhead() {
     double total = 0;
     for (int i = 0; i < reps; ++i) total += launch("scale_f32", {1}, {256}, (const float*)&v, &v, 1.0f, (size_t)1);
     printf("launch overhead       scale_f32 n=1, 1 x 256: %.1f us per launch\n", 1000.0 * total / reps);
+    std::vector<float> big(1024 * 256, 1.0f);
+    const double ms = launch("scale_f32", {1024}, {256}, (const float*)big.data(), big.data(), 2.0f, big.size());
+    printf("scale_f32             n=%zu, 1024 x 256, no barriers: %.1f ms\n", big.size(), ms);
     std::vector<double> partials(1024, 1.0);
     float out = 0;
     total = 0;
