@@ -71,6 +71,26 @@ pub fn expect_close(what: &str, got: &[f32], want: &[f32], tol: f64) {
     );
 }
 
+/// Compares with an absolute bound, for quantities whose natural error scale is not their own
+/// size (e.g. weights after an optimizer step, whose difference is bounded by the step size).
+/// The table's tolerance column then holds `max_abs`'s bound.
+pub fn expect_within(what: &str, got: &[f32], want: &[f32], max_abs: f64) {
+    let (abs, rel) = max_errors(got, want, 1e-6);
+    REPORTS.with(|r| {
+        r.borrow_mut().push(Measured {
+            test: CURRENT.with(|c| c.borrow().clone()),
+            what: format!("{what} (abs)"),
+            max_abs: abs,
+            max_rel: rel,
+            tolerance: max_abs,
+        })
+    });
+    assert!(
+        abs <= max_abs,
+        "{what}: max absolute error {abs:.3e} exceeds {max_abs:.1e}"
+    );
+}
+
 /// Runs `cases` (filtered by the first non-flag argument, as libtest does) and exits with 1 if
 /// any failed. Without a GPU, prints each as skipped with the reason and exits 0.
 pub fn run_main(suite: &str, cases: &[Case]) {

@@ -2,19 +2,27 @@
 //! the same initial weights, data, timesteps, noise and dropout masks, so every number can be
 //! compared. Differences come only from float summation order (cuBLAS vs our GEMM, reduction
 //! trees), which compound through ~30 layers: tolerances are relative to each tensor's largest
-//! magnitude, 2e-3 for gradients and 1e-3 for losses, images and weights after updates.
+//! magnitude, 2e-3 for gradients and 1e-3 for losses and images.
+//!
+//! Weights after an AdamW step are compared differently. Adam divides each gradient by its own
+//! running RMS, so a coordinate whose gradient is near zero (|g| ≈ ε) turns a 1e-9 difference in
+//! g into a large fraction of a learning-rate step: the CPU under the emulator already shows
+//! 2.5e-5 at lr 5e-4. So the single-step test applies the CPU's AdamW to the GPU's own gradients
+//! and expects the GPU's weights to 1e-5 (the update itself is exact), and the multi-step test
+//! bounds the weight difference by the learning rate (0.2·Σ lr), which is still far below what a
+//! wrong update (a missing bias correction, decay or sign) would give.
 
 use std::rc::Rc;
 
 use ddpm::cuda::sample::GpuSampler;
-use ddpm::cuda::testing::{expect_close, shared_gpu, Case};
+use ddpm::cuda::testing::{expect_close, expect_within, shared_gpu, Case};
 use ddpm::cuda::train::GpuTrainer;
 use ddpm::cuda::Gpu;
 use ddpm::data::Batch;
 use ddpm::diffusion::sampler::{SampleOptions, SamplerKind};
 use ddpm::diffusion::{PredictionType, Schedule, ScheduleConfig};
 use ddpm::nn::{DownBlockType::*, UNetConfig, UpBlockType::*};
-use ddpm::optim::{AdamWConfig, EmaConfig};
+use ddpm::optim::{AdamW, AdamWConfig, EmaConfig};
 use ddpm::rng::Philox;
 use ddpm::sample::{generate, GenerateOptions};
 use ddpm::train::{LossKind, TrainConfig, TrainEngine, Trainer};
@@ -135,12 +143,11 @@ fn train_step_matches(g: &Gpu, variant: bool) -> anyhow::Result<()> {
             2e-3,
         );
     }
-    expect_close(
-        "weights after AdamW",
-        host.values(),
-        cpu.params.values(),
-        1e-3,
-    );
+    // The update on the GPU's own gradients, by the CPU's AdamW, from the same initial weights.
+    let mut want = dev.net.init_params::<f32>(dev.config.seed);
+    let mut adam = AdamW::new(dev.config.optimizer.clone(), want.values().len())?;
+    adam.update(want.values_mut(), host.grads());
+    expect_close("weights after AdamW", host.values(), want.values(), 1e-5);
     Ok(())
 }
 
@@ -168,13 +175,15 @@ fn several_steps_match(g: &Gpu) -> anyhow::Result<()> {
         allocations = Some(now);
     }
     let ck = dev.checkpoint()?;
-    expect_close(
+    let lr_sum: f64 = (1..=5).map(|t| cpu.optimizer.lr_at(t)).sum();
+    let bound = 0.2 * lr_sum;
+    expect_within(
         "weights after 5 steps",
         &ck.weights,
         cpu.params.values(),
-        1e-3,
+        bound,
     );
-    expect_close("EMA after 5 steps", &ck.ema, cpu.ema.weights(), 1e-3);
+    expect_within("EMA after 5 steps", &ck.ema, cpu.ema.weights(), bound);
     let (_, m, v) = cpu.optimizer.state();
     expect_close("Adam m after 5 steps", &ck.adam_m, m, 2e-3);
     expect_close("Adam v after 5 steps", &ck.adam_v, v, 2e-3);
