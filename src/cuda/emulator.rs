@@ -84,6 +84,11 @@ pub fn launch(kernel: &str, cfg: Launch, params: &mut [*mut c_void]) -> CudaResu
             format!("kernel {kernel}"),
             "not in the emulator's table",
         )),
+        -4 => Err(CudaError::new(
+            CudaErrorKind::Driver,
+            format!("kernel {kernel}"),
+            format!("deadlocked in the emulator ({cfg:?}): some threads of a block or warp never reached a barrier the others wait at"),
+        )),
         code => Err(CudaError::new(
             CudaErrorKind::Driver,
             format!("kernel {kernel}"),
