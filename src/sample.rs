@@ -36,44 +36,84 @@ pub fn generate(
     init_noise: Option<&[f32]>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<f32>> {
+    let item = net.input_shape(1).len();
+    in_batches(
+        net,
+        schedule,
+        opts,
+        init_noise,
+        progress,
+        &mut |batch, on_step| {
+            let mut model = |x_t: &[f32], t: &[usize], out: &mut [f32]| -> Result<()> {
+                let t: Vec<f32> = t.iter().map(|&v| v as f32).collect();
+                let y = net.predict(params, x_t, &t, batch.labels)?;
+                out.copy_from_slice(&y);
+                Ok(())
+            };
+            sample(
+                schedule,
+                &opts.sampler,
+                batch.x,
+                item,
+                batch.ids,
+                opts.seed,
+                &mut model,
+                &mut |_: StepInfo<'_>| on_step(),
+            )
+        },
+    )
+}
+
+/// One batch of a request, for the function that runs its reverse process.
+pub struct RequestBatch<'a> {
+    /// (n) global image indices.
+    pub ids: &'a [u64],
+    /// (n) classes, for a class-conditional model.
+    pub labels: Option<&'a [u32]>,
+    /// (n, C, H, W): x_T on entry, x₀ on exit.
+    pub x: &'a mut [f32],
+}
+
+/// Takes one batch from x_T to x₀, calling its second argument after each model evaluation.
+pub type BatchRunner<'a> = dyn FnMut(RequestBatch<'_>, &mut dyn FnMut()) -> Result<()> + 'a;
+
+/// The batching both samplers share: checks the request, splits it into batches of
+/// `opts.batch_size`, gives each its x_T (from `init_noise` or the image's own stream) and
+/// labels, lets `run` take it from x_T to x₀ (calling `on_step` once per model evaluation), and
+/// gathers the images clamped to [-1, 1]. `progress(done, total)` counts model evaluations.
+pub fn in_batches(
+    net: &UNet,
+    schedule: &Schedule,
+    opts: &GenerateOptions,
+    init_noise: Option<&[f32]>,
+    progress: &mut dyn FnMut(u64, u64),
+    run: &mut BatchRunner<'_>,
+) -> Result<Vec<f32>> {
     let labels = check_request(net, opts, init_noise)?;
     let item = net.input_shape(1).len();
     let steps = opts.sampler.plan(schedule)?.len() as u64;
-    let batches = opts.num.div_ceil(opts.batch_size) as u64;
-    let total = steps * batches;
+    let total = steps * opts.num.div_ceil(opts.batch_size) as u64;
     let mut done = 0u64;
     let mut images = Vec::with_capacity(opts.num * item);
-    for (bi, first) in (0..opts.num).step_by(opts.batch_size).enumerate() {
+    for first in (0..opts.num).step_by(opts.batch_size) {
         let n = opts.batch_size.min(opts.num - first);
         let ids: Vec<u64> = (first as u64..(first + n) as u64).collect();
         let mut x = match init_noise {
             Some(noise) => noise[first * item..(first + n) * item].to_vec(),
             None => initial_noise(opts.seed, &ids, item)?,
         };
-        let batch_labels = labels.as_ref().map(|l| &l[first..first + n]);
-        let mut model = |x_t: &[f32], t: &[usize], out: &mut [f32]| -> Result<()> {
-            let t: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-            let y = net.predict(params, x_t, &t, batch_labels)?;
-            out.copy_from_slice(&y);
-            Ok(())
+        let batch = RequestBatch {
+            ids: &ids,
+            labels: labels.as_ref().map(|l| &l[first..first + n]),
+            x: &mut x,
         };
-        let mut on_step = |_: StepInfo<'_>| {
+        run(batch, &mut || {
             done += 1;
             progress(done, total);
-        };
-        sample(
-            schedule,
-            &opts.sampler,
-            &mut x,
-            item,
-            &ids,
-            opts.seed,
-            &mut model,
-            &mut on_step,
-        )?;
-        debug_assert_eq!(done, (bi as u64 + 1) * steps);
+        })?;
         images.extend(x.iter().map(|v| v.clamp(-1.0, 1.0)));
     }
+    debug_assert_eq!(done, total);
     Ok(images)
 }
 

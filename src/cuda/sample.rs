@@ -11,10 +11,10 @@ use super::backend::{DevBuf, DeviceParams, GpuBackend, Sizing};
 use super::device::{DevPtr, DeviceMemory, Gpu};
 use super::ops;
 use super::ops::diffusion::StepNoise;
-use crate::diffusion::sampler::{initial_noise, SampleOptions, StepCoeffs};
+use crate::diffusion::sampler::{SampleOptions, StepCoeffs};
 use crate::diffusion::Schedule;
 use crate::nn::UNet;
-use crate::sample::{check_request, GenerateOptions};
+use crate::sample::{in_batches, GenerateOptions};
 
 /// Device state for sampling batches of up to `batch` images from one network.
 pub struct GpuSampler {
@@ -84,6 +84,7 @@ impl GpuSampler {
     }
 
     /// Like [`crate::sample::generate`]: `opts.num` images, (N, C, H, W) clamped to [-1, 1].
+    /// Batches larger than the planned size are split further.
     pub fn generate(
         &mut self,
         net: &UNet,
@@ -92,37 +93,29 @@ impl GpuSampler {
         init_noise: Option<&[f32]>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Vec<f32>> {
-        let labels = check_request(net, opts, init_noise)?;
-        let item = net.input_shape(1).len();
-        let bs = opts.batch_size.min(self.batch);
-        let steps = opts.sampler.plan(schedule)?.len() as u64;
-        let total = steps * opts.num.div_ceil(bs) as u64;
-        let mut done = 0u64;
-        let mut images = Vec::with_capacity(opts.num * item);
-        for first in (0..opts.num).step_by(bs) {
-            let n = bs.min(opts.num - first);
-            let ids: Vec<u64> = (first as u64..(first + n) as u64).collect();
-            let mut x = match init_noise {
-                Some(noise) => noise[first * item..(first + n) * item].to_vec(),
-                None => initial_noise(opts.seed, &ids, item)?,
-            };
-            let batch_labels = labels.as_ref().map(|l| &l[first..first + n]);
-            self.run_batch(
-                net,
-                schedule,
-                &opts.sampler,
-                opts.seed,
-                &ids,
-                batch_labels,
-                &mut x,
-                &mut |_| {
-                    done += 1;
-                    progress(done, total);
-                },
-            )?;
-            images.extend(x.iter().map(|v| v.clamp(-1.0, 1.0)));
-        }
-        Ok(images)
+        let opts = GenerateOptions {
+            batch_size: opts.batch_size.min(self.batch),
+            ..opts.clone()
+        };
+        in_batches(
+            net,
+            schedule,
+            &opts,
+            init_noise,
+            progress,
+            &mut |b, on_step| {
+                self.run_batch(
+                    net,
+                    schedule,
+                    &opts.sampler,
+                    opts.seed,
+                    b.ids,
+                    b.labels,
+                    b.x,
+                    &mut |_| on_step(),
+                )
+            },
+        )
     }
 
     /// The reverse process for one batch: `x` holds x_T on entry and x₀ on exit (host).
