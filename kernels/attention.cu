@@ -4,21 +4,6 @@
 // CPU reference: src/ops/attention.rs (softmax_rows, attention_backward), src/ops/layout.rs.
 #include "common.cuh"
 
-#define FULL_MASK 0xffffffffu
-
-// Sum over the 32 lanes of a warp with a xor butterfly: every lane ends with the same bits
-// (a + b == b + a in fp32), so a row's result does not depend on which lane writes it.
-static __device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(FULL_MASK, v, off);
-    return v;
-}
-
-static __device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, off));
-    return v;
-}
 
 // Warp `w` of the grid, the number of warps in the grid; rows are handed out warp by warp in a
 // grid-stride loop, so any grid size is correct. Blocks must be a multiple of 32 threads.

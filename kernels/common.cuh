@@ -24,6 +24,59 @@ template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return
 #define GRID_STRIDE_LOOP(i, n) \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
+// ---- warp and block reductions (fixed trees: the same bits on every run) ----------------------
+#define FULL_MASK 0xffffffffu
+
+// Sum over the 32 lanes of a warp with a xor butterfly: every lane ends with the same bits
+// (a + b == b + a in fp32), so a row's result does not depend on which lane writes it.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(FULL_MASK, v, off);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, off));
+    return v;
+}
+
+// Sum of `v` over the whole (1-d) block, returned to every thread. blockDim.x must be a multiple
+// of 32, at most 1024, and every thread must call it. `buf`: 33 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* buf) {
+    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(FULL_MASK, v, o);
+    __syncthreads(); // every thread has read the previous call's result
+    if (lane == 0) buf[warp] = v;
+    __syncthreads();
+    if (warp == 0) {
+        float w = lane < (blockDim.x >> 5) ? buf[lane] : 0.0f;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) w += __shfl_down_sync(FULL_MASK, w, o);
+        if (lane == 0) buf[32] = w;
+    }
+    __syncthreads();
+    return buf[32];
+}
+
+// Sum of an f64 `v` over a block of exactly THREADS threads (shuffle tree inside each warp, then
+// over the warp sums); valid in thread 0 only. Called once per kernel (no barrier before reuse).
+template <int THREADS>
+__device__ __forceinline__ double block_sum_f64(double v) {
+    __shared__ double warp_sums[THREADS / 32];
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(FULL_MASK, v, off);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) warp_sums[warp] = v;
+    __syncthreads();
+    v = 0.0;
+    if (warp == 0) {
+        v = lane < THREADS / 32 ? warp_sums[lane] : 0.0;
+        for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(FULL_MASK, v, off);
+    }
+    return v;
+}
+
 // ---- Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11) -----
 // Counter-based: the random words for element i depend only on (key, counter), never on which
 // thread computes them, so the CPU reference (src/rng.rs) reproduces the GPU bit for bit.

@@ -4,14 +4,6 @@
 // same formulas).
 #include "common.cuh"
 
-#define FULL_MASK 0xffffffffu
-
-// Sum over the 32 lanes of a warp; a fixed butterfly, so the result is the same on every run.
-static __device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(FULL_MASK, v, off);
-    return v;
-}
 
 // y = x * sigmoid(x)
 template <typename T>

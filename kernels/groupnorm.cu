@@ -19,25 +19,6 @@
 // Reductions that use block_sum need blockDim.x to be a multiple of 32; the glue guarantees it.
 #include "common.cuh"
 
-// Sum of `v` over the whole (1-d) block, returned to every thread. blockDim.x must be a multiple
-// of 32, at most 1024, and every thread must call it. `buf`: 33 floats of shared memory. The tree
-// is fixed by the block size, so the result is deterministic.
-__device__ __forceinline__ float block_sum(float v, float* buf) {
-    const unsigned lane = threadIdx.x & 31u, warp = threadIdx.x >> 5;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-    __syncthreads(); // every thread has read the previous call's result
-    if (lane == 0) buf[warp] = v;
-    __syncthreads();
-    if (warp == 0) {
-        float w = lane < (blockDim.x >> 5) ? buf[lane] : 0.0f;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) w += __shfl_down_sync(0xffffffffu, w, o);
-        if (lane == 0) buf[32] = w;
-    }
-    __syncthreads();
-    return buf[32];
-}
 
 // One block per group (n <= chunk): mean, then Σ (x − mean)² (two passes over data the block
 // has just read, so no cancellation), then y = (x − μ)·(γ_c·rstd) + β_c.

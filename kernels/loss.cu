@@ -16,21 +16,6 @@
 constexpr int LOSS_BLOCKS = 1024;
 constexpr int LOSS_THREADS = 256;
 
-// Sum of `v` over a block of LOSS_THREADS threads in a fixed order (shuffle tree inside each
-// warp, then a shuffle tree over the warp sums). The result is valid in thread 0 only.
-__device__ __forceinline__ double block_sum(double v) {
-    __shared__ double warp_sums[LOSS_THREADS / 32];
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();
-    v = 0.0;
-    if (warp == 0) {
-        v = lane < LOSS_THREADS / 32 ? warp_sums[lane] : 0.0;
-        for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-    }
-    return v;
-}
 
 // The per-element terms, in f32 as the CPU computes them (`__fmul_rn` keeps nvcc from fusing).
 struct SquaredError {
@@ -45,7 +30,7 @@ template <typename F>
 __device__ void loss_partials(const float* pred, const float* target, double* partials, size_t n, F f) {
     double acc = 0.0;
     GRID_STRIDE_LOOP(i, n) { acc += (double)f(__fsub_rn(pred[i], target[i])); }
-    const double s = block_sum(acc);
+    const double s = block_sum_f64<LOSS_THREADS>(acc);
     if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
@@ -71,7 +56,7 @@ extern "C" __global__ void l1_forward_f32(const float* pred, const float* target
 extern "C" __global__ void loss_finish_f32(const double* partials, float* loss, size_t n) {
     double acc = 0.0;
     for (int b = threadIdx.x; b < LOSS_BLOCKS; b += LOSS_THREADS) acc += partials[b];
-    const double s = block_sum(acc);
+    const double s = block_sum_f64<LOSS_THREADS>(acc);
     if (threadIdx.x == 0) *loss = (float)(s / (double)(n > 0 ? n : 1));
 }
 

@@ -14,21 +14,6 @@
 constexpr int NORM_BLOCKS = 1024;
 constexpr int NORM_THREADS = 256;
 
-// Sum of `v` over a block of NORM_THREADS threads in a fixed order (shuffle tree inside each
-// warp, then over the warp sums). Valid in thread 0 only.
-__device__ __forceinline__ double block_sum(double v) {
-    __shared__ double warp_sums[NORM_THREADS / 32];
-    for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) warp_sums[warp] = v;
-    __syncthreads();
-    v = 0.0;
-    if (warp == 0) {
-        v = lane < NORM_THREADS / 32 ? warp_sums[lane] : 0.0;
-        for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
-    }
-    return v;
-}
 
 // Stage 1 (launch exactly NORM_BLOCKS × NORM_THREADS): partials[block] = Σ g² in f64.
 extern "C" __global__ void grad_norm_partials_f32(const float* grads, double* partials, size_t n) {
@@ -37,7 +22,7 @@ extern "C" __global__ void grad_norm_partials_f32(const float* grads, double* pa
         const double g = (double)grads[i];
         acc = __dadd_rn(acc, __dmul_rn(g, g));
     }
-    const double s = block_sum(acc);
+    const double s = block_sum_f64<NORM_THREADS>(acc);
     if (threadIdx.x == 0) partials[blockIdx.x] = s;
 }
 
@@ -45,7 +30,7 @@ extern "C" __global__ void grad_norm_partials_f32(const float* grads, double* pa
 extern "C" __global__ void grad_norm_finish_f32(const double* partials, float* norm) {
     double acc = 0.0;
     for (int b = threadIdx.x; b < NORM_BLOCKS; b += NORM_THREADS) acc += partials[b];
-    const double s = block_sum(acc);
+    const double s = block_sum_f64<NORM_THREADS>(acc);
     if (threadIdx.x == 0) *norm = (float)sqrt(s);
 }
 
