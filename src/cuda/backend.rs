@@ -118,7 +118,8 @@ impl DeviceParams {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Sizing {
     pub arena_bytes: usize,
-    /// f32 elements of the shared op workspace (im2col, reduction partials, attention dP).
+    /// f32 elements of the shared op workspace (im2col, group-norm partials, attention dP);
+    /// the loss and norm reductions use the trainer's own scratch.
     pub workspace: usize,
     pub max_labels: usize,
 }
@@ -128,7 +129,7 @@ const MAX_CONV_WORKSPACE: usize = 64 << 20;
 
 impl Sizing {
     pub fn from_plan(plan: &Planner<f32>) -> Self {
-        let mut ws = ops::loss::REDUCE_SCRATCH;
+        let mut ws = 0;
         for g in &plan.convs {
             // As many images per im2col chunk as fit under the cap, at least one.
             let one = ops::conv2d::conv2d_workspace_len(g).max(1);
