@@ -11,7 +11,8 @@
 //! - [`optim`]: AdamW, gradient clipping, EMA;
 //! - [`data`]: synthetic shapes, image folders, MNIST, CIFAR-10, the prefetching batch loader;
 //! - [`train`], [`sample`]: the training loop with checkpoints, and drawing images;
-//! - [`imaging`]: PNGs, sample grids, the loss curve.
+//! - [`imaging`]: PNGs, sample grids, the loss curve;
+//! - [`diffusers`]: reading and writing diffusers `UNet2DModel` and pipeline directories.
 
 pub mod atomic_file;
 pub mod backend;
@@ -19,11 +20,13 @@ pub mod cli;
 pub mod cuda;
 pub mod data;
 pub mod device;
+pub mod diffusers;
 pub mod diffusion;
 pub mod float;
 pub mod gradcheck;
 pub mod imaging;
 pub mod info;
+pub mod json_fields;
 pub mod nn;
 pub mod ops;
 pub mod optim;

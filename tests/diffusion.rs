@@ -207,7 +207,7 @@ fn spacings_for_1000_steps_10_samples_written_out_by_hand() {
         (Spacing::Quad, [801, 633, 484, 356, 247, 159, 89, 40, 10, 1]),
     ];
     for (sp, want) in cases {
-        assert_eq!(timesteps(sp, 1000, 10).unwrap(), want, "{sp}");
+        assert_eq!(timesteps(sp, 1000, 10, 0).unwrap(), want, "{sp}");
     }
 }
 
@@ -224,31 +224,37 @@ fn spacings_for_10_steps_written_out_by_hand() {
         (Spacing::Quad, [9, 3, 1]),
     ];
     for (sp, want) in cases {
-        assert_eq!(timesteps(sp, 10, 3).unwrap(), want, "{sp}");
+        assert_eq!(timesteps(sp, 10, 3, 0).unwrap(), want, "{sp}");
     }
     // T = 10, N = 4: arange(10, 0, −2.5) = 10, 7.5, 5, 2.5, rounded half to even: 10, 8, 5, 2.
-    assert_eq!(timesteps(Spacing::Trailing, 10, 4).unwrap(), [9, 7, 4, 1]);
-    assert_eq!(timesteps(Spacing::Linspace, 10, 4).unwrap(), [9, 6, 3, 0]);
-    assert_eq!(timesteps(Spacing::Leading, 10, 4).unwrap(), [6, 4, 2, 0]);
+    assert_eq!(
+        timesteps(Spacing::Trailing, 10, 4, 0).unwrap(),
+        [9, 7, 4, 1]
+    );
+    assert_eq!(
+        timesteps(Spacing::Linspace, 10, 4, 0).unwrap(),
+        [9, 6, 3, 0]
+    );
+    assert_eq!(timesteps(Spacing::Leading, 10, 4, 0).unwrap(), [6, 4, 2, 0]);
     // Every timestep, for the spacings that can visit all of them.
     let all: Vec<usize> = (0..10).rev().collect();
     for sp in [Spacing::Leading, Spacing::Trailing, Spacing::Linspace] {
-        assert_eq!(timesteps(sp, 10, 10).unwrap(), all, "{sp}");
+        assert_eq!(timesteps(sp, 10, 10, 0).unwrap(), all, "{sp}");
     }
     assert_eq!(
-        timesteps(Spacing::Uniform, 10, 9).unwrap(),
+        timesteps(Spacing::Uniform, 10, 9, 0).unwrap(),
         [9, 8, 7, 6, 5, 4, 3, 2, 1]
     );
 }
 
 #[test]
 fn previous_timestep_is_the_next_entry_then_x0_or_index_0() {
-    let pairs = step_pairs(Spacing::Trailing, 10, 3).unwrap();
+    let pairs = step_pairs(Spacing::Trailing, 10, 3, 0).unwrap();
     let want = [(9, Some(6)), (6, Some(2)), (2, None)];
     let got: Vec<_> = pairs.iter().map(|p| (p.t, p.prev)).collect();
     assert_eq!(got, want);
     // The DDIM reference ends on ᾱ at index 0, not on ᾱ = 1.
-    let pairs = step_pairs(Spacing::Uniform, 10, 3).unwrap();
+    let pairs = step_pairs(Spacing::Uniform, 10, 3, 0).unwrap();
     let got: Vec<_> = pairs.iter().map(|p| (p.t, p.prev)).collect();
     assert_eq!(got, [(7, Some(4)), (4, Some(1)), (1, Some(0))]);
 }
@@ -257,22 +263,22 @@ fn previous_timestep_is_the_next_entry_then_x0_or_index_0() {
 fn bad_step_counts_are_errors_naming_steps() {
     for sp in Spacing::ALL {
         for n in [0, 11] {
-            let e = timesteps(sp, 10, n).unwrap_err();
+            let e = timesteps(sp, 10, n, 0).unwrap_err();
             assert_eq!(e.field, "steps", "{sp} {n}: {e}");
             assert!(e.to_string().contains("`steps`"), "{e}");
         }
     }
     // The +1 shift would visit t = T.
-    let e = timesteps(Spacing::Uniform, 10, 10).unwrap_err();
+    let e = timesteps(Spacing::Uniform, 10, 10, 0).unwrap_err();
     assert!(e.to_string().contains("timestep 10"), "{e}");
-    let e = timesteps(Spacing::Quad, 5, 2).unwrap_err();
+    let e = timesteps(Spacing::Quad, 5, 2, 0).unwrap_err();
     assert_eq!(e.field, "steps", "{e}");
 }
 
 #[test]
 fn quad_drops_repeated_timesteps() {
     // With N = 50 over T = 1000, (√800/49)² < 1: i = 0 and 1 both give timestep 1.
-    let ts = timesteps(Spacing::Quad, 1000, 50).unwrap();
+    let ts = timesteps(Spacing::Quad, 1000, 50, 0).unwrap();
     assert!(ts.len() < 50, "{}", ts.len());
     assert!(ts.windows(2).all(|w| w[0] > w[1]), "{ts:?}");
     assert_eq!((ts[0], ts[ts.len() - 1]), (801, 1));
@@ -501,7 +507,7 @@ fn linear_beta(t: usize) -> f64 {
 #[test]
 fn ddpm_posterior_step_with_every_timestep_is_eq_11() {
     let s = with_schedule(BetaSchedule::Linear);
-    let pairs = step_pairs(Spacing::Leading, 1000, 1000).unwrap();
+    let pairs = step_pairs(Spacing::Leading, 1000, 1000, 0).unwrap();
     let mut abar = vec![0.0f64; 1000];
     let mut acc = 1.0;
     for (t, a) in abar.iter_mut().enumerate() {
@@ -538,7 +544,7 @@ fn ddpm_posterior_step_with_every_timestep_is_eq_11() {
 #[test]
 fn ddim_with_eta_1_has_the_ddpm_posterior() {
     let s = with_schedule(BetaSchedule::Linear);
-    for p in step_pairs(Spacing::Trailing, 1000, 50).unwrap() {
+    for p in step_pairs(Spacing::Trailing, 1000, 50, 0).unwrap() {
         let a = StepCoeffs::ddpm(
             &s,
             PredictionType::Epsilon,

@@ -1,12 +1,15 @@
 //! Command-line interface: argument definitions and the commands they run.
 
 mod bench;
+mod export;
+mod model_source;
 mod sample;
 mod train;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::info::SystemInfo;
+pub use export::ExportArgs;
 pub use sample::SampleArgs;
 pub use train::TrainArgs;
 
@@ -32,8 +35,11 @@ pub enum Command {
     /// shapes, about 10 minutes on two cores, writing sample grids, a loss curve, a CSV log and
     /// checkpoints to `runs/ddpm`.
     Train(Box<TrainArgs>),
-    /// Draw images from a checkpoint with DDPM or DDIM: one PNG per image plus a grid.
+    /// Draw images with DDPM or DDIM from a ddpm checkpoint or a diffusers model directory: one
+    /// PNG per image plus a grid.
     Sample(Box<SampleArgs>),
+    /// Write a checkpoint as a diffusers pipeline directory (UNet2DModel + DDPMScheduler).
+    Export(Box<ExportArgs>),
     /// Measure training or sampling throughput (images/s) for a preset and batch size.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +71,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train(args) => train::run(*args)?,
         Command::Sample(args) => sample::run(*args)?,
+        Command::Export(args) => export::run(*args)?,
         Command::Bench(cmd) => bench::run(cmd)?,
     }
     Ok(())

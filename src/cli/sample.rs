@@ -8,6 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::model_source::ModelSource;
 use crate::atomic_file::write_atomic;
 use crate::cuda::sample::GpuSampler;
 use crate::device::{Device, DeviceArg};
@@ -17,7 +18,6 @@ use crate::imaging::{save_grid_upscaled, save_png};
 use crate::nn::UNet;
 use crate::params::{decode_into, ParamArena};
 use crate::sample::{generate, GenerateOptions};
-use crate::train::Checkpoint;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SamplerArg {
@@ -27,22 +27,38 @@ pub enum SamplerArg {
     Ddim,
 }
 
+/// Which ε̂ a DDIM step carries to the next timestep when x̂₀ is clipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DdimEpsArg {
+    /// ε̂ recomputed from the clipped x̂₀ (consistent with the x̂₀ used).
+    Clipped,
+    /// The model's own ε̂ (diffusers' DDIMPipeline default).
+    Unclipped,
+}
+
 #[derive(Debug, Args)]
 pub struct SampleArgs {
-    /// A checkpoint written by `ddpm train` (or a run directory: its latest checkpoint).
+    /// A checkpoint written by `ddpm train`, a run directory (its latest checkpoint), or a
+    /// diffusers UNet2DModel or pipeline directory.
     #[arg(long, value_name = "PATH")]
     pub checkpoint: PathBuf,
-    #[arg(long, value_enum, default_value = "ddpm")]
-    pub sampler: SamplerArg,
+    /// [default: ddim for a diffusers pipeline published with DDIMScheduler, else ddpm]
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerArg>,
     /// Model evaluations [default: T for ddpm, 50 for ddim].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
     /// DDIM η: 0 is deterministic, 1 has DDPM's posterior variance.
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
-    /// Timesteps visited: leading, trailing, linspace (diffusers), uniform, quad (DDIM paper code).
-    #[arg(long, default_value = "leading")]
-    pub spacing: String,
+    /// Timesteps visited: leading, trailing, linspace (diffusers), uniform, quad (DDIM paper
+    /// code) [default: the schedule's timestep_spacing, leading unless set].
+    #[arg(long)]
+    pub spacing: Option<String>,
+    /// DDIM with clipping: the ε̂ carried to the next step [default: clipped for ddpm
+    /// checkpoints, unclipped for diffusers models, as diffusers' DDIMPipeline].
+    #[arg(long, value_enum)]
+    pub ddim_eps: Option<DdimEpsArg>,
     /// Number of images [default: 16, or as many as `--init-noise` holds].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub num: Option<u64>,
@@ -106,14 +122,15 @@ fn read_noise(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
-    let path = if a.checkpoint.is_dir() {
-        a.checkpoint.join("checkpoints").join("latest.safetensors")
-    } else {
-        a.checkpoint.clone()
-    };
-    let ck = Checkpoint::load(&path)?;
-    let net = UNet::new(ck.model.clone())?;
-    let mut schedule_cfg = ck.schedule.clone();
+    let src = ModelSource::open(&a.checkpoint, !a.no_ema)?;
+    if !a.quiet {
+        for line in &src.notes {
+            eprintln!("{line}");
+        }
+    }
+    let path = src.path.clone();
+    let net = UNet::new(src.model.clone())?;
+    let mut schedule_cfg = src.schedule.clone();
     if a.no_clip {
         schedule_cfg.clip_sample = false;
     }
@@ -124,9 +141,12 @@ pub fn run(a: SampleArgs) -> Result<()> {
     }
     let schedule = Schedule::new(schedule_cfg)?;
     let mut params = ParamArena::<f32>::zeros(net.layout.clone());
-    params
-        .values_mut()
-        .copy_from_slice(if a.no_ema { &ck.weights } else { &ck.ema });
+    params.values_mut().copy_from_slice(&src.weights);
+    let sampler_arg = a.sampler.unwrap_or(if src.ddim_scheduler {
+        SamplerArg::Ddim
+    } else {
+        SamplerArg::Ddpm
+    });
 
     let (c, s) = (net.config.in_channels, net.config.sample_size);
     let noise = a.init_noise.as_deref().map(read_noise).transpose()?;
@@ -143,25 +163,33 @@ pub fn run(a: SampleArgs) -> Result<()> {
         }
         (None, num) => num.unwrap_or(16) as usize,
     };
-    let kind = match a.sampler {
+    let kind = match sampler_arg {
         SamplerArg::Ddpm => SamplerKind::Ddpm,
         SamplerArg::Ddim => SamplerKind::Ddim { eta: a.eta },
     };
-    if a.sampler == SamplerArg::Ddpm && a.eta != 0.0 {
+    if sampler_arg == SamplerArg::Ddpm && a.eta != 0.0 {
         bail!("--eta applies to --sampler ddim only");
     }
+    if sampler_arg == SamplerArg::Ddpm && a.ddim_eps.is_some() {
+        bail!("--ddim-eps applies to --sampler ddim only");
+    }
     let steps = a.steps.map_or_else(
-        || match a.sampler {
+        || match sampler_arg {
             SamplerArg::Ddpm => schedule.num_timesteps(),
             SamplerArg::Ddim => 50.min(schedule.num_timesteps()),
         },
         |v| v as usize,
     );
     let mut sampler = SampleOptions::new(schedule.config(), kind, steps);
-    sampler.spacing = a
-        .spacing
-        .parse::<Spacing>()
-        .map_err(|e| anyhow::anyhow!("--spacing: {e}"))?;
+    if let Some(sp) = &a.spacing {
+        sampler.spacing = sp
+            .parse::<Spacing>()
+            .map_err(|e| anyhow::anyhow!("--spacing: {e}"))?;
+    }
+    sampler.eps_from_clipped_x0 = match a.ddim_eps {
+        Some(e) => e == DdimEpsArg::Clipped,
+        None => !src.from_diffusers,
+    };
     let labels = a.class.map(|k| vec![k; num]);
     let opts = GenerateOptions {
         sampler,
@@ -227,7 +255,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
             "wrote {num} images and grid.png to {} ({} step(s) of {:?} at seed {})",
             a.out.display(),
             steps,
-            a.sampler,
+            sampler_arg,
             a.seed
         );
     }

@@ -59,17 +59,25 @@ pub struct SampleOptions {
     pub clip: Option<f64>,
     /// DDIM only: derive ε̂ from the clipped x̂₀ (see the module docs).
     pub eps_from_clipped_x0: bool,
+    /// Added to every `leading` timestep (diffusers' `steps_offset`).
+    pub steps_offset: usize,
+    /// DDIM only: whether a last step with no previous timestep lands on ᾱ = 1 (x₀ itself) or
+    /// on ᾱ₀ (diffusers' `set_alpha_to_one = false`).
+    pub set_alpha_to_one: bool,
 }
 
 impl SampleOptions {
-    /// Options with the schedule's clipping, `leading` spacing and ε̂ from the clipped x̂₀.
+    /// Options with the schedule's clipping, spacing, `steps_offset` and `set_alpha_to_one`, and
+    /// ε̂ from the clipped x̂₀.
     pub fn new(cfg: &ScheduleConfig, kind: SamplerKind, steps: usize) -> Self {
         Self {
             kind,
             steps,
-            spacing: Spacing::default(),
+            spacing: cfg.timestep_spacing,
             clip: cfg.clip_sample.then_some(cfg.clip_sample_range),
             eps_from_clipped_x0: true,
+            steps_offset: cfg.steps_offset,
+            set_alpha_to_one: cfg.set_alpha_to_one,
         }
     }
 
@@ -93,7 +101,18 @@ impl SampleOptions {
                 ));
             }
         }
-        let plan = step_pairs(self.spacing, schedule.num_timesteps(), self.steps)?;
+        let mut plan = step_pairs(
+            self.spacing,
+            schedule.num_timesteps(),
+            self.steps,
+            self.steps_offset,
+        )?;
+        if matches!(self.kind, SamplerKind::Ddim { .. }) && !self.set_alpha_to_one {
+            if let Some(last) = plan.last_mut() {
+                // diffusers' `final_alpha_cumprod = alphas_cumprod[0]`.
+                last.prev = last.prev.or(Some(0));
+            }
+        }
         if plan.len() >> STREAM_B_BITS != 0 {
             return Err(DiffusionError::new(
                 "sampler",

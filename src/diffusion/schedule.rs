@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::spacing::Spacing;
 use super::target::PredictionType;
 use super::DiffusionError;
 use crate::float::sigmoid;
@@ -26,6 +27,18 @@ pub enum BetaSchedule {
     /// β = sigmoid(linspace(−6, 6, T)) · (`beta_end` − `beta_start`) + `beta_start` (GeoDiff).
     #[serde(rename = "sigmoid")]
     Sigmoid,
+    /// The cosine schedule's construction over a Laplace-shaped log-SNR (diffusers' `laplace`):
+    /// λ(s) = −½ sign(½ − s) ln(1 − 2|½ − s| + 10⁻⁶), "ᾱ"(s) = √(e^λ/(1 + e^λ)),
+    /// βₜ = min(1 − "ᾱ"((t+1)/T)/"ᾱ"(t/T), 0.999). Ignores `beta_start` and `beta_end`.
+    #[serde(rename = "laplace")]
+    Laplace,
+}
+
+impl BetaSchedule {
+    /// Whether βₜ is built from `beta_start` and `beta_end`.
+    pub fn uses_beta_range(self) -> bool {
+        matches!(self, Self::Linear | Self::ScaledLinear | Self::Sigmoid)
+    }
 }
 
 /// The variance of the DDPM reverse step (DDPM §3.2: both choices give similar samples).
@@ -40,8 +53,14 @@ pub enum VarianceType {
     FixedLarge,
 }
 
-/// Schedule settings, field for field diffusers' `DDPMScheduler` config (unknown fields of a
-/// diffusers `scheduler_config.json` are ignored). Missing fields take diffusers' defaults.
+fn default_true() -> bool {
+    true
+}
+
+/// Schedule settings, field for field diffusers' `DDPMScheduler`/`DDIMScheduler` config.
+/// Missing fields take diffusers' defaults. Fields of a diffusers `scheduler_config.json` that
+/// this struct lacks are ignored here; [`crate::diffusers::scheduler`] refuses the ones that
+/// would change the numbers.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ScheduleConfig {
@@ -50,11 +69,20 @@ pub struct ScheduleConfig {
     pub beta_schedule: BetaSchedule,
     pub beta_start: f64,
     pub beta_end: f64,
+    /// βₜ given outright (T values); overrides `beta_schedule`, as in diffusers.
+    pub trained_betas: Option<Vec<f64>>,
     pub prediction_type: PredictionType,
     pub variance_type: VarianceType,
     /// Clip the predicted x̂₀ to ±`clip_sample_range` while sampling.
     pub clip_sample: bool,
     pub clip_sample_range: f64,
+    /// The sampler's default timestep spacing (see [`super::spacing`]).
+    pub timestep_spacing: Spacing,
+    /// Added to every `leading` timestep (diffusers; Stable Diffusion uses 1).
+    pub steps_offset: usize,
+    /// DDIM: the step that ends a run lands on ᾱ = 1 (x₀ itself); `false` lands on ᾱ₀.
+    #[serde(default = "default_true")]
+    pub set_alpha_to_one: bool,
 }
 
 impl Default for ScheduleConfig {
@@ -68,6 +96,10 @@ impl Default for ScheduleConfig {
             variance_type: VarianceType::FixedSmall,
             clip_sample: true,
             clip_sample_range: 1.0,
+            trained_betas: None,
+            timestep_spacing: Spacing::Leading,
+            steps_offset: 0,
+            set_alpha_to_one: true,
         }
     }
 }
@@ -82,7 +114,18 @@ impl ScheduleConfig {
         if self.num_train_timesteps == 0 {
             return Err(bad("num_train_timesteps", "must be at least 1, got 0"));
         }
-        if self.beta_schedule != BetaSchedule::SquaredCosCapV2 {
+        if let Some(b) = &self.trained_betas {
+            if b.len() != self.num_train_timesteps {
+                return Err(bad(
+                    "trained_betas",
+                    format!(
+                        "has {} values, expected num_train_timesteps = {}",
+                        b.len(),
+                        self.num_train_timesteps
+                    ),
+                ));
+            }
+        } else if self.beta_schedule.uses_beta_range() {
             let (s, e) = (self.beta_start, self.beta_end);
             if !(s > 0.0 && s < 1.0) {
                 return Err(bad("beta_start", format!("must be in (0, 1), got {s}")));
@@ -120,25 +163,36 @@ fn linspace(a: f64, b: f64, n: usize) -> impl Iterator<Item = f64> {
     })
 }
 
+/// βₜ = min(1 − f((t+1)/T)/f(t/T), 0.999) for a decreasing f on [0, 1] (Nichol & Dhariwal
+/// 2021, eq. 17 and the clipping below it).
+fn betas_from_alpha_bar(n: usize, f: impl Fn(f64) -> f64) -> Vec<f64> {
+    (0..n)
+        .map(|i| {
+            let (u0, u1) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
+            (1.0 - f(u1) / f(u0)).min(0.999)
+        })
+        .collect()
+}
+
 /// βₜ for t = 0..T-1 in f64.
 fn betas_f64(cfg: &ScheduleConfig) -> Vec<f64> {
     let (n, s, e) = (cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end);
+    if let Some(b) = &cfg.trained_betas {
+        return b.clone();
+    }
     match cfg.beta_schedule {
         BetaSchedule::Linear => linspace(s, e, n).collect(),
         BetaSchedule::ScaledLinear => linspace(s.sqrt(), e.sqrt(), n).map(|r| r * r).collect(),
-        BetaSchedule::SquaredCosCapV2 => {
-            let abar = |u: f64| {
-                ((u + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
-                    .cos()
-                    .powi(2)
-            };
-            (0..n)
-                .map(|i| {
-                    let (u0, u1) = (i as f64 / n as f64, (i + 1) as f64 / n as f64);
-                    (1.0 - abar(u1) / abar(u0)).min(0.999)
-                })
-                .collect()
-        }
+        BetaSchedule::SquaredCosCapV2 => betas_from_alpha_bar(n, |u| {
+            ((u + 0.008) / 1.008 * std::f64::consts::FRAC_PI_2)
+                .cos()
+                .powi(2)
+        }),
+        BetaSchedule::Laplace => betas_from_alpha_bar(n, |u| {
+            let lambda = -0.5 * (0.5 - u).signum() * (1.0 - 2.0 * (0.5 - u).abs() + 1e-6).ln();
+            let snr = lambda.exp();
+            (snr / (1.0 + snr)).sqrt()
+        }),
         BetaSchedule::Sigmoid => linspace(-6.0, 6.0, n)
             .map(|x| sigmoid(x) * (e - s) + s)
             .collect(),
@@ -163,9 +217,12 @@ impl Schedule {
     pub fn new(cfg: ScheduleConfig) -> Result<Self, DiffusionError> {
         cfg.validate()?;
         let betas_f64 = betas_f64(&cfg);
-        let field = match cfg.beta_schedule {
-            BetaSchedule::SquaredCosCapV2 => "num_train_timesteps",
-            _ => "beta_start",
+        let field = if cfg.trained_betas.is_some() {
+            "trained_betas"
+        } else if cfg.beta_schedule.uses_beta_range() {
+            "beta_start"
+        } else {
+            "num_train_timesteps"
         };
         if let Some((t, b)) = betas_f64
             .iter()

@@ -1,17 +1,24 @@
 //! Which of the T training timesteps a sampler visits with N steps.
 //!
 //! [`timesteps`] returns the visited 0-based timesteps in descending order. The previous
-//! timestep of each entry is the next entry of the same list — never diffusers' `t − T/N`,
-//! which is wrong for every spacing but `leading`. After the last entry:
-//! - `leading`, `trailing`, `linspace` step to x₀ itself (no previous timestep, ᾱ_prev = 1);
+//! timestep of each entry is the next entry of the same list. After the last entry:
+//! - `leading`, `trailing`, `linspace` step to x₀ itself (no previous timestep, ᾱ_prev = 1;
+//!   a DDIM run with `set_alpha_to_one = false` lands on ᾱ₀ instead, see
+//!   [`super::sampler::SampleOptions::plan`]);
 //! - `uniform`, `quad` step to timestep 0 (ᾱ_prev = ᾱ₀), exactly as the DDIM reference code,
 //!   whose `prev_seq = [0] + seq[:-1]` ends on index 0. Every step of theirs goes to a timestep,
 //!   so a stochastic sampler adds noise on their last step too.
 //!
-//! Definitions (diffusers' `timestep_spacing` with `steps_offset = 0`, and the DDIM reference's
-//! `ddim_discr_method`), each evaluated in f64 exactly as numpy does, so ties and truncations
-//! land where the Python code puts them:
-//! - `leading`:  (i · ⌊T/N⌋) for i = 0..N, reversed. (T=1000, N=10: 900, 800, …, 0)
+//! diffusers' DDIM instead takes t − ⌊T/N⌋ as the previous timestep of every step. For `leading`
+//! (with any `steps_offset`) and for `trailing` when N divides T that is the same timestep; for
+//! `linspace`, and `trailing` otherwise, it is not a visited timestep at all, and ddpm keeps the
+//! visited one (see README, "diffusers interoperability").
+//!
+//! Definitions (diffusers' `timestep_spacing`, and the DDIM reference's `ddim_discr_method`),
+//! each evaluated in f64 exactly as numpy does, so ties and truncations land where the Python
+//! code puts them:
+//! - `leading`:  (i · ⌊T/N⌋) + `steps_offset` for i = 0..N, reversed. (T=1000, N=10: 900, 800,
+//!   …, 0). `steps_offset` applies to this spacing only, as in diffusers.
 //! - `trailing`: round(arange(T, 0, −T/N)) − 1, round half to even. (999, 899, …, 99). numpy's
 //!   float `arange` can yield N+1 values when T/(T/N) rounds above N; we keep the first N.
 //! - `linspace`: round(linspace(0, T−1, N)), reversed. (999, 888, …, 111, 0)
@@ -124,10 +131,12 @@ fn np_linspace_from_zero(stop: f64, n: usize) -> Vec<f64> {
 }
 
 /// The visited timesteps, descending, for `steps` = N sampling steps over T training timesteps.
+/// `steps_offset` shifts `leading` only.
 pub fn timesteps(
     spacing: Spacing,
     num_train_timesteps: usize,
     steps: usize,
+    steps_offset: usize,
 ) -> Result<Vec<usize>, DiffusionError> {
     let (big_t, n) = (num_train_timesteps, steps);
     if big_t == 0 {
@@ -145,7 +154,19 @@ pub fn timesteps(
     let mut ts: Vec<usize> = match spacing {
         Spacing::Leading => {
             let ratio = big_t / n;
-            (0..n).rev().map(|i| i * ratio).collect()
+            let last = (n - 1) * ratio + steps_offset;
+            if last >= big_t {
+                return Err(DiffusionError::new(
+                    "schedule",
+                    "steps_offset",
+                    format!(
+                        "{steps_offset} shifts the first of {n} `leading` steps to timestep \
+                         {last}, past the last one (T − 1 = {})",
+                        big_t - 1
+                    ),
+                ));
+            }
+            (0..n).rev().map(|i| i * ratio + steps_offset).collect()
         }
         Spacing::Trailing => {
             // numpy's float arange(T, 0, −r): x₀ = T, x₁ = T − r, xᵢ = T + i·(x₁ − T).
@@ -200,8 +221,9 @@ pub fn step_pairs(
     spacing: Spacing,
     num_train_timesteps: usize,
     steps: usize,
+    steps_offset: usize,
 ) -> Result<Vec<StepPair>, DiffusionError> {
-    let ts = timesteps(spacing, num_train_timesteps, steps)?;
+    let ts = timesteps(spacing, num_train_timesteps, steps, steps_offset)?;
     Ok(ts
         .iter()
         .enumerate()

@@ -37,7 +37,8 @@ impl UpBlockType {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct UNetConfig {
-    /// Height = width of the images.
+    /// Height = width of the images (diffusers also writes `[h, w]`; only h = w is supported).
+    #[serde(deserialize_with = "square_size")]
     pub sample_size: usize,
     pub in_channels: usize,
     pub out_channels: usize,
@@ -48,6 +49,8 @@ pub struct UNetConfig {
     pub down_block_types: Vec<DownBlockType>,
     pub up_block_types: Vec<UpBlockType>,
     pub norm_num_groups: usize,
+    /// Groups of the mid block's attention norm; `null` means `norm_num_groups`.
+    pub attn_norm_num_groups: Option<usize>,
     pub norm_eps: f64,
     /// Dropout inside the residual blocks, between the second norm/SiLU and the second conv.
     pub dropout: f64,
@@ -61,6 +64,12 @@ pub struct UNetConfig {
     pub time_embedding_dim: Option<usize>,
     /// Number of classes for a class-conditional model (`null`: unconditional).
     pub num_class_embeds: Option<usize>,
+    /// How class labels are embedded; only `null` (a lookup table) is supported.
+    pub class_embed_type: Option<String>,
+    /// Only `UNetMidBlock2D` is supported (`null` would mean no mid block).
+    pub mid_block_type: Option<String>,
+    /// diffusers uses it only for learned time embeddings; kept so a config round-trips.
+    pub num_train_timesteps: Option<usize>,
     /// Padding of the stride-2 downsampling conv; 0 pads bottom/right by one, as diffusers does.
     pub downsample_padding: usize,
     pub act_fn: String,
@@ -99,6 +108,7 @@ impl Default for UNetConfig {
                 UpBlockType::UpBlock2D,
             ],
             norm_num_groups: 32,
+            attn_norm_num_groups: None,
             norm_eps: 1e-5,
             dropout: 0.0,
             attention_head_dim: Some(8),
@@ -106,6 +116,9 @@ impl Default for UNetConfig {
             freq_shift: 0.0,
             time_embedding_dim: None,
             num_class_embeds: None,
+            class_embed_type: None,
+            mid_block_type: Some(MID_BLOCK.into()),
+            num_train_timesteps: None,
             downsample_padding: 1,
             act_fn: "silu".into(),
             time_embedding_type: "positional".into(),
@@ -117,6 +130,30 @@ impl Default for UNetConfig {
             upsample_type: "conv".into(),
             extra: BTreeMap::new(),
         }
+    }
+}
+
+/// The one mid block type there is.
+const MID_BLOCK: &str = "UNetMidBlock2D";
+
+/// `sample_size` as an integer, or as diffusers' `[height, width]` when the two are equal.
+fn square_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    use serde::de::Error;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        One(usize),
+        Pair(Vec<usize>),
+    }
+    match Option::<Size>::deserialize(d)? {
+        Some(Size::One(s)) => Ok(s),
+        Some(Size::Pair(v)) if v.len() == 2 && v[0] == v[1] => Ok(v[0]),
+        Some(Size::Pair(v)) => Err(D::Error::custom(format!(
+            "sample_size {v:?}: only square images ([s, s] or a single number) are supported"
+        ))),
+        None => Err(D::Error::custom(
+            "sample_size is null: the model config must give the image size",
+        )),
     }
 }
 
@@ -195,6 +232,11 @@ impl UNetConfig {
     pub fn time_embed_dim(&self) -> usize {
         self.time_embedding_dim
             .unwrap_or(4 * self.block_out_channels.first().copied().unwrap_or(0))
+    }
+
+    /// Groups of the mid block's attention norm (diffusers' `attn_norm_num_groups`).
+    pub fn mid_attention_groups(&self) -> usize {
+        self.attn_norm_num_groups.unwrap_or(self.norm_num_groups)
     }
 
     /// Heads of an attention block over `channels` channels.
@@ -290,6 +332,31 @@ impl UNetConfig {
                 "must be positive, or null for an unconditional model",
             ));
         }
+        if self.add_attention && self.attn_norm_num_groups.is_some() {
+            let (g, c) = (
+                self.mid_attention_groups(),
+                self.block_out_channels[levels - 1],
+            );
+            if g == 0 || c % g != 0 {
+                return Err(err(
+                    "attn_norm_num_groups",
+                    format!("{c} channels of the mid block cannot be split into {g} groups"),
+                ));
+            }
+        }
+        if let Some(kind) = &self.class_embed_type {
+            return Err(err(
+                "class_embed_type",
+                format!("`{kind}` is not supported (only null: a table of num_class_embeds rows)"),
+            ));
+        }
+        if self.mid_block_type.as_deref() != Some(MID_BLOCK) {
+            let got = self.mid_block_type.as_deref().unwrap_or("null");
+            return Err(err(
+                "mid_block_type",
+                format!("`{got}` is not supported (only `{MID_BLOCK}`)"),
+            ));
+        }
         if self.downsample_padding > 1 {
             return Err(err("downsample_padding", "must be 0 or 1"));
         }
@@ -330,7 +397,14 @@ impl UNetConfig {
 
     /// Reads a JSON config (ours or a diffusers `config.json`) and validates it.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let cfg: Self = serde_json::from_str(text).map_err(|e| err("(json)", e.to_string()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| err("(json)", e.to_string()))?;
+        Self::from_value(value)
+    }
+
+    /// [`Self::from_json`] on parsed JSON. A value of the wrong type is reported under its key.
+    pub fn from_value(value: serde_json::Value) -> Result<Self, ConfigError> {
+        let cfg: Self = crate::json_fields::from_value(value).map_err(|e| err(&e.field, e.msg))?;
         cfg.validate()?;
         Ok(cfg)
     }

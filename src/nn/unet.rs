@@ -265,17 +265,13 @@ impl UNet {
         }
 
         let c_mid = chans[levels - 1];
-        let mid_heads = match cfg.attention_head_dim {
-            Some(d) => c_mid / d,
-            None => 1,
-        };
         let mid_attention = cfg.add_attention.then(|| {
             AttentionBlock::new(
                 &mut b,
                 "mid_block.attentions.0",
                 c_mid,
-                mid_heads,
-                groups,
+                cfg.attention_heads(c_mid),
+                cfg.mid_attention_groups(),
                 eps,
             )
         });

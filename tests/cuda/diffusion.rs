@@ -297,7 +297,7 @@ fn steps_match_cpu(gpu: &Gpu) -> Result<()> {
     let ids_d = to_device(gpu, &ids)?;
     for case in &STEP_CASES {
         let sched = schedule(case.prediction, case.variance)?;
-        let plan = step_pairs(Spacing::Leading, sched.num_timesteps(), 50)?;
+        let plan = step_pairs(Spacing::Leading, sched.num_timesteps(), 50, 0)?;
         let pair = plan[case.k];
         let opts = SampleOptions {
             kind: case.kind,
@@ -305,6 +305,8 @@ fn steps_match_cpu(gpu: &Gpu) -> Result<()> {
             spacing: Spacing::Leading,
             clip: case.clip,
             eps_from_clipped_x0: case.eps_from_clipped_x0,
+            steps_offset: 0,
+            set_alpha_to_one: true,
         };
         let c = StepCoeffs::for_step(&sched, &opts, pair);
         let stochastic =

@@ -1,0 +1,66 @@
+//! `ddpm export`: a checkpoint → a diffusers pipeline directory.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use super::model_source::ModelSource;
+use crate::diffusers::{export, ExportOptions};
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A ddpm checkpoint or run directory (or a diffusers directory, to rewrite it with current
+    /// key names in f32).
+    #[arg(long, value_name = "PATH")]
+    pub checkpoint: PathBuf,
+    /// The directory to write: model_index.json, unet/, scheduler/.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Export the raw trained weights instead of their EMA.
+    #[arg(long)]
+    pub no_ema: bool,
+    /// Write only a UNet2DModel directory (config.json and the weights) at --out.
+    #[arg(long)]
+    pub unet_only: bool,
+    /// Replace --out if it exists (once the new export is complete).
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn run(a: ExportArgs) -> Result<()> {
+    let src = ModelSource::open(&a.checkpoint, !a.no_ema)?;
+    let notes = export(
+        &a.out,
+        &src.model,
+        &src.weights,
+        &src.schedule,
+        ExportOptions {
+            unet_only: a.unet_only,
+            overwrite: a.force,
+        },
+    )?;
+    if !a.quiet {
+        for line in src.notes.iter().chain(&notes) {
+            eprintln!("{line}");
+        }
+        let weights = match (src.from_diffusers, a.no_ema) {
+            (true, _) => "weights",
+            (false, false) => "EMA weights",
+            (false, true) => "raw weights",
+        };
+        eprintln!(
+            "wrote {} ({weights} of {}) to {}",
+            if a.unet_only {
+                "a UNet2DModel directory"
+            } else {
+                "a DDPMPipeline directory"
+            },
+            src.path.display(),
+            a.out.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! What `--checkpoint` can name: a ddpm checkpoint file, a ddpm run directory (its latest
+//! checkpoint), or a diffusers `UNet2DModel` / pipeline directory.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+use crate::diffusers::{self, DirKind};
+use crate::diffusion::ScheduleConfig;
+use crate::nn::UNetConfig;
+use crate::train::Checkpoint;
+
+/// A model to sample from or export, whatever format it came in.
+pub struct ModelSource {
+    pub model: UNetConfig,
+    /// In the layout of `UNet::new(model)`.
+    pub weights: Vec<f32>,
+    pub schedule: ScheduleConfig,
+    /// The file the weights came from.
+    pub path: PathBuf,
+    /// Read from diffusers files (whose pipelines have their own sampling defaults).
+    pub from_diffusers: bool,
+    /// The pipeline was published with a DDIM scheduler.
+    pub ddim_scheduler: bool,
+    /// Lines worth telling the user about what was read.
+    pub notes: Vec<String>,
+}
+
+impl ModelSource {
+    /// Loads `path`; `ema` picks a ddpm checkpoint's EMA weights over its raw ones.
+    pub fn open(path: &Path, ema: bool) -> Result<Self> {
+        if path.is_dir() {
+            // A run directory also holds a config.json (the run's settings): look for its
+            // checkpoint first.
+            let latest = path.join("checkpoints").join("latest.safetensors");
+            if latest.is_file() {
+                return Self::checkpoint(&latest, ema);
+            }
+            if let Some(kind) = DirKind::of(path) {
+                return Self::diffusers(path, kind, ema);
+            }
+            bail!(
+                "{}: neither a ddpm run directory (no checkpoints/latest.safetensors) nor a \
+                 diffusers directory (no model_index.json or config.json)",
+                path.display()
+            );
+        }
+        Self::checkpoint(path, ema)
+    }
+
+    fn checkpoint(path: &Path, ema: bool) -> Result<Self> {
+        let ck = Checkpoint::load(path)?;
+        Ok(Self {
+            weights: if ema { ck.ema } else { ck.weights },
+            model: ck.model,
+            schedule: ck.schedule,
+            path: path.to_path_buf(),
+            from_diffusers: false,
+            ddim_scheduler: false,
+            notes: Vec::new(),
+        })
+    }
+
+    fn diffusers(dir: &Path, kind: DirKind, ema: bool) -> Result<Self> {
+        if !ema {
+            bail!(
+                "--no-ema: {} is a diffusers model, which has one set of weights",
+                dir.display()
+            );
+        }
+        let m = diffusers::load(dir)?;
+        let mut notes = Vec::new();
+        let what = match kind {
+            DirKind::Pipeline => "diffusers pipeline",
+            DirKind::UNet => "diffusers UNet2DModel",
+        };
+        notes.push(format!(
+            "{what} {}: {} ({} tensors under pre-0.14 attention names)",
+            dir.display(),
+            m.config,
+            m.renamed_keys
+        ));
+        let (schedule, ddim) = match &m.scheduler {
+            Some(s) => {
+                let class = s.class_name.as_deref().unwrap_or("scheduler");
+                if !matches!(class, "DDPMScheduler" | "DDIMScheduler") {
+                    notes.push(format!(
+                        "{class}: using its noise schedule with ddpm's samplers (--sampler)"
+                    ));
+                }
+                (s.config.clone(), s.is_ddim())
+            }
+            None => {
+                notes.push(
+                    "no scheduler config: using DDPMScheduler's defaults (linear β from 1e-4 to \
+                     0.02, T = 1000, ε prediction, clipping x̂₀ to ±1)"
+                        .into(),
+                );
+                (ScheduleConfig::default(), false)
+            }
+        };
+        Ok(Self {
+            model: m.config,
+            weights: m.weights,
+            schedule,
+            path: m.weights_path,
+            from_diffusers: true,
+            ddim_scheduler: ddim,
+            notes,
+        })
+    }
+}
