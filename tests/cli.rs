@@ -381,3 +381,156 @@ fn bench_train_and_sample_report_images_per_second_on_the_cpu() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--preset huge: unknown"));
 }
+
+// ---- diffusers directories ------------------------------------------------------------------
+
+fn diffusers_fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/diffusers")
+        .join(rel)
+}
+
+/// A golden tensor written by scripts/diffusers_goldens.py, as f32.
+fn golden(file: &str, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(diffusers_fixture(file)).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).unwrap();
+    let mut v = vec![0.0f32; t.shape().iter().product()];
+    ddpm::params::decode_into(t.dtype(), t.data(), &mut v).unwrap();
+    v
+}
+
+#[test]
+fn samples_from_a_diffusers_unet_directory_as_diffusers_does() {
+    let dir = temp_dir("diffusers-sample");
+    // diffusers' 10-step DDIM run of the cifar10-like model from this noise.
+    let noise = golden("ddim10.safetensors", "cifar10-like.noise");
+    let want = golden("ddim10.safetensors", "cifar10-like.sample");
+    let noise_path = dir.join("noise.safetensors");
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        vec![2, 3, 32, 32],
+        bytemuck::cast_slice(&noise),
+    )
+    .unwrap();
+    std::fs::write(
+        &noise_path,
+        safetensors::serialize([("noise", view)], None).unwrap(),
+    )
+    .unwrap();
+    let raw = dir.join("raw.safetensors");
+    let model = diffusers_fixture("models/cifar10-like");
+    let out = ddpm(&[
+        "sample",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--sampler",
+        "ddim",
+        "--steps",
+        "10",
+        "--init-noise",
+        noise_path.to_str().unwrap(),
+        "--save-raw",
+        raw.to_str().unwrap(),
+        "--out",
+        dir.join("images").to_str().unwrap(),
+        "--device",
+        "cpu",
+    ]);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("diffusers UNet2DModel"), "{err}");
+    assert!(err.contains("DDPMScheduler's defaults"), "{err}");
+    let (shape, got) = raw_tensor(&raw, "sample");
+    assert_eq!(shape, [2, 3, 32, 32]);
+    let worst = got
+        .iter()
+        .zip(&want)
+        .map(|(g, w)| (g - w.clamp(-1.0, 1.0)).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-3, "max difference from diffusers {worst}");
+    assert!(dir.join("images/grid.png").is_file());
+
+    // --no-ema has no meaning for a diffusers model.
+    let out = ddpm(&[
+        "sample",
+        "--checkpoint",
+        model.to_str().unwrap(),
+        "--no-ema",
+    ]);
+    fails_with(&out, 1, "--no-ema");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn export_writes_a_pipeline_that_samples_like_its_checkpoint() {
+    let dir = temp_dir("export");
+    let ckpt = diffusers_fixture("export/checkpoint.safetensors");
+    let exported = dir.join("pipeline");
+    ok(&ddpm(&[
+        "export",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]));
+    for f in [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "scheduler/scheduler_config.json",
+    ] {
+        assert!(exported.join(f).is_file(), "{f}");
+    }
+    // The same images from the checkpoint and from its export, bit for bit.
+    let sample = |from: &Path, raw: &Path| {
+        ok(&ddpm(&[
+            "sample",
+            "--checkpoint",
+            from.to_str().unwrap(),
+            "--sampler",
+            "ddim",
+            "--steps",
+            "5",
+            "--num",
+            "4",
+            "--ddim-eps",
+            "clipped",
+            "--save-raw",
+            raw.to_str().unwrap(),
+            "--out",
+            dir.join("images").to_str().unwrap(),
+            "--device",
+            "cpu",
+            "-q",
+        ]));
+        raw_tensor(raw, "sample").1
+    };
+    let a = sample(&ckpt, &dir.join("a.safetensors"));
+    let b = sample(&exported, &dir.join("b.safetensors"));
+    assert_eq!(a, b);
+
+    // An existing export is kept unless --force.
+    let again = ddpm(&[
+        "export",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    fails_with(&again, 1, "--force");
+    let not_a_model = dir.join("images");
+    fails_with(
+        &ddpm(&[
+            "export",
+            "--checkpoint",
+            not_a_model.to_str().unwrap(),
+            "--out",
+            dir.join("x").to_str().unwrap(),
+        ]),
+        1,
+        "neither a ddpm run directory",
+    );
+    assert!(!dir.join("x").exists());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

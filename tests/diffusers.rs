@@ -133,7 +133,9 @@ fn timesteps_match_set_timesteps() {
 fn scheduler_steps_match_diffusers() {
     let g = Golden::open("steps.safetensors");
     let cases = g.meta("cases");
-    let (mut worst, mut final_noise_cases) = (0.0f64, 0);
+    // Largest errors: over all cases, and over steps from t > 1 (away from diffusers' f32
+    // cancellation in 1 − ᾱ).
+    let (mut worst, mut worst_away, mut final_noise_cases) = (0.0f64, 0.0f64, 0);
     for (i, case) in cases.as_array().unwrap().iter().enumerate() {
         let cfg = schedule_config(&case["config"]);
         let s = Schedule::new(cfg.clone()).unwrap();
@@ -195,12 +197,17 @@ fn scheduler_steps_match_diffusers() {
             "case {i} ({case}): x̂₀ error {e_x0:.2e}, x_prev error {e_prev:.2e}, tolerance {tol:.1e}"
         );
         worst = worst.max(e_x0).max(e_prev);
+        if pair.t > 1 {
+            worst_away = worst_away.max(e_x0).max(e_prev);
+        }
     }
     assert!(
         final_noise_cases > 0,
         "the documented difference is exercised"
     );
-    eprintln!("scheduler steps: max error {worst:.1e} relative to max(|x|, 1)");
+    eprintln!(
+        "scheduler steps: max error {worst:.1e} relative to max(|x|, 1); {worst_away:.1e} for t > 1"
+    );
 }
 
 /// The UNet of a fixture directory, loaded through the importer.

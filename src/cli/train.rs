@@ -90,7 +90,7 @@ pub struct TrainArgs {
     /// What the model predicts: epsilon, sample (x₀) or v_prediction.
     #[arg(long, default_value = "epsilon")]
     pub prediction: String,
-    /// Noise schedule: linear, scaled_linear, squaredcos_cap_v2 (cosine) or sigmoid.
+    /// Noise schedule: linear, scaled_linear, squaredcos_cap_v2 (cosine), sigmoid or laplace.
     #[arg(long, default_value = "linear")]
     pub beta_schedule: String,
     /// Diffusion steps T.
@@ -186,7 +186,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 num_train_timesteps: a.timesteps as usize,
                 beta_schedule: a.beta_schedule.parse::<BetaSchedule>().map_err(|_| {
                     anyhow::anyhow!(
-                        "--beta-schedule {}: expected linear, scaled_linear, squaredcos_cap_v2 (cosine) or sigmoid",
+                        "--beta-schedule {}: expected linear, scaled_linear, squaredcos_cap_v2 (cosine), sigmoid or laplace",
                         a.beta_schedule
                     )
                 })?,
