@@ -100,6 +100,21 @@ fn fails_with(out: &std::process::Output, code: i32, needle: &str) {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// Writes an `--init-noise` file: the f32 tensor `noise` of `shape`.
+fn write_noise(path: &Path, shape: &[usize], values: &[f32]) {
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::F32,
+        shape.to_vec(),
+        bytemuck::cast_slice(values),
+    )
+    .unwrap();
+    std::fs::write(
+        path,
+        safetensors::serialize([("noise", view)], None).unwrap(),
+    )
+    .unwrap();
+}
+
 fn raw_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -207,17 +222,7 @@ fn train_then_sample_through_the_binary() {
     let noise: Vec<f32> = (0..2 * 3 * 64)
         .map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0)
         .collect();
-    let view = safetensors::tensor::TensorView::new(
-        safetensors::Dtype::F32,
-        vec![2, 3, 8, 8],
-        bytemuck::cast_slice(&noise),
-    )
-    .unwrap();
-    std::fs::write(
-        &noise_file,
-        safetensors::serialize([("noise", view)], None).unwrap(),
-    )
-    .unwrap();
+    write_noise(&noise_file, &[2, 3, 8, 8], &noise);
     let from_noise = |name: &str| {
         let raw = dir.join(format!("{name}.safetensors"));
         ok(&ddpm(&[
@@ -407,17 +412,7 @@ fn samples_from_a_diffusers_unet_directory_as_diffusers_does() {
     let noise = golden("ddim10.safetensors", "cifar10-like.noise");
     let want = golden("ddim10.safetensors", "cifar10-like.sample");
     let noise_path = dir.join("noise.safetensors");
-    let view = safetensors::tensor::TensorView::new(
-        safetensors::Dtype::F32,
-        vec![2, 3, 32, 32],
-        bytemuck::cast_slice(&noise),
-    )
-    .unwrap();
-    std::fs::write(
-        &noise_path,
-        safetensors::serialize([("noise", view)], None).unwrap(),
-    )
-    .unwrap();
+    write_noise(&noise_path, &[2, 3, 32, 32], &noise);
     let raw = dir.join("raw.safetensors");
     let model = diffusers_fixture("models/cifar10-like");
     let out = ddpm(&[

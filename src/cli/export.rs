@@ -26,6 +26,7 @@ pub struct ExportArgs {
     /// Replace --out if it exists (once the new export is complete).
     #[arg(long)]
     pub force: bool,
+    /// Print nothing on success.
     #[arg(long, short)]
     pub quiet: bool,
 }

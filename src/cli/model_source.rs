@@ -45,6 +45,16 @@ impl ModelSource {
                 path.display()
             );
         }
+        // A directory named by its config.json or model_index.json.
+        let name = path.file_name().and_then(|n| n.to_str());
+        if let (Some("config.json" | "model_index.json"), Some(dir)) = (name, path.parent()) {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            return Self::open(dir, ema);
+        }
         Self::checkpoint(path, ema)
     }
 
@@ -74,12 +84,11 @@ impl ModelSource {
             DirKind::Pipeline => "diffusers pipeline",
             DirKind::UNet => "diffusers UNet2DModel",
         };
-        notes.push(format!(
-            "{what} {}: {} ({} tensors under pre-0.14 attention names)",
-            dir.display(),
-            m.config,
-            m.renamed_keys
-        ));
+        let renamed = match m.renamed_keys {
+            0 => String::new(),
+            n => format!(" ({n} tensors read under their pre-0.14 attention names)"),
+        };
+        notes.push(format!("{what} {}: {}{renamed}", dir.display(), m.config));
         let (schedule, ddim) = match &m.scheduler {
             Some(s) => {
                 let class = s.class_name.as_deref().unwrap_or("scheduler");
