@@ -191,6 +191,9 @@ def steps():
     for cfg, n, ks in (
         ({"timestep_spacing": "trailing", "beta_schedule": "squaredcos_cap_v2"}, 10, (0, 4, 9)),
         ({"timestep_spacing": "trailing", "set_alpha_to_one": False, "clip_sample": False}, 20, (0, 19)),
+        # steps_offset ≥ ⌊T/N⌋: the last leading step goes to t − ⌊T/N⌋, a timestep not visited.
+        ({"steps_offset": 1}, 600, (0, 598, 599)),
+        ({"steps_offset": 3, "set_alpha_to_one": False}, 400, (399,)),
     ):
         for k in ks:
             seed += 2
@@ -401,7 +404,9 @@ def export(ddpm):
         labels = torch.tensor([0, 1, 2, 3])
         with torch.no_grad():
             y = unet(x, t, class_labels=labels).sample
-        save_file({"x": x, "out": y.contiguous()}, d / "forward.safetensors",
+        # How diffusers reads the exported scheduler config.
+        abar = pipe.scheduler.alphas_cumprod.float().contiguous()
+        save_file({"x": x, "out": y.contiguous(), "alphas_cumprod": abar}, d / "forward.safetensors",
                   metadata={"t": meta_json(t.tolist()), "labels": meta_json(labels.tolist())})
         print(f"export: diffusers ran the exported model, |out| max {y.abs().max():.3f}")
 

@@ -527,5 +527,18 @@ fn export_writes_a_pipeline_that_samples_like_its_checkpoint() {
         "neither a ddpm run directory",
     );
     assert!(!dir.join("x").exists());
+    // A run that has not written a checkpoint yet is named as such, not read as diffusers.
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("config.json"),
+        r#"{"model": {}, "schedule": {}, "train": {}}"#,
+    )
+    .unwrap();
+    fails_with(
+        &ddpm(&["sample", "--checkpoint", run.to_str().unwrap()]),
+        1,
+        "no checkpoint yet",
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

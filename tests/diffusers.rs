@@ -335,17 +335,38 @@ fn exported_checkpoints_run_in_diffusers_as_in_ddpm() {
     let err = rel_err(&y, &g.tensor("out"), 0.0);
     eprintln!("export: forward error vs diffusers {err:.1e}");
     assert!(err <= 1e-4, "{err:.2e}");
+    // diffusers read the exported scheduler config as the checkpoint's schedule.
+    let s = Schedule::new(ck.schedule.clone()).unwrap();
+    let abar: Vec<f32> = (0..s.num_timesteps())
+        .map(|t| s.alpha_bar(t) as f32)
+        .collect();
+    let err = rel_err(&abar, &g.tensor("alphas_cumprod"), 0.0);
+    assert!(
+        err <= 2e-5,
+        "exported schedule as diffusers reads it: {err:.2e}"
+    );
 
     // A UNet-only export reads back the same, and an occupied --out is refused unless forced.
     let unet_only = dir.join("unet");
     let o = ExportOptions {
         unet_only: true,
-        overwrite: false,
+        ..ExportOptions::default()
     };
     diffusers::export(&unet_only, &ck.model, &ck.ema, &ck.schedule, o).unwrap();
     assert_eq!(diffusers::load(&unet_only).unwrap().weights, ck.ema);
     let e = diffusers::export(&unet_only, &ck.model, &ck.weights, &ck.schedule, o).unwrap_err();
     assert!(e.to_string().contains("--force"), "{e}");
+    // --force replaces an earlier export, never an unrelated directory.
+    let unrelated = dir.join("notes");
+    std::fs::create_dir_all(&unrelated).unwrap();
+    std::fs::write(unrelated.join("todo.txt"), "keep me").unwrap();
+    let forced_ = ExportOptions {
+        overwrite: true,
+        ..o
+    };
+    let e = diffusers::export(&unrelated, &ck.model, &ck.ema, &ck.schedule, forced_).unwrap_err();
+    assert!(e.to_string().contains("not a diffusers directory"), "{e}");
+    assert!(unrelated.join("todo.txt").is_file());
     let forced = ExportOptions {
         overwrite: true,
         ..o
@@ -540,6 +561,35 @@ fn bad_weights_are_named() {
     assert_names(&load_err(&dir), &["not a valid safetensors file"]);
     std::fs::rename(&weights, dir.join("diffusion_pytorch_model.bin")).unwrap();
     assert_names(&load_err(&dir), &["diffusion_pytorch_model.bin", "pickle"]);
+}
+
+#[test]
+fn flat_pipelines_as_published_in_2022_load() {
+    // google/ddpm-* keep model_index.json, config.json, the weights and scheduler_config.json
+    // side by side, without unet/ and scheduler/ folders.
+    let dir = copy_model("cifar10-like", "flat");
+    std::fs::write(
+        dir.join("model_index.json"),
+        r#"{"_class_name": "DDPMPipeline", "_diffusers_version": "0.1.1",
+            "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"],
+            "safety_checker": [null, null]}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("scheduler_config.json"),
+        r#"{"_class_name": "DDPMScheduler", "beta_schedule": "linear", "beta_start": 0.0001,
+            "beta_end": 0.02, "num_train_timesteps": 1000, "clip_sample": true,
+            "trained_betas": null, "variance_type": "fixed_large"}"#,
+    )
+    .unwrap();
+    let flat = diffusers::load(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let nested = diffusers::load(&fixtures().join("models/cifar10-like")).unwrap();
+    assert_eq!(flat.weights, nested.weights);
+    let s = flat.scheduler.expect("the pipeline's scheduler");
+    assert_eq!(
+        s.config.variance_type,
+        ddpm::diffusion::VarianceType::FixedLarge
+    );
 }
 
 #[test]

@@ -23,7 +23,7 @@ pub struct ExportArgs {
     /// Write only a UNet2DModel directory (config.json and the weights) at --out.
     #[arg(long)]
     pub unet_only: bool,
-    /// Replace --out if it exists (once the new export is complete).
+    /// Replace --out if it is an earlier diffusers export (once the new one is complete).
     #[arg(long)]
     pub force: bool,
     /// Print nothing on success.
@@ -41,6 +41,8 @@ pub fn run(a: ExportArgs) -> Result<()> {
         ExportOptions {
             unet_only: a.unet_only,
             overwrite: a.force,
+            // A pipeline read with a DDIM scheduler is written back with one.
+            ddim: src.ddim_scheduler,
         },
     )?;
     if !a.quiet {
@@ -52,12 +54,17 @@ pub fn run(a: ExportArgs) -> Result<()> {
             (false, false) => "EMA weights",
             (false, true) => "raw weights",
         };
+        let pipeline = if src.ddim_scheduler {
+            "a DDIMPipeline directory"
+        } else {
+            "a DDPMPipeline directory"
+        };
         eprintln!(
             "wrote {} ({weights} of {}) to {}",
             if a.unet_only {
                 "a UNet2DModel directory"
             } else {
-                "a DDPMPipeline directory"
+                pipeline
             },
             src.path.display(),
             a.out.display()

@@ -26,6 +26,15 @@ pub struct ModelSource {
     pub notes: Vec<String>,
 }
 
+/// Whether `dir` was written by `ddpm train`: its config.json holds the run's settings.
+fn is_run_dir(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("config.json")) else {
+        return false;
+    };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .is_ok_and(|v| v.get("model").is_some() && v.get("train").is_some())
+}
+
 impl ModelSource {
     /// Loads `path`; `ema` picks a ddpm checkpoint's EMA weights over its raw ones.
     pub fn open(path: &Path, ema: bool) -> Result<Self> {
@@ -35,6 +44,13 @@ impl ModelSource {
             let latest = path.join("checkpoints").join("latest.safetensors");
             if latest.is_file() {
                 return Self::checkpoint(&latest, ema);
+            }
+            if is_run_dir(path) {
+                bail!(
+                    "{}: a ddpm run directory with no checkpoint yet (no \
+                     checkpoints/latest.safetensors)",
+                    path.display()
+                );
             }
             if let Some(kind) = DirKind::of(path) {
                 return Self::diffusers(path, kind, ema);

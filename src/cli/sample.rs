@@ -83,7 +83,8 @@ pub struct SampleArgs {
     /// checkpoint's schedule, fixed_small unless trained otherwise].
     #[arg(long, value_name = "fixed_small|fixed_large")]
     pub variance: Option<String>,
-    /// Do not clip the predicted x₀ to [-1, 1] at each step.
+    /// Do not clip the predicted x₀ (to ±clip_sample_range, 1 unless the schedule says) at each
+    /// step.
     #[arg(long)]
     pub no_clip: bool,
     /// Class of every image for a class-conditional model [default: cycle through the classes].

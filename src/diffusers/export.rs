@@ -1,15 +1,15 @@
 //! Writing a model as a diffusers pipeline directory:
 //!
 //! ```text
-//! DIR/model_index.json                          DDPMPipeline: unet + scheduler
+//! DIR/model_index.json                          DDPMPipeline (or DDIMPipeline): unet + scheduler
 //! DIR/unet/config.json                          UNet2DModel config
 //! DIR/unet/diffusion_pytorch_model.safetensors  f32 weights under diffusers' current keys
-//! DIR/scheduler/scheduler_config.json           DDPMScheduler config
+//! DIR/scheduler/scheduler_config.json           DDPMScheduler (or DDIMScheduler) config
 //! ```
 //!
 //! `DDPMPipeline.from_pretrained(DIR)` and `UNet2DModel.from_pretrained(DIR, subfolder="unet")`
 //! load it. The directory is assembled under a temporary name beside DIR and renamed into place,
-//! so a failure never leaves a half-written export.
+//! so a failure never leaves a half-written export at DIR.
 
 use std::collections::HashMap;
 use std::fs;
@@ -29,8 +29,11 @@ use crate::params::named_views;
 pub struct ExportOptions {
     /// Write only `config.json` and the weights into DIR (a `UNet2DModel` directory).
     pub unet_only: bool,
-    /// Replace DIR if it exists (only once the new export is complete).
+    /// Replace DIR if it is an earlier diffusers directory (only once the new export is
+    /// complete). Any other non-empty DIR is refused.
     pub overwrite: bool,
+    /// Write a DDIM pipeline (`DDIMPipeline`, `DDIMScheduler`) instead of a DDPM one.
+    pub ddim: bool,
 }
 
 /// The UNet's `config.json`: our config already uses diffusers' names and values.
@@ -90,13 +93,25 @@ pub fn export(
     }
     let occupied = match fs::read_dir(out) {
         Ok(mut entries) => entries.next().is_some(),
-        Err(_) if out.exists() => return Err(fail(out, "exists and is not a directory")),
+        Err(_) if out.exists() && !out.is_dir() => {
+            return Err(fail(out, "exists and is not a directory"))
+        }
+        Err(e) if out.exists() => return Err(fail(out, format!("cannot read: {e}"))),
         Err(_) => false,
     };
     if occupied && !opts.overwrite {
         return Err(fail(
             out,
-            "already exists and is not empty; choose another --out or pass --force",
+            "already exists and is not empty; choose another --out, or pass --force to replace \
+             an earlier export",
+        ));
+    }
+    let earlier_export = out.join(MODEL_INDEX).is_file()
+        || (out.join(UNET_CONFIG).is_file() && out.join(UNET_WEIGHTS).is_file());
+    if occupied && !earlier_export {
+        return Err(fail(
+            out,
+            "is not empty and not a diffusers directory: --force replaces only an earlier export",
         ));
     }
     let parent = match out.parent() {
@@ -121,17 +136,22 @@ pub fn export(
             mkdir(&staging.join("unet"))?;
             mkdir(&staging.join("scheduler"))?;
             write_unet(&staging.join("unet"), config, &net, weights)?;
-            let (sched, note) = scheduler::to_json(schedule);
+            let (sched, note) = scheduler::to_json(schedule, opts.ddim);
             notes.extend(note);
             let text = serde_json::to_string_pretty(&sched).expect("JSON values serialize");
             write(
                 &staging.join("scheduler").join(SCHEDULER_CONFIG),
                 text.as_bytes(),
             )?;
+            let (pipeline, scheduler) = if opts.ddim {
+                ("DDIMPipeline", "DDIMScheduler")
+            } else {
+                ("DDPMPipeline", "DDPMScheduler")
+            };
             let index = json!({
-                "_class_name": "DDPMPipeline",
+                "_class_name": pipeline,
                 "_diffusers_version": DIFFUSERS_VERSION,
-                "scheduler": ["diffusers", "DDPMScheduler"],
+                "scheduler": ["diffusers", scheduler],
                 "unet": ["diffusers", "UNet2DModel"],
             });
             let text = serde_json::to_string_pretty(&index).expect("JSON values serialize");

@@ -81,7 +81,13 @@ fn load_pipeline(dir: &Path) -> Result<DiffusersModel, DiffusersError> {
     };
     for (name, v) in &index {
         let known = name.starts_with('_') || name == "unet" || name == "scheduler";
-        if !known && !v.is_null() {
+        // diffusers writes an absent optional component as null or [null, null].
+        let absent = match v {
+            Value::Null => true,
+            Value::Array(a) => a.iter().all(Value::is_null),
+            _ => false,
+        };
+        if !known && !absent {
             let class = component(name).unwrap_or_else(|| v.to_string());
             return Err(fail(
                 &index_path,
@@ -107,10 +113,20 @@ fn load_pipeline(dir: &Path) -> Result<DiffusersModel, DiffusersError> {
             ))
         }
     }
-    let mut model = load_unet(&dir.join("unet"))?;
+    // A component lives in its own folder, or, as in the pipelines published in 2022
+    // (google/ddpm-*), at the top level beside model_index.json.
+    let folder = |name: &str| {
+        let sub = dir.join(name);
+        if sub.is_dir() {
+            sub
+        } else {
+            dir.to_path_buf()
+        }
+    };
+    let mut model = load_unet(&folder("unet"))?;
     if component("scheduler").is_some() {
         model.scheduler = Some(scheduler::read(
-            &dir.join("scheduler").join(SCHEDULER_CONFIG),
+            &folder("scheduler").join(SCHEDULER_CONFIG),
         )?);
     }
     Ok(model)

@@ -8,8 +8,9 @@
 //!
 //! Our parameter names are diffusers' keys ([`keys`] maps the older attention names) and our
 //! configs use diffusers' field names ([`crate::nn::UNetConfig`], [`crate::diffusion::ScheduleConfig`]),
-//! so conversion is mostly checking. Every config field, tensor name, shape and value is
-//! verified, and whatever ddpm cannot compute exactly is an error naming it.
+//! so conversion is mostly checking. Every UNet config field and every tensor name, shape and
+//! value is verified; scheduler fields that would change the numbers and that ddpm lacks are
+//! refused (see [`scheduler`]). Each refusal is an error naming the file and the field or key.
 
 pub mod export;
 pub mod import;

@@ -55,6 +55,17 @@ pub fn parse(value: Value) -> Result<SchedulerFile, String> {
         Some(Value::String(s)) => Some(s.clone()),
         _ => None,
     };
+    let has_betas = ["beta_schedule", "beta_start", "beta_end", "trained_betas"]
+        .iter()
+        .any(|k| obj.contains_key(*k));
+    if let Some(class) = &class_name {
+        if !has_betas && !matches!(class.as_str(), "DDPMScheduler" | "DDIMScheduler") {
+            return Err(format!(
+                "`_class_name`: {class} has no β schedule (beta_schedule, beta_start, beta_end or \
+                 trained_betas); ddpm samples models trained on a β schedule only"
+            ));
+        }
+    }
     refuse_if_true(
         &obj,
         "thresholding",
@@ -94,11 +105,19 @@ pub fn parse(value: Value) -> Result<SchedulerFile, String> {
     Ok(SchedulerFile { class_name, config })
 }
 
-/// The `scheduler_config.json` of a `DDPMScheduler` with our settings. `uniform` and `quad`
-/// spacings have no diffusers equivalent: they are written as `leading`, and the returned note
-/// says so.
-pub fn to_json(cfg: &ScheduleConfig) -> (Value, Option<String>) {
+/// The `scheduler_config.json` of a `DDPMScheduler` (or, with `ddim`, a `DDIMScheduler`) with
+/// our settings, each class given only the fields it has. `uniform` and `quad` spacings have no
+/// diffusers equivalent: they are written as `leading`, and the returned note says so.
+pub fn to_json(cfg: &ScheduleConfig, ddim: bool) -> (Value, Option<String>) {
     let mut v = serde_json::to_value(cfg).expect("a schedule config always serializes");
+    let (class, not_a_field) = if ddim {
+        ("DDIMScheduler", "variance_type")
+    } else {
+        ("DDPMScheduler", "set_alpha_to_one")
+    };
+    v.as_object_mut()
+        .expect("a struct serializes to an object")
+        .remove(not_a_field);
     let note = match cfg.timestep_spacing {
         Spacing::Leading | Spacing::Trailing | Spacing::Linspace => None,
         other => {
@@ -108,7 +127,7 @@ pub fn to_json(cfg: &ScheduleConfig) -> (Value, Option<String>) {
             ))
         }
     };
-    v["_class_name"] = json!("DDPMScheduler");
+    v["_class_name"] = json!(class);
     v["_diffusers_version"] = json!(DIFFUSERS_VERSION);
     v["thresholding"] = json!(false);
     v["rescale_betas_zero_snr"] = json!(false);
@@ -177,6 +196,15 @@ mod tests {
             ),
             (json!({"trained_betas": [0.1]}), "trained_betas"),
             (json!({"beta_start": 0.5, "beta_end": 0.1}), "beta_end"),
+            (json!({"steps_offset": 1000}), "steps_offset"),
+            (
+                json!({"num_train_timesteps": 1u64 << 40}),
+                "num_train_timesteps",
+            ),
+            (
+                json!({"_class_name": "ScoreSdeVeScheduler", "num_train_timesteps": 2000}),
+                "ScoreSdeVeScheduler",
+            ),
         ] {
             let e = parse(cfg.clone()).unwrap_err();
             assert!(e.contains(field), "{cfg}: {e}");
@@ -191,16 +219,30 @@ mod tests {
             timestep_spacing: Spacing::Quad,
             ..Default::default()
         };
-        let (v, note) = to_json(&cfg);
+        let (v, note) = to_json(&cfg, false);
         assert!(note.unwrap().contains("quad"));
+        assert!(
+            v.get("set_alpha_to_one").is_none(),
+            "not a DDPMScheduler field"
+        );
         let back = parse(v).unwrap();
         assert_eq!(back.class_name.as_deref(), Some("DDPMScheduler"));
-        assert_eq!(
-            back.config,
-            ScheduleConfig {
-                timestep_spacing: Spacing::Leading,
-                ..cfg
-            }
+        let want = ScheduleConfig {
+            timestep_spacing: Spacing::Leading,
+            ..cfg
+        };
+        assert_eq!(back.config, want);
+        let ddim = ScheduleConfig {
+            set_alpha_to_one: false,
+            ..want.clone()
+        };
+        let (v, _) = to_json(&ddim, true);
+        assert!(
+            v.get("variance_type").is_none(),
+            "not a DDIMScheduler field"
         );
+        let back = parse(v).unwrap();
+        assert!(back.is_ddim());
+        assert_eq!(back.config, ddim);
     }
 }

@@ -107,8 +107,16 @@ impl SampleOptions {
             self.steps,
             self.steps_offset,
         )?;
-        if matches!(self.kind, SamplerKind::Ddim { .. }) && !self.set_alpha_to_one {
-            if let Some(last) = plan.last_mut() {
+        if let (SamplerKind::Ddim { .. }, Some(last)) = (self.kind, plan.last_mut()) {
+            // diffusers' DDIM steps from t to t − ⌊T/N⌋. With `leading` spacing that is the next
+            // visited timestep, except on the last step when steps_offset ≥ ⌊T/N⌋: there it is
+            // a timestep below the visited ones, and ddpm follows it.
+            if self.spacing == Spacing::Leading {
+                if let Some(p) = last.t.checked_sub(schedule.num_timesteps() / self.steps) {
+                    last.prev = Some(p);
+                }
+            }
+            if !self.set_alpha_to_one {
                 // diffusers' `final_alpha_cumprod = alphas_cumprod[0]`.
                 last.prev = last.prev.or(Some(0));
             }

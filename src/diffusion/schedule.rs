@@ -53,6 +53,9 @@ pub enum VarianceType {
     FixedLarge,
 }
 
+/// The largest T a schedule may have.
+pub const MAX_TIMESTEPS: usize = 1 << 24;
+
 fn default_true() -> bool {
     true
 }
@@ -113,6 +116,25 @@ impl ScheduleConfig {
     pub fn validate(&self) -> Result<(), DiffusionError> {
         if self.num_train_timesteps == 0 {
             return Err(bad("num_train_timesteps", "must be at least 1, got 0"));
+        }
+        // The noise streams count steps in 24 bits; no schedule comes near.
+        if self.num_train_timesteps > MAX_TIMESTEPS {
+            return Err(bad(
+                "num_train_timesteps",
+                format!(
+                    "must be at most {MAX_TIMESTEPS}, got {}",
+                    self.num_train_timesteps
+                ),
+            ));
+        }
+        if self.steps_offset >= self.num_train_timesteps {
+            return Err(bad(
+                "steps_offset",
+                format!(
+                    "must be below num_train_timesteps = {}, got {}",
+                    self.num_train_timesteps, self.steps_offset
+                ),
+            ));
         }
         if let Some(b) = &self.trained_betas {
             if b.len() != self.num_train_timesteps {

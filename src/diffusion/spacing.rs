@@ -10,9 +10,10 @@
 //!   so a stochastic sampler adds noise on their last step too.
 //!
 //! diffusers' DDIM instead takes t − ⌊T/N⌋ as the previous timestep of every step. For `leading`
-//! (with any `steps_offset`) and for `trailing` when N divides T that is the same timestep; for
-//! `linspace`, and `trailing` otherwise, it is not a visited timestep at all, and ddpm keeps the
-//! visited one (see README, "diffusers interoperability").
+//! that is the same timestep (but for a last step with `steps_offset` ≥ ⌊T/N⌋, where ddpm's DDIM
+//! follows diffusers, see [`super::sampler::SampleOptions::plan`]), and so it is for `trailing`
+//! when N divides T; for `linspace`, and `trailing` otherwise, it is not a visited timestep at
+//! all, and ddpm keeps the visited one (see README, "diffusers interoperability").
 //!
 //! Definitions (diffusers' `timestep_spacing`, and the DDIM reference's `ddim_discr_method`),
 //! each evaluated in f64 exactly as numpy does, so ties and truncations land where the Python
@@ -154,7 +155,7 @@ pub fn timesteps(
     let mut ts: Vec<usize> = match spacing {
         Spacing::Leading => {
             let ratio = big_t / n;
-            let last = (n - 1) * ratio + steps_offset;
+            let last = ((n - 1) * ratio).saturating_add(steps_offset);
             if last >= big_t {
                 return Err(DiffusionError::new(
                     "schedule",

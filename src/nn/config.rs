@@ -133,6 +133,9 @@ impl Default for UNetConfig {
     }
 }
 
+/// Resolution levels a UNet may have (2^15 total downsampling is far past any image).
+const MAX_LEVELS: usize = 16;
+
 /// The one mid block type there is.
 const MID_BLOCK: &str = "UNetMidBlock2D";
 
@@ -281,6 +284,12 @@ impl UNetConfig {
             if v == 0 {
                 return Err(err(field, "must be positive"));
             }
+        }
+        if levels > MAX_LEVELS {
+            return Err(err(
+                "block_out_channels",
+                format!("{levels} levels; at most {MAX_LEVELS} are supported"),
+            ));
         }
         let down_factor = 1usize << (levels - 1);
         if self.sample_size % down_factor != 0 {
