@@ -360,17 +360,13 @@ fn exported_checkpoints_run_in_diffusers_as_in_ddpm() {
     let unrelated = dir.join("notes");
     std::fs::create_dir_all(&unrelated).unwrap();
     std::fs::write(unrelated.join("todo.txt"), "keep me").unwrap();
-    let forced_ = ExportOptions {
-        overwrite: true,
-        ..o
-    };
-    let e = diffusers::export(&unrelated, &ck.model, &ck.ema, &ck.schedule, forced_).unwrap_err();
-    assert!(e.to_string().contains("not a diffusers directory"), "{e}");
-    assert!(unrelated.join("todo.txt").is_file());
     let forced = ExportOptions {
         overwrite: true,
         ..o
     };
+    let e = diffusers::export(&unrelated, &ck.model, &ck.ema, &ck.schedule, forced).unwrap_err();
+    assert!(e.to_string().contains("not a diffusers directory"), "{e}");
+    assert!(unrelated.join("todo.txt").is_file());
     diffusers::export(&unet_only, &ck.model, &ck.weights, &ck.schedule, forced).unwrap();
     assert_eq!(diffusers::load(&unet_only).unwrap().weights, ck.weights);
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
