@@ -35,3 +35,4 @@ pub mod rng;
 pub mod sample;
 pub mod shape;
 pub mod train;
+pub mod usage_error;

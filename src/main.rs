@@ -3,12 +3,21 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // A panic is a bug in ddpm, never the user's fault: one line saying so, no backtrace hint.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("error: internal error, a bug in ddpm (please report it): {info}");
+    }));
     let cli = ddpm::cli::Cli::parse();
     match ddpm::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            // 2 for a flag that cannot work, as for clap's own errors; 1 for anything else.
+            std::process::ExitCode::from(if ddpm::usage_error::is_usage(&e) {
+                2
+            } else {
+                1
+            })
         }
     }
 }

@@ -223,7 +223,7 @@ impl<T: Real> ParamArena<T> {
     pub fn load_safetensors(&mut self, path: &Path) -> Result<(), ParamError> {
         let bytes =
             std::fs::read(path).map_err(|e| ParamError::file(path, format!("cannot read: {e}")))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
+        let st = parse_safetensors(&bytes)
             .map_err(|e| ParamError::file(path, format!("not a valid safetensors file: {e}")))?;
         let mut staged = self.values.clone();
         for spec in self.layout.specs() {
@@ -268,6 +268,49 @@ impl<T: Real> ParamArena<T> {
         self.values = staged;
         Ok(())
     }
+}
+
+/// Parses the bytes of a safetensors file, after [`check_data_offsets`].
+pub fn parse_safetensors(bytes: &[u8]) -> Result<safetensors::SafeTensors<'_>, String> {
+    check_data_offsets(bytes)?;
+    safetensors::SafeTensors::deserialize(bytes).map_err(|e| e.to_string())
+}
+
+/// Refuses a safetensors header with a tensor that ends past the end of the file. The
+/// `safetensors` crate (0.8) checks the header thoroughly but then adds the tensors' total byte
+/// count to the header length unchecked, so tensors declaring 2⁶⁴ bytes between them overflow
+/// that sum: a panic where overflow checks are on (as in tests), a wrapped sum otherwise. Call
+/// it before `SafeTensors::deserialize` or `read_metadata`; a header it cannot read is left for
+/// the crate to refuse.
+pub fn check_data_offsets(bytes: &[u8]) -> Result<(), String> {
+    let Some(n) = bytes
+        .get(..8)
+        .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    else {
+        return Ok(());
+    };
+    let header = usize::try_from(n)
+        .ok()
+        .and_then(|n| bytes.get(8..n.checked_add(8)?));
+    let Some(header) = header else {
+        return Ok(());
+    };
+    let Ok(serde_json::Value::Object(entries)) = serde_json::from_slice(header) else {
+        return Ok(());
+    };
+    let data_len = (bytes.len() - 8 - header.len()) as u64;
+    for (name, info) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
+        let end = info
+            .get("data_offsets")
+            .and_then(|o| o.get(1))
+            .and_then(serde_json::Value::as_u64);
+        if let Some(end) = end.filter(|&e| e > data_len) {
+            return Err(format!(
+                "tensor `{name}` ends at byte {end} of the data, which holds {data_len} bytes"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Safetensors views of a flat array laid out as `layout` (values, EMA, Adam moments…), each

@@ -163,7 +163,7 @@ fn train_then_sample_through_the_binary() {
     }
     let csv = std::fs::read_to_string(run.join("log.csv")).unwrap();
     assert!(
-        csv.starts_with("step,loss,lr,grad_norm,images_per_s\n"),
+        csv.starts_with("step,loss,lr,grad_norm,images_per_s,skipped\n"),
         "{csv}"
     );
     // Resume to 6 steps: two more CSV rows' worth of steps, a new checkpoint.
@@ -277,12 +277,12 @@ fn bad_inputs_are_reported_by_name() {
     );
     fails_with(
         &ddpm(&["train", "--model", "huge", "--out", out_s]),
-        1,
+        2,
         "not a preset",
     );
     fails_with(
         &ddpm(&["train", "--channels", "2", "--out", out_s]),
-        1,
+        2,
         "--channels 2",
     );
     fails_with(

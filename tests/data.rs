@@ -222,9 +222,13 @@ fn bare_paths_are_recognised_by_content() {
 
 #[test]
 fn bad_geometry_is_refused_with_a_clear_message() {
-    let err = load(&DataSpec::Synthetic, 2, 3).unwrap_err().to_string();
+    let err = load(&DataSpec::Synthetic, 2, 3, false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("size") && err.contains('2'), "{err}");
-    let err = load(&DataSpec::Synthetic, 16, 2).unwrap_err().to_string();
+    let err = load(&DataSpec::Synthetic, 16, 2, false)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("channels") && err.contains('2'), "{err}");
     assert!(Dataset::new("x", 1, 4, vec![0; 15], None, vec![]).is_err());
     assert!(Dataset::new("x", 1, 4, vec![], None, vec![]).is_err());
@@ -274,12 +278,12 @@ fn classify(ds: &Dataset, i: usize) -> &'static str {
 #[test]
 fn synthetic_set_is_deterministic_balanced_and_recognisable() {
     let t = std::time::Instant::now();
-    let ds = load(&DataSpec::Synthetic, 32, 3).unwrap();
+    let ds = load(&DataSpec::Synthetic, 32, 3, false).unwrap();
     let elapsed = t.elapsed();
     assert_eq!(ds.name, "synthetic");
     assert_eq!((ds.channels, ds.size), (3, 32));
     assert!(ds.len() >= 1000, "{}", ds.len());
-    assert_eq!(ds, load(&DataSpec::Synthetic, 32, 3).unwrap());
+    assert_eq!(ds, load(&DataSpec::Synthetic, 32, 3, false).unwrap());
     // Far below this even unoptimised; the real bound (well under a second) is for release builds.
     assert!(elapsed.as_secs_f64() < 10.0, "{elapsed:?}");
 
@@ -350,7 +354,7 @@ fn synthetic_set_is_deterministic_balanced_and_recognisable() {
 
 #[test]
 fn synthetic_grey_keeps_the_classes_apart_at_small_sizes() {
-    let ds = load(&DataSpec::Synthetic, 8, 1).unwrap();
+    let ds = load(&DataSpec::Synthetic, 8, 1, false).unwrap();
     assert_eq!((ds.channels, ds.size, ds.image(0).len()), (1, 8, 64));
     let brightest: Vec<u8> = (0..4u32)
         .map(|class| {
@@ -416,7 +420,7 @@ fn folder_with_class_subfolders_loads_in_sorted_order_with_labels() {
     fs::write(dir.join("dog/notes.txt"), b"not an image").unwrap();
 
     let spec = DataSpec::Folder(dir.clone());
-    let ds = load(&spec, 10, 3).unwrap();
+    let ds = load(&spec, 10, 3, false).unwrap();
     assert_eq!(ds.name, format!("folder:{}", dir.display()));
     assert_eq!(ds.len(), 4);
     assert_eq!(ds.class_names, ["cat", "dog"]);
@@ -459,7 +463,7 @@ fn folder_with_class_subfolders_loads_in_sorted_order_with_labels() {
     }
 
     // Grey: Rec. 601 luma of (10, 20, 30) is 18.15.
-    let grey = load(&spec, 10, 1).unwrap();
+    let grey = load(&spec, 10, 1, false).unwrap();
     assert_eq!(grey.channels, 1);
     assert!(grey.image(3).iter().all(|&v| v.abs_diff(18) <= 1));
     fs::remove_dir_all(&dir).unwrap();
@@ -470,7 +474,7 @@ fn folder_without_two_class_subfolders_is_unlabeled() {
     let dir = scratch("flat");
     write_rgb(&dir.join("one.png"), 8, 8, |_, _| [1, 2, 3]);
     write_rgb(&dir.join("only/two.gif"), 8, 8, |_, _| [200, 200, 200]);
-    let ds = load(&DataSpec::Folder(dir.clone()), 8, 3).unwrap();
+    let ds = load(&DataSpec::Folder(dir.clone()), 8, 3, false).unwrap();
     assert_eq!(ds.len(), 2);
     assert_eq!(ds.labels, None);
     assert_eq!(ds.num_classes(), 0);
@@ -478,32 +482,441 @@ fn folder_without_two_class_subfolders_is_unlabeled() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-#[test]
-fn corrupt_image_empty_folder_and_missing_folder_are_named_in_the_error() {
-    let dir = scratch("bad");
-    write_rgb(&dir.join("good.png"), 8, 8, |_, _| [1, 2, 3]);
-    fs::write(dir.join("zz-broken.png"), b"this is not a png at all").unwrap();
-    let err = load(&DataSpec::Folder(dir.clone()), 8, 3).unwrap_err();
-    assert!(matches!(err, DataError::Decode { .. }), "{err:?}");
-    assert!(err.to_string().contains("zz-broken.png"), "{err}");
+/// A fresh directory holding a good 8×8 image `a-good.png` and `bytes` as `name` (sorted after
+/// it), loaded at size 8 in RGB: the error, if any, must be about `name`.
+fn load_beside_a_good_image(test: &str, name: &str, bytes: &[u8]) -> Result<Dataset, DataError> {
+    let dir = scratch(test);
+    write_rgb(&dir.join("a-good.png"), 8, 8, |_, _| [1, 2, 3]);
+    fs::write(dir.join(name), bytes).unwrap();
+    let out = load(&DataSpec::Folder(dir.clone()), 8, 3, false);
+    fs::remove_dir_all(&dir).unwrap();
+    out
+}
 
+/// The error message of [`load_beside_a_good_image`], checked to be a [`DataError::Format`]
+/// that starts with the file's path.
+fn format_error(test: &str, name: &str, bytes: &[u8]) -> String {
+    let err = load_beside_a_good_image(test, name, bytes).unwrap_err();
+    match &err {
+        DataError::Format { path, .. } => assert!(path.ends_with(name), "{err}"),
+        _ => panic!("expected a format error about {name}, got {err:?}"),
+    }
+    let msg = err.to_string();
+    assert!(!msg.contains("a-good.png"), "{msg}");
+    msg
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/images")
+        .join(name);
+    fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// `img` encoded in `format` by the `image` crate.
+fn encode(img: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, format).unwrap();
+    out.into_inner()
+}
+
+/// A 64×64 JPEG of smooth gradients, enough compressed data to cut in the middle.
+fn gradient_jpeg() -> Vec<u8> {
+    let img = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(4 * x) as u8, (4 * y) as u8, (2 * (x + y)) as u8])
+    });
+    encode(img.into(), image::ImageFormat::Jpeg)
+}
+
+/// Offset just past the first start-of-scan header of a JPEG: where its compressed data begins.
+fn scan_data_start(jpeg: &[u8]) -> usize {
+    let sos = jpeg.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
+    sos + 2 + usize::from(u16::from_be_bytes([jpeg[sos + 2], jpeg[sos + 3]]))
+}
+
+/// Corrupt, empty, mislabelled and unsupported files each end the load with an error naming the
+/// file and what was expected, never with a silently wrong or skipped image.
+#[test]
+fn unreadable_image_files_are_refused_naming_the_file_and_the_problem() {
+    let msg = format_error("zero", "empty.png", b"");
+    assert!(
+        msg.contains("empty (0 bytes)") && msg.contains("PNG, JPEG"),
+        "{msg}"
+    );
+
+    // Text with an image extension: its first bytes are shown.
+    let msg = format_error("text", "notes.png", b"this is not a png at all");
+    assert!(
+        msg.contains("not a PNG, JPEG, BMP or GIF image") && msg.contains("74 68 69 73"),
+        "{msg}"
+    );
+
+    // Random bytes (a fixed LCG stream, first byte 0x5d: no format's magic number).
+    let mut x = 12345u32;
+    let noise: Vec<u8> = (0..300)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 24) as u8
+        })
+        .collect();
+    let msg = format_error("noise", "noise.jpg", &noise);
+    assert!(msg.contains("not a PNG, JPEG, BMP or GIF image"), "{msg}");
+
+    // Real images of formats this build cannot read, named .png (made by Pillow).
+    for (file, kind) in [("webp_named.png", "WEBP"), ("tiff_named.png", "TIFF")] {
+        let msg = format_error("unsupported", file, &fixture(file));
+        assert!(
+            msg.contains(&format!("is in {kind} format")) && msg.contains("not supported"),
+            "{msg}"
+        );
+    }
+
+    // PNG, BMP and GIF files cut in half: the decoder's own error, naming the file.
+    let img =
+        image::RgbImage::from_fn(32, 32, |x, y| image::Rgb([(x * 8) as u8, (y * 8) as u8, 9]));
+    for (format, name) in [
+        (image::ImageFormat::Png, "cut.png"),
+        (image::ImageFormat::Bmp, "cut.bmp"),
+        (image::ImageFormat::Gif, "cut.gif"),
+    ] {
+        let bytes = encode(img.clone().into(), format);
+        let err = load_beside_a_good_image("cut", name, &bytes[..bytes.len() / 2]).unwrap_err();
+        assert!(matches!(err, DataError::Decode { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(name) && msg.contains("cannot decode the image"),
+            "{msg}"
+        );
+    }
+}
+
+/// The JPEG decoder fills what a truncated file lacks with grey and reports success, so a
+/// JPEG must run to its end-of-image marker: cut in its compressed data, or missing only the
+/// final marker, it is refused. Bytes after the marker (some cameras append data) are fine.
+#[test]
+fn truncated_jpegs_are_refused_but_trailing_bytes_are_not() {
+    let jpeg = gradient_jpeg();
+    let start = scan_data_start(&jpeg);
+    for cut in [start + (jpeg.len() - start) / 2, jpeg.len() - 2] {
+        let msg = format_error("jpeg-cut", "cut.jpg", &jpeg[..cut]);
+        assert!(
+            msg.contains("end-of-image marker (FF D9)")
+                && msg.contains(&format!("ends after {cut} bytes")),
+            "{msg}"
+        );
+    }
+    // A progressive file loses its last refinement scans.
+    let prog = fixture("progressive.jpg");
+    let msg = format_error("prog-cut", "prog.jpg", &prog[..prog.len() * 3 / 4]);
+    assert!(msg.contains("end-of-image marker"), "{msg}");
+
+    let grey = encode(
+        image::GrayImage::from_pixel(8, 8, image::Luma([200])).into(),
+        image::ImageFormat::Jpeg,
+    );
+    let mut trailing = grey.clone();
+    trailing.extend_from_slice(b"\0\0\xff\xd8 appended by a phone");
+    let ds = load_beside_a_good_image("jpeg-trailing", "trailing.jpg", &trailing).unwrap();
+    assert_eq!(ds.len(), 2);
+    assert!(
+        ds.image(1).iter().all(|&v| v.abs_diff(200) <= 2),
+        "{:?}",
+        ds.image(1)
+    );
+}
+
+/// Empty folders, folders with no image files, and missing folders are named.
+#[test]
+fn empty_folder_folder_without_images_and_missing_folder_are_named() {
     let empty = scratch("empty");
-    fs::write(empty.join("readme.txt"), b"no images here").unwrap();
-    let err = load(&DataSpec::Folder(empty.clone()), 8, 3)
+    let err = load(&DataSpec::Folder(empty.clone()), 8, 3, false)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains(&empty.display().to_string()) && err.contains("png"),
+        err.contains(&empty.display().to_string()) && err.contains("no images found"),
         "{err}"
     );
 
-    let missing = dir.join("nope");
-    let err = load(&DataSpec::Folder(missing.clone()), 8, 3)
+    // Only files with other extensions (and a hidden image, which is skipped).
+    fs::write(empty.join("readme.txt"), b"no images here").unwrap();
+    fs::write(empty.join("labels.csv"), b"a,b").unwrap();
+    write_rgb(&empty.join(".hidden.png"), 8, 8, |_, _| [1, 2, 3]);
+    let err = load(&DataSpec::Folder(empty.clone()), 8, 3, false).unwrap_err();
+    assert!(matches!(err, DataError::NoImages { .. }), "{err:?}");
+    let err = err.to_string();
+    assert!(
+        err.contains(&empty.display().to_string()) && err.contains("png/jpg/jpeg/bmp/gif"),
+        "{err}"
+    );
+
+    let missing = empty.join("nope");
+    let err = load(&DataSpec::Folder(missing.clone()), 8, 3, false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("nope"), "{err}");
-    fs::remove_dir_all(&dir).unwrap();
     fs::remove_dir_all(&empty).unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image formats and colour conversion. The fixtures are made by scripts/make_image_fixtures.py
+// (Pillow); the colours below are the ones it paints, so the decoded pixels are compared with
+// an independent reference, not with our own earlier output.
+
+/// Quadrant colours of the 16×16 fixtures, in the order top-left, top-right, bottom-left,
+/// bottom-right.
+const PALETTE: [[u8; 3]; 4] = [[230, 40, 20], [10, 90, 250], [0, 200, 0], [250, 240, 60]];
+const PALETTE_ALPHA: [u8; 4] = [255, 0, 128, 255];
+/// Ink amounts (C, M, Y, K), 0 = none.
+const CMYK: [[u8; 4]; 4] = [
+    [0, 0, 0, 0],
+    [255, 0, 0, 0],
+    [0, 128, 255, 0],
+    [40, 80, 160, 100],
+];
+const GREYS: [u8; 4] = [0, 60, 170, 255];
+/// Left-to-right bands of progressive.jpg.
+const BANDS: [[u8; 3]; 4] = [[200, 30, 30], [30, 180, 60], [40, 60, 220], [235, 235, 235]];
+
+/// Loads one file (bytes) as the only image of a fresh folder at its own size 16.
+fn load_single(test: &str, name: &str, bytes: &[u8], channels: usize) -> Dataset {
+    let dir = scratch(test);
+    fs::write(dir.join(name), bytes).unwrap();
+    let ds = load(&DataSpec::Folder(dir.clone()), 16, channels, false)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    fs::remove_dir_all(&dir).unwrap();
+    assert_eq!((ds.len(), ds.size, ds.channels), (1, 16, channels));
+    ds
+}
+
+/// Which quadrant of a 16×16 image (y, x) lies in.
+fn quadrant(y: usize, x: usize) -> usize {
+    (y / 8) * 2 + x / 8
+}
+
+/// Checks every pixel of image 0 against `want(y, x)` (RGB), within `tol` per channel.
+fn assert_pixels(ds: &Dataset, what: &str, tol: u8, want: impl Fn(usize, usize) -> [u8; 3]) {
+    for y in 0..ds.size {
+        for x in 0..ds.size {
+            let got = rgb(ds, 0, y, x);
+            assert!(
+                near(got, want(y, x), tol),
+                "{what} ({y},{x}): got {got:?}, want {:?}",
+                want(y, x)
+            );
+        }
+    }
+}
+
+/// Grey with Rec. 601 weights (PIL's `convert("L")`), computed here in floating point.
+fn luma_f(c: [u8; 3]) -> u8 {
+    (0.299 * f64::from(c[0]) + 0.587 * f64::from(c[1]) + 0.114 * f64::from(c[2])).round() as u8
+}
+
+/// Checks every pixel of a grey image 0 against the luma of `want(y, x)`.
+fn assert_grey(ds: &Dataset, what: &str, tol: u8, want: impl Fn(usize, usize) -> [u8; 3]) {
+    for y in 0..ds.size {
+        for x in 0..ds.size {
+            let got = pixel(ds, 0, 0, y, x);
+            let w = luma_f(want(y, x));
+            assert!(
+                got.abs_diff(w) <= tol,
+                "{what} grey ({y},{x}): got {got}, want {w}"
+            );
+        }
+    }
+}
+
+/// `v` composited over black with opacity `a`.
+fn over_black(v: u8, a: u8) -> u8 {
+    (f64::from(v) * f64::from(a) / 255.0).round() as u8
+}
+
+/// Palette PNGs (2 bits per pixel here) are expanded to their colours; tRNS transparency,
+/// per palette entry, is composited over black like any alpha.
+#[test]
+fn palette_pngs_expand_to_their_colours_with_trns_over_black() {
+    let ds = load_single("palette", "palette.png", &fixture("palette.png"), 3);
+    assert_pixels(&ds, "palette", 0, |y, x| PALETTE[quadrant(y, x)]);
+    let grey = load_single("palette-grey", "palette.png", &fixture("palette.png"), 1);
+    assert_grey(&grey, "palette", 1, |y, x| PALETTE[quadrant(y, x)]);
+
+    let ds = load_single("trns", "palette_trns.png", &fixture("palette_trns.png"), 3);
+    assert_pixels(&ds, "palette+tRNS", 1, |y, x| {
+        let q = quadrant(y, x);
+        PALETTE[q].map(|v| over_black(v, PALETTE_ALPHA[q]))
+    });
+    // The fully transparent quadrant is black, the half transparent one half as bright.
+    assert_eq!(rgb(&ds, 0, 2, 12), [0, 0, 0]);
+    assert_eq!(rgb(&ds, 0, 12, 2)[1], 100);
+}
+
+/// 16-bit PNGs (RGB and grey) are rounded to the nearest 8-bit value, v / 257; taking the low
+/// byte, or reading the samples little-endian, would give other values.
+#[test]
+fn sixteen_bit_pngs_are_rounded_to_eight_bits() {
+    // Left half, right half: 16-bit sample → nearest 8-bit value.
+    // 65535 → 255, 1000 → 3.89 → 4, 32896 → 128, 0 → 0, 40000 → 155.6 → 156, 20000 → 77.8 → 78.
+    let left16 = [65535u16, 1000, 32896];
+    let right16 = [0u16, 40000, 20000];
+    let (left8, right8) = ([255u8, 4, 128], [0u8, 156, 78]);
+    let img = image::ImageBuffer::<image::Rgb<u16>, _>::from_fn(16, 16, |x, _| {
+        image::Rgb(if x < 8 { left16 } else { right16 })
+    });
+    let png = encode(img.into(), image::ImageFormat::Png);
+    assert_eq!(
+        image::load_from_memory(&png).unwrap().color(),
+        image::ColorType::Rgb16,
+        "the test file must really be 16-bit"
+    );
+    let ds = load_single("rgb16", "rgb16.png", &png, 3);
+    assert_pixels(&ds, "rgb16", 0, |_, x| if x < 8 { left8 } else { right8 });
+
+    let img = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(16, 16, |x, _| {
+        image::Luma([if x < 8 { 1000 } else { 40000 }])
+    });
+    let png = encode(img.into(), image::ImageFormat::Png);
+    assert_eq!(
+        image::load_from_memory(&png).unwrap().color(),
+        image::ColorType::L16
+    );
+    let ds = load_single("l16", "l16.png", &png, 3);
+    assert_pixels(&ds, "l16", 0, |_, x| [if x < 8 { 4 } else { 156 }; 3]);
+    let ds = load_single("l16-grey", "l16.png", &png, 1);
+    assert_grey(&ds, "l16", 0, |_, x| [if x < 8 { 4 } else { 156 }; 3]);
+}
+
+/// Partial transparency in RGBA and grey+alpha PNGs is composited over black.
+#[test]
+fn rgba_and_grey_alpha_pngs_are_composited_over_black() {
+    let img = image::RgbaImage::from_fn(16, 16, |x, _| {
+        image::Rgba(if x < 8 {
+            [200, 100, 50, 128]
+        } else {
+            [20, 40, 250, 255]
+        })
+    });
+    let ds = load_single(
+        "rgba",
+        "rgba.png",
+        &encode(img.into(), image::ImageFormat::Png),
+        3,
+    );
+    // 200·128/255 = 100.4, 100·128/255 = 50.2, 50·128/255 = 25.1
+    assert_pixels(&ds, "rgba", 1, |_, x| {
+        if x < 8 {
+            [100, 50, 25]
+        } else {
+            [20, 40, 250]
+        }
+    });
+
+    let img = image::GrayAlphaImage::from_fn(16, 16, |x, _| {
+        image::LumaA(if x < 8 { [200, 64] } else { [90, 255] })
+    });
+    let png = encode(img.into(), image::ImageFormat::Png);
+    // 200·64/255 = 50.2
+    let ds = load_single("la", "la.png", &png, 3);
+    assert_pixels(&ds, "grey+alpha", 1, |_, x| {
+        [if x < 8 { 50 } else { 90 }; 3]
+    });
+    let ds = load_single("la-grey", "la.png", &png, 1);
+    assert_grey(&ds, "grey+alpha", 1, |_, x| {
+        [if x < 8 { 50 } else { 90 }; 3]
+    });
+}
+
+/// RGB of a CMYK ink mix: each ink and the black remove light independently (Pillow's and the
+/// browsers' conversion), computed here from the ink amounts the fixture script painted.
+fn cmyk_to_rgb([c, m, y, k]: [u8; 4]) -> [u8; 3] {
+    [c, m, y].map(|v| ((255.0 - f64::from(v)) * (255.0 - f64::from(k)) / 255.0).round() as u8)
+}
+
+/// CMYK JPEGs are converted to RGB: as Pillow writes them (Adobe APP14 marker, transform 0,
+/// inverted samples), without the marker (4 components are CMYK, read with the same Adobe
+/// polarity, as Pillow and browsers do), and as YCCK (transform 2, what Photoshop writes).
+#[test]
+fn cmyk_and_ycck_jpegs_are_converted_to_rgb() {
+    for file in ["cmyk_adobe.jpg", "cmyk_no_adobe.jpg", "ycck_adobe.jpg"] {
+        let want = |y, x| cmyk_to_rgb(CMYK[quadrant(y, x)]);
+        let ds = load_single("cmyk", file, &fixture(file), 3);
+        assert_pixels(&ds, file, 3, want);
+        // Spot values, worked by hand: cyan ink alone, and the mixed quadrant
+        // (215·155/255, 175·155/255, 95·155/255) = (130.7, 106.4, 57.7).
+        assert!(near(rgb(&ds, 0, 4, 12), [0, 255, 255], 3), "{file}");
+        assert!(near(rgb(&ds, 0, 12, 12), [131, 106, 58], 3), "{file}");
+        let grey = load_single("cmyk-grey", file, &fixture(file), 1);
+        assert_grey(&grey, file, 3, want);
+    }
+}
+
+/// One-component (grey) JPEGs load as grey, replicated into RGB.
+#[test]
+fn grey_jpeg_loads_its_grey_levels() {
+    let ds = load_single("grey-jpeg", "grey.jpg", &fixture("grey.jpg"), 3);
+    assert_pixels(&ds, "grey.jpg", 2, |y, x| [GREYS[quadrant(y, x)]; 3]);
+    let ds = load_single("grey-jpeg-1", "grey.jpg", &fixture("grey.jpg"), 1);
+    assert_grey(&ds, "grey.jpg", 2, |y, x| [GREYS[quadrant(y, x)]; 3]);
+}
+
+/// Progressive JPEGs are decoded through all their scans: the 4-pixel bands exist only in the
+/// AC refinements (each 8×8 block holds two bands), so a DC-only decode would blend them.
+#[test]
+fn progressive_jpeg_decodes_all_its_scans() {
+    let ds = load_single(
+        "progressive",
+        "progressive.jpg",
+        &fixture("progressive.jpg"),
+        3,
+    );
+    for y in 0..16 {
+        for x in (0..16).filter(|x| matches!(x % 4, 1 | 2)) {
+            let got = rgb(&ds, 0, y, x);
+            assert!(near(got, BANDS[x / 4], 12), "({y},{x}): {got:?}");
+        }
+    }
+}
+
+/// Images are never enlarged silently: with `upscale` off, an image whose shorter side is below
+/// the training size is an error naming the first one, its size, how many there are and what
+/// to do; with it on, they are enlarged as before.
+#[test]
+fn folder_images_smaller_than_the_training_size_are_refused_unless_upscale() {
+    let dir = scratch("small");
+    write_rgb(&dir.join("a.png"), 40, 16, |_, _| [10, 200, 30]); // 16 high: exactly big enough
+    write_rgb(&dir.join("b.png"), 12, 20, |_, _| [250, 20, 90]);
+    write_rgb(&dir.join("c.png"), 30, 10, |_, _| [5, 5, 250]);
+    write_rgb(&dir.join("d.png"), 64, 64, |_, _| [100, 100, 100]);
+    let spec = DataSpec::Folder(dir.clone());
+
+    let err = load(&spec, 16, 3, false).unwrap_err();
+    match &err {
+        DataError::Format { path, .. } => assert_eq!(path, &dir.join("b.png")),
+        _ => panic!("{err:?}"),
+    }
+    let msg = err.to_string();
+    for part in [
+        "b.png: the image is 12×20",
+        "training size 16×16",
+        "2 of the 4 images",
+        "--image-size 10 or smaller",
+        "--upscale",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing from: {msg}");
+    }
+    assert!(!msg.contains("c.png"), "{msg}");
+
+    // At 10 every image is big enough; upscaling is then not needed.
+    assert_eq!(load(&spec, 10, 3, false).unwrap().len(), 4);
+
+    let ds = load(&spec, 16, 3, true).unwrap();
+    assert_eq!(ds.len(), 4);
+    assert_pixels(&ds, "a.png", 1, |_, _| [10, 200, 30]);
+    for (i, colour) in [(1, [250, 20, 90]), (2, [5, 5, 250])] {
+        for (y, x) in [(0, 0), (8, 8), (15, 15)] {
+            assert!(near(rgb(&ds, i, y, x), colour, 2), "image {i} ({y},{x})");
+        }
+    }
+    fs::remove_dir_all(&dir).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -545,7 +958,7 @@ fn mnist_raw_and_gzip_load_the_same_known_pixels() {
     fs::write(gz.join("train-images-idx3-ubyte.gz"), gzip(&images)).unwrap();
     fs::write(gz.join("train-labels-idx1-ubyte.gz"), gzip(&labels)).unwrap();
 
-    let ds = load(&DataSpec::Mnist(dir.clone()), 6, 1).unwrap();
+    let ds = load(&DataSpec::Mnist(dir.clone()), 6, 1, false).unwrap();
     assert_eq!(ds.pixels, pixels);
     assert_eq!(ds.labels.as_deref(), Some(&[3, 1, 4][..]));
     assert_eq!(
@@ -556,12 +969,18 @@ fn mnist_raw_and_gzip_load_the_same_known_pixels() {
     // Found one level down, and through a bare path.
     let spec: DataSpec = dir.join("gz").to_str().unwrap().parse().unwrap();
     assert!(matches!(spec, DataSpec::Mnist(_)), "{spec:?}");
-    let from_gz = load(&spec, 6, 1).unwrap();
+    let from_gz = load(&spec, 6, 1, false).unwrap();
     assert_eq!(from_gz.pixels, ds.pixels);
     assert_eq!(from_gz.labels, ds.labels);
 
     // The images file itself, in three channels: the grey plane three times.
-    let rgb = load(&DataSpec::Mnist(dir.join("train-images-idx3-ubyte")), 6, 3).unwrap();
+    let rgb = load(
+        &DataSpec::Mnist(dir.join("train-images-idx3-ubyte")),
+        6,
+        3,
+        false,
+    )
+    .unwrap();
     for i in 0..3 {
         let want = &pixels[i * 36..(i + 1) * 36];
         assert_eq!(rgb.image(i), [want, want, want].concat());
@@ -582,7 +1001,7 @@ fn mnist_is_resized_to_the_requested_size() {
     )
     .unwrap();
     fs::write(dir.join("train-labels-idx1-ubyte"), idx(0x801, &[1], &[9])).unwrap();
-    let ds = load(&DataSpec::Mnist(dir.clone()), 14, 1).unwrap();
+    let ds = load(&DataSpec::Mnist(dir.clone()), 14, 1, false).unwrap();
     assert_eq!(ds.image(0).len(), 14 * 14);
     for y in 0..14 {
         for x in 0..5 {
@@ -607,13 +1026,13 @@ fn mnist_errors_name_the_file_and_the_problem() {
 
     // No labels file.
     fs::write(&img_path, &images).unwrap();
-    let err = load(&spec, 6, 1).unwrap_err().to_string();
+    let err = load(&spec, 6, 1, false).unwrap_err().to_string();
     assert!(err.contains("train-labels-idx1-ubyte"), "{err}");
 
     // Truncated images.
     fs::write(&lab_path, &labels).unwrap();
     fs::write(&img_path, &images[..images.len() - 5]).unwrap();
-    let err = load(&spec, 6, 1).unwrap_err().to_string();
+    let err = load(&spec, 6, 1, false).unwrap_err().to_string();
     assert!(
         err.contains("train-images-idx3-ubyte")
             && err.contains("108 bytes")
@@ -625,7 +1044,7 @@ fn mnist_errors_name_the_file_and_the_problem() {
     let mut wrong = images.clone();
     wrong[3] = 0x01;
     fs::write(&img_path, &wrong).unwrap();
-    let err = load(&spec, 6, 1).unwrap_err().to_string();
+    let err = load(&spec, 6, 1, false).unwrap_err().to_string();
     assert!(
         err.contains("train-images-idx3-ubyte") && err.contains("magic"),
         "{err}"
@@ -634,7 +1053,7 @@ fn mnist_errors_name_the_file_and_the_problem() {
     // Label count differs from the image count.
     fs::write(&img_path, &images).unwrap();
     fs::write(&lab_path, idx(0x801, &[2], &[1, 2])).unwrap();
-    let err = load(&spec, 6, 1).unwrap_err().to_string();
+    let err = load(&spec, 6, 1, false).unwrap_err().to_string();
     assert!(
         err.contains("train-labels-idx1-ubyte") && err.contains("2 labels"),
         "{err}"
@@ -647,11 +1066,125 @@ fn mnist_errors_name_the_file_and_the_problem() {
         [0x1f, 0x8b, 8, 0, 1, 2, 3],
     )
     .unwrap();
-    let err = load(&spec, 6, 1).unwrap_err().to_string();
+    let err = load(&spec, 6, 1, false).unwrap_err().to_string();
     assert!(
         err.contains("train-images-idx3-ubyte.gz") && err.contains("gzip"),
         "{err}"
     );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The IDX checks not covered above, each through `load` so the message names the file: wrong
+/// dimensions for the payload, extra bytes, a header cut short, a labels file with the images'
+/// magic number or a short payload, a label above 9, and a valid gzip stream cut in half.
+#[test]
+fn mnist_dims_extra_bytes_label_problems_and_cut_gzip_are_errors() {
+    let dir = scratch("mnist-bad2");
+    let (images, labels, pixels) = mnist_files();
+    let img_path = dir.join("train-images-idx3-ubyte");
+    let lab_path = dir.join("train-labels-idx1-ubyte");
+    let spec = DataSpec::Mnist(dir.clone());
+    let err_with = |images: &[u8], labels: &[u8]| {
+        fs::write(&img_path, images).unwrap();
+        fs::write(&lab_path, labels).unwrap();
+        load(&spec, 6, 1, false).unwrap_err().to_string()
+    };
+
+    // The header's dimensions do not match the 108 pixel bytes: 3 images of 7×6 need 126.
+    let err = err_with(&idx(0x803, &[3, 7, 6], &pixels), &labels);
+    assert!(
+        err.contains("train-images-idx3-ubyte:")
+            && err.contains("3 images of 7×6 (126 bytes)")
+            && err.contains("108 bytes"),
+        "{err}"
+    );
+    // A dimension of zero.
+    let err = err_with(&idx(0x803, &[3, 0, 6], &pixels), &labels);
+    assert!(
+        err.contains("train-images-idx3-ubyte:") && err.contains("positive"),
+        "{err}"
+    );
+    // Extra bytes after the images.
+    let mut long = images.clone();
+    long.extend_from_slice(&[0; 7]);
+    let err = err_with(&long, &labels);
+    assert!(
+        err.contains("(108 bytes)") && err.contains("holds 115 bytes"),
+        "{err}"
+    );
+    // A file shorter than its header.
+    let err = err_with(&images[..10], &labels);
+    assert!(
+        err.contains("train-images-idx3-ubyte:") && err.contains("10 bytes, too short"),
+        "{err}"
+    );
+
+    // Labels: the images' magic number, a short payload, extra bytes, a label that is no digit.
+    let err = err_with(&images, &idx(0x803, &[3], &[3, 1, 4]));
+    assert!(
+        err.contains("train-labels-idx1-ubyte:")
+            && err.contains("0x00000803")
+            && err.contains("expected 0x00000801"),
+        "{err}"
+    );
+    let err = err_with(&images, &idx(0x801, &[3], &[3, 1]));
+    assert!(
+        err.contains("train-labels-idx1-ubyte:")
+            && err.contains("header says 3 labels")
+            && err.contains("2 bytes"),
+        "{err}"
+    );
+    let err = err_with(&images, &idx(0x801, &[3], &[3, 1, 4, 1]));
+    assert!(
+        err.contains("header says 3 labels") && err.contains("4 bytes"),
+        "{err}"
+    );
+    let err = err_with(&images, &idx(0x801, &[3], &[3, 12, 4]));
+    assert!(
+        err.contains("train-labels-idx1-ubyte:") && err.contains("label 1 is 12"),
+        "{err}"
+    );
+
+    // A gzip stream cut in half (valid header and start, no end).
+    fs::remove_file(&img_path).unwrap();
+    let gz = gzip(&images);
+    let gz_path = dir.join("train-images-idx3-ubyte.gz");
+    fs::write(&gz_path, &gz[..gz.len() / 2]).unwrap();
+    fs::write(&lab_path, &labels).unwrap();
+    let err = load(&spec, 6, 1, false).unwrap_err().to_string();
+    assert!(
+        err.contains("train-images-idx3-ubyte.gz:") && err.contains("not a valid gzip file"),
+        "{err}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// MNIST digits are 6×6 here (28×28 in the real set): a larger training size is refused unless
+/// `upscale`, naming the file and the native size; with it the digits are enlarged.
+#[test]
+fn mnist_larger_than_its_native_size_needs_upscale() {
+    let dir = scratch("mnist-small");
+    let (images, labels, _) = mnist_files();
+    fs::write(dir.join("train-images-idx3-ubyte"), &images).unwrap();
+    fs::write(dir.join("train-labels-idx1-ubyte"), &labels).unwrap();
+    let spec = DataSpec::Mnist(dir.clone());
+    let err = load(&spec, 8, 1, false).unwrap_err();
+    assert!(matches!(err, DataError::Format { .. }), "{err:?}");
+    let msg = err.to_string();
+    for part in [
+        "train-images-idx3-ubyte: MNIST images are 6×6",
+        "all 3 of them",
+        "training size 8×8",
+        "--image-size 6 or smaller",
+        "--upscale",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing from: {msg}");
+    }
+    // Enlarged 6 → 8: image 0's pixel (y, x) is 6·y + x, so it still rises down and across.
+    let ds = load(&spec, 8, 1, true).unwrap();
+    assert_eq!((ds.len(), ds.size), (3, 8));
+    assert!(pixel(&ds, 0, 0, 0, 0) + 20 < pixel(&ds, 0, 0, 7, 0));
+    assert!(pixel(&ds, 0, 0, 0, 0) + 3 < pixel(&ds, 0, 0, 0, 7));
     fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -678,7 +1211,7 @@ fn cifar_planes_labels_and_file_order_are_kept() {
     fs::write(dir.join("data_batch_2.bin"), cifar_record(9, 50)).unwrap();
     fs::write(dir.join("test_batch.bin"), cifar_record(1, 1)).unwrap(); // not training data
 
-    let ds = load(&DataSpec::Cifar10(dir.clone()), 32, 3).unwrap();
+    let ds = load(&DataSpec::Cifar10(dir.clone()), 32, 3, false).unwrap();
     assert_eq!(ds.len(), 4);
     assert_eq!(ds.labels.as_deref(), Some(&[0, 3, 6, 9][..]));
     assert_eq!(ds.class_names[3], "cat");
@@ -694,11 +1227,11 @@ fn cifar_planes_labels_and_file_order_are_kept() {
     }
 
     // Luma at (5, 10): 0.299·40 + 0.587·20 + 0.114·200 = 46.5.
-    let grey = load(&DataSpec::Cifar10(dir.clone()), 32, 1).unwrap();
+    let grey = load(&DataSpec::Cifar10(dir.clone()), 32, 1, false).unwrap();
     assert!(pixel(&grey, 0, 0, 5, 10).abs_diff(46) <= 1);
 
     // Resized: the constant blue plane stays constant, the red ramp still rises left to right.
-    let small = load(&DataSpec::Cifar10(dir.clone()), 16, 3).unwrap();
+    let small = load(&DataSpec::Cifar10(dir.clone()), 16, 3, false).unwrap();
     assert!(small.image(3)[2 * 256..]
         .iter()
         .all(|&v| v.abs_diff(50) <= 1));
@@ -710,13 +1243,13 @@ fn cifar_planes_labels_and_file_order_are_kept() {
 fn cifar_bad_length_bad_label_and_no_batches_are_errors() {
     let dir = scratch("cifar-bad");
     let spec = DataSpec::Cifar10(dir.clone());
-    let err = load(&spec, 32, 3).unwrap_err().to_string();
+    let err = load(&spec, 32, 3, false).unwrap_err().to_string();
     assert!(err.contains("data_batch_1.bin"), "{err}");
 
     let mut rec = cifar_record(2, 0);
     rec.push(0);
     fs::write(dir.join("data_batch_1.bin"), &rec).unwrap();
-    let err = load(&spec, 32, 3).unwrap_err().to_string();
+    let err = load(&spec, 32, 3, false).unwrap_err().to_string();
     assert!(
         err.contains("data_batch_1.bin") && err.contains("3074") && err.contains("3073"),
         "{err}"
@@ -725,10 +1258,61 @@ fn cifar_bad_length_bad_label_and_no_batches_are_errors() {
     let mut two = cifar_record(2, 0);
     two.extend(cifar_record(11, 0));
     fs::write(dir.join("data_batch_1.bin"), &two).unwrap();
-    let err = load(&spec, 32, 3).unwrap_err().to_string();
+    let err = load(&spec, 32, 3, false).unwrap_err().to_string();
     assert!(
         err.contains("data_batch_1.bin") && err.contains("record 1") && err.contains("11"),
         "{err}"
     );
+
+    // A record cut short, an empty batch, and a bad second batch after a good first one.
+    let rec = cifar_record(2, 0);
+    fs::write(dir.join("data_batch_1.bin"), &rec[..3000]).unwrap();
+    let err = load(&spec, 32, 3, false).unwrap_err().to_string();
+    assert!(
+        err.contains("data_batch_1.bin:") && err.contains("3000 bytes") && err.contains("3073"),
+        "{err}"
+    );
+    fs::write(dir.join("data_batch_1.bin"), b"").unwrap();
+    let err = load(&spec, 32, 3, false).unwrap_err().to_string();
+    assert!(
+        err.contains("data_batch_1.bin:") && err.contains("holds 0 bytes"),
+        "{err}"
+    );
+    fs::write(dir.join("data_batch_1.bin"), &rec).unwrap();
+    fs::write(dir.join("data_batch_2.bin"), &rec[..RECORD_CUT]).unwrap();
+    let err = load(&spec, 32, 3, false).unwrap_err().to_string();
+    assert!(
+        err.contains("data_batch_2.bin:") && err.contains(&format!("{RECORD_CUT} bytes")),
+        "{err}"
+    );
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Where the bad second CIFAR batch above is cut.
+const RECORD_CUT: usize = 1537;
+
+/// CIFAR-10 images are 32×32: a larger training size is refused unless `upscale`, naming the
+/// first batch file and the native size; with it the pictures are enlarged.
+#[test]
+fn cifar_larger_than_32_needs_upscale() {
+    let dir = scratch("cifar-small");
+    fs::write(dir.join("data_batch_1.bin"), cifar_record(4, 77)).unwrap();
+    fs::write(dir.join("data_batch_2.bin"), cifar_record(5, 78)).unwrap();
+    let spec = DataSpec::Cifar10(dir.clone());
+    let msg = load(&spec, 40, 3, false).unwrap_err().to_string();
+    for part in [
+        "data_batch_1.bin: CIFAR-10 images are 32×32",
+        "all 2 of them",
+        "training size 40×40",
+        "--image-size 32 or smaller",
+        "--upscale",
+    ] {
+        assert!(msg.contains(part), "{part:?} missing from: {msg}");
+    }
+    let ds = load(&spec, 40, 3, true).unwrap();
+    assert_eq!((ds.len(), ds.size), (2, 40));
+    // The constant blue plane stays 77 / 78 when enlarged.
+    assert!(ds.image(0)[2 * 1600..].iter().all(|&v| v.abs_diff(77) <= 1));
+    assert!(ds.image(1)[2 * 1600..].iter().all(|&v| v.abs_diff(78) <= 1));
     fs::remove_dir_all(&dir).unwrap();
 }

@@ -222,6 +222,8 @@ fn resumed_run_repeats_the_straight_run_bit_for_bit() {
         start: Start::Resume {
             checkpoint: split_dir.join("checkpoints/latest.safetensors"),
             steps: Some(6),
+            keep_checkpoints: None,
+            max_nonfinite_steps: None,
         },
         out: split_dir.clone(),
         verbose: false,
@@ -293,4 +295,82 @@ fn class_conditional_training_takes_its_classes_from_the_data() {
     );
     assert!(summary.losses.iter().all(|(_, l)| l.is_finite()));
     let _ = std::fs::remove_dir_all(out);
+}
+
+/// A step whose loss is not finite changes nothing but the step count, and AdamW's update
+/// number t (bias corrections, warmup) counts only the steps that updated; a run checkpointed
+/// right after a skipped step and resumed ends exactly where the straight run does.
+#[test]
+fn a_non_finite_step_is_skipped_counted_and_survives_a_resume() {
+    let mut train_cfg = TrainConfig {
+        image_size: SIZE,
+        channels: 1,
+        batch_size: 4,
+        steps: 6,
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    train_cfg.optimizer.warmup_steps = 10; // lr = lr_max · t / 10 shows which t an update used
+    let lr_max = train_cfg.optimizer.lr;
+    let ds = two_mode_dataset();
+    let batch = |step: u64| make_batch(&ds, 5, step, 4, false);
+    let run = |t: &mut Trainer, from: u64, to: u64| -> Vec<ddpm::train::StepStats> {
+        (from..to)
+            .map(|s| {
+                let mut b = batch(s);
+                if s == 2 {
+                    b.x[3] = f32::NAN; // step 3 is poisoned
+                }
+                let stats = t.train_step(&b).unwrap();
+                assert_eq!(stats.skipped, s == 2, "step {}", s + 1);
+                assert_eq!(stats.loss.is_finite(), s != 2, "step {}", s + 1);
+                stats
+            })
+            .collect()
+    };
+    let fresh =
+        || Trainer::new(small_model(), ScheduleConfig::default(), train_cfg.clone()).unwrap();
+
+    let mut straight = fresh();
+    run(&mut straight, 0, 2);
+    let before = straight.checkpoint();
+    run(&mut straight, 2, 3);
+    let after = straight.checkpoint();
+    assert_eq!((after.step, after.skipped_steps), (3, 1));
+    assert_eq!(
+        straight.optimizer.step(),
+        2,
+        "AdamW made two updates in three steps"
+    );
+    for (what, a, b) in [
+        ("weights", &before.weights, &after.weights),
+        ("ema", &before.ema, &after.ema),
+        ("adam.m", &before.adam_m, &after.adam_m),
+        ("adam.v", &before.adam_v, &after.adam_v),
+    ] {
+        assert!(a == b, "a skipped step changed the {what}");
+    }
+    let rest = run(&mut straight, 3, 6);
+    // Steps 4, 5, 6 are updates 3, 4, 5.
+    for (k, stats) in rest.iter().enumerate() {
+        let t = 3.0 + k as f64;
+        assert!((stats.lr - lr_max * t / 10.0).abs() < 1e-12, "{stats:?}");
+    }
+
+    // Checkpointed right after the skipped step, saved and loaded, then resumed.
+    let dir = temp_dir("skip-resume");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ck.safetensors");
+    after.save(&path).unwrap();
+    let loaded = ddpm::train::Checkpoint::load(&path).unwrap();
+    assert_eq!(loaded.skipped_steps, 1);
+    let mut resumed = Trainer::from_checkpoint(loaded).unwrap();
+    run(&mut resumed, 3, 6);
+    assert_eq!(resumed.skipped, 1);
+    assert!(
+        resumed.params.values() == straight.params.values()
+            && resumed.ema.weights() == straight.ema.weights(),
+        "resuming after a skipped step must continue bit for bit"
+    );
+    let _ = std::fs::remove_dir_all(dir);
 }

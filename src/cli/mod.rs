@@ -3,6 +3,7 @@
 mod bench;
 mod export;
 mod model_source;
+mod output;
 mod sample;
 mod train;
 

@@ -8,7 +8,7 @@ use anyhow::{bail, Result};
 use crate::diffusers::{self, DirKind};
 use crate::diffusion::ScheduleConfig;
 use crate::nn::UNetConfig;
-use crate::train::Checkpoint;
+use crate::train::{checkpoint_dir, Checkpoint};
 
 /// A model to sample from or export, whatever format it came in.
 pub struct ModelSource {
@@ -41,9 +41,22 @@ impl ModelSource {
         if path.is_dir() {
             // A run directory also holds a config.json (the run's settings): look for its
             // checkpoint first.
-            let latest = path.join("checkpoints").join("latest.safetensors");
-            if latest.is_file() {
-                return Self::checkpoint(&latest, ema);
+            let ck_dir = path.join("checkpoints");
+            let has_checkpoints = checkpoint_dir::step_files(&ck_dir).is_ok_and(|f| !f.is_empty())
+                || ck_dir.join(checkpoint_dir::LATEST).is_file();
+            if has_checkpoints {
+                // The newest checkpoint that verifies, saying which newer ones were passed over.
+                let found = checkpoint_dir::newest_valid(&ck_dir)?;
+                let mut source = Self::from_checkpoint(&found.path, found.checkpoint, ema);
+                for e in &found.rejected {
+                    source
+                        .notes
+                        .push(format!("skipping a checkpoint that does not verify: {e}"));
+                }
+                if !found.rejected.is_empty() {
+                    source.notes.push(format!("using {}", found.path.display()));
+                }
+                return Ok(source);
             }
             if is_run_dir(path) {
                 bail!(
@@ -75,8 +88,11 @@ impl ModelSource {
     }
 
     fn checkpoint(path: &Path, ema: bool) -> Result<Self> {
-        let ck = Checkpoint::load(path)?;
-        Ok(Self {
+        Ok(Self::from_checkpoint(path, Checkpoint::load(path)?, ema))
+    }
+
+    fn from_checkpoint(path: &Path, ck: Checkpoint, ema: bool) -> Self {
+        Self {
             weights: if ema { ck.ema } else { ck.weights },
             model: ck.model,
             schedule: ck.schedule,
@@ -84,7 +100,7 @@ impl ModelSource {
             from_diffusers: false,
             ddim_scheduler: false,
             notes: Vec::new(),
-        })
+        }
     }
 
     fn diffusers(dir: &Path, kind: DirKind, ema: bool) -> Result<Self> {

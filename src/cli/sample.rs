@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::model_source::ModelSource;
+use super::output::{check_writable_file, OutputDir};
 use crate::atomic_file::write_atomic;
 use crate::cuda::sample::GpuSampler;
 use crate::device::{Device, DeviceArg};
@@ -17,7 +18,8 @@ use crate::diffusion::{Schedule, Spacing, VarianceType};
 use crate::imaging::{save_grid_upscaled, save_png};
 use crate::nn::UNet;
 use crate::params::{decode_into, ParamArena};
-use crate::sample::{generate, GenerateOptions};
+use crate::sample::{check_request, generate, GenerateOptions};
+use crate::usage_error::usage;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SamplerArg {
@@ -49,7 +51,7 @@ pub struct SampleArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
     /// DDIM η: 0 is deterministic, 1 has DDPM's posterior variance.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f64,
     /// Timesteps visited: leading, trailing, linspace (diffusers), uniform, quad (DDIM paper
     /// code) [default: the schedule's timestep_spacing, leading unless set].
@@ -138,7 +140,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if let Some(v) = &a.variance {
         schedule_cfg.variance_type = v
             .parse::<VarianceType>()
-            .map_err(|e| anyhow::anyhow!("--variance {v}: {e}"))?;
+            .map_err(|e| usage(format!("--variance {v}: {e}")))?;
     }
     let schedule = Schedule::new(schedule_cfg)?;
     let mut params = ParamArena::<f32>::zeros(net.layout.clone());
@@ -169,10 +171,10 @@ pub fn run(a: SampleArgs) -> Result<()> {
         SamplerArg::Ddim => SamplerKind::Ddim { eta: a.eta },
     };
     if sampler_arg == SamplerArg::Ddpm && a.eta != 0.0 {
-        bail!("--eta applies to --sampler ddim only");
+        return Err(usage("--eta applies to --sampler ddim only"));
     }
     if sampler_arg == SamplerArg::Ddpm && a.ddim_eps.is_some() {
-        bail!("--ddim-eps applies to --sampler ddim only");
+        return Err(usage("--ddim-eps applies to --sampler ddim only"));
     }
     let steps = a.steps.map_or_else(
         || match sampler_arg {
@@ -185,12 +187,33 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if let Some(sp) = &a.spacing {
         sampler.spacing = sp
             .parse::<Spacing>()
-            .map_err(|e| anyhow::anyhow!("--spacing: {e}"))?;
+            .map_err(|e| usage(format!("--spacing: {e}")))?;
     }
+    // Every setting is checked before anything is written or a step is run.
+    sampler.plan(&schedule).map_err(|e| {
+        usage(format!(
+            "--{}: {} (the schedule has T = {} timesteps)",
+            e.field.replace('_', "-"),
+            e.msg,
+            schedule.num_timesteps()
+        ))
+    })?;
     sampler.eps_from_clipped_x0 = match a.ddim_eps {
         Some(e) => e == DdimEpsArg::Clipped,
         None => !src.from_diffusers,
     };
+    if let Some(k) = a.class {
+        match net.config.num_class_embeds {
+            None => return Err(usage(format!("--class {k}: the model is unconditional"))),
+            Some(n) if k as usize >= n => {
+                return Err(usage(format!(
+                    "--class {k}: the model has {n} classes, 0 to {}",
+                    n - 1
+                )))
+            }
+            Some(_) => {}
+        }
+    }
     let labels = a.class.map(|k| vec![k; num]);
     let opts = GenerateOptions {
         sampler,
@@ -199,9 +222,11 @@ pub fn run(a: SampleArgs) -> Result<()> {
         seed: a.seed,
         labels,
     };
-
-    std::fs::create_dir_all(&a.out)
-        .with_context(|| format!("cannot create the output directory {}", a.out.display()))?;
+    check_request(&net, &opts, noise.as_ref().map(|(v, _)| v.as_slice()))?;
+    let out_dir = OutputDir::prepare(&a.out, "--out")?;
+    if let Some(raw) = &a.save_raw {
+        check_writable_file(raw, "--save-raw")?;
+    }
     let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(0);
         bar.set_style(
@@ -239,6 +264,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
     for (i, img) in images.chunks_exact(item).enumerate() {
         save_png(&a.out.join(format!("sample_{i:05}.png")), img, c, s, s)?;
     }
+    drop(out_dir); // it holds output now, and stays
     let nrow = (num as f64).sqrt().ceil() as usize;
     save_grid_upscaled(&a.out.join("grid.png"), &images, num, c, s, s, nrow)?;
     if let Some(raw) = &a.save_raw {

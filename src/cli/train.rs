@@ -5,16 +5,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
+use super::output::OutputDir;
 use crate::device::{Device, DeviceArg};
 use crate::diffusion::{BetaSchedule, PredictionType, ScheduleConfig};
 use crate::nn::{UNetConfig, PRESETS};
 use crate::train::{self, LossKind, RunOptions, Start, TrainConfig};
+use crate::usage_error::usage;
 
 /// Flags that describe a new run; they cannot be combined with `--resume`, which continues
 /// with the settings stored in the checkpoint.
-const NEW_RUN_FLAGS: [&str; 22] = [
+const NEW_RUN_FLAGS: [&str; 23] = [
     "data",
     "image_size",
+    "upscale",
     "channels",
     "model",
     "batch_size",
@@ -49,6 +52,9 @@ pub struct TrainArgs {
     /// Image channels, 1 (grey) or 3 (RGB) (default: the model's `in_channels`).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3))]
     pub channels: Option<u64>,
+    /// Enlarge images smaller than `--image-size` (by default they are refused, naming the file).
+    #[arg(long)]
+    pub upscale: bool,
     /// A preset (tiny, ddpm-cifar10, ref-32x32) or a JSON file with diffusers `UNet2DModel` fields.
     #[arg(long, default_value = "tiny", value_name = "PRESET|FILE")]
     pub model: String,
@@ -58,19 +64,19 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_size: u64,
     /// AdamW learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, allow_negative_numbers = true)]
     pub lr: f64,
     /// Steps of linear learning-rate warmup.
     #[arg(long, default_value_t = 100)]
     pub warmup: u64,
     /// AdamW decoupled weight decay.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub weight_decay: f64,
     /// Clip the global gradient norm to this value (0 disables clipping).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub grad_clip: f64,
     /// EMA decay of the weights used for sampling.
-    #[arg(long, default_value_t = 0.9999)]
+    #[arg(long, default_value_t = 0.9999, allow_negative_numbers = true)]
     pub ema_decay: f64,
     /// Step before which the EMA simply copies the weights.
     #[arg(long, default_value_t = 0)]
@@ -101,7 +107,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub class_cond: bool,
     /// Override the model's dropout probability.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub dropout: Option<f64>,
     /// Steps between sample grids (and loss-curve updates).
     #[arg(long, default_value_t = 500)]
@@ -109,11 +115,19 @@ pub struct TrainArgs {
     /// Steps between checkpoints.
     #[arg(long, default_value_t = 1000)]
     pub checkpoint_every: u64,
+    /// Checkpoints to keep, newest first (0 keeps all) [default: 3; with --resume: the run's].
+    #[arg(long, value_name = "K")]
+    pub keep_checkpoints: Option<usize>,
+    /// Stop after this many steps in a row whose loss or gradient is NaN or infinite (each such
+    /// step is skipped and counted in the log) [default: 10; with --resume: the run's].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_nonfinite_steps: Option<u64>,
     /// Output directory [default: runs/ddpm; with --resume: the resumed run's directory].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue from a checkpoint (a file, or a run directory's `checkpoints/latest`) with its
-    /// stored settings; `--steps` sets the new total.
+    /// Continue from a checkpoint with its stored settings: a file, or a run directory (its
+    /// newest checkpoint that verifies). `--steps` sets the new total; `--keep-checkpoints` and
+    /// `--max-nonfinite-steps` may be changed too.
     #[arg(long, value_name = "CHECKPOINT", conflicts_with_all = NEW_RUN_FLAGS)]
     pub resume: Option<PathBuf>,
     /// Where to train: auto (CUDA when a GPU and the kernels are present, else the CPU), cpu,
@@ -132,10 +146,10 @@ fn model_config(arg: &str) -> Result<UNetConfig> {
     }
     let path = PathBuf::from(arg);
     if !path.exists() {
-        anyhow::bail!(
+        return Err(usage(format!(
             "--model {arg}: not a preset ({}) and no such file",
             PRESETS.join(", ")
-        );
+        )));
     }
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("--model: cannot read {}", path.display()))?;
@@ -147,23 +161,29 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let mut out = a.out.unwrap_or_else(|| PathBuf::from("runs/ddpm"));
     let start = match a.resume {
         Some(path) => {
-            let checkpoint = if path.is_dir() {
-                path.join("checkpoints").join("latest.safetensors")
+            if !path.exists() {
+                return Err(usage(format!(
+                    "--resume {}: no such checkpoint file or run directory",
+                    path.display()
+                )));
+            }
+            // Keep writing into the resumed run: <run> or <run>/checkpoints/<file> → <run>.
+            let run_dir = if path.is_dir() {
+                Some(path.clone())
             } else {
-                path
+                path.parent()
+                    .filter(|d| d.ends_with("checkpoints"))
+                    .and_then(Path::parent)
+                    .map(Path::to_path_buf)
             };
-            // Keep writing into the resumed run: <run>/checkpoints/<file> → <run>.
-            if let Some(run_dir) = checkpoint
-                .parent()
-                .filter(|d| d.ends_with("checkpoints"))
-                .and_then(Path::parent)
-                .filter(|_| !out_given)
-            {
-                out = run_dir.to_path_buf();
+            if let Some(run_dir) = run_dir.filter(|_| !out_given) {
+                out = run_dir;
             }
             Start::Resume {
-                checkpoint,
+                checkpoint: path,
                 steps: a.steps,
+                keep_checkpoints: a.keep_checkpoints,
+                max_nonfinite_steps: a.max_nonfinite_steps,
             }
         }
         None => {
@@ -172,37 +192,43 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 model.sample_size = s;
             }
             if let Some(c) = a.channels {
-                anyhow::ensure!(c != 2, "--channels 2: expected 1 (grey) or 3 (RGB)");
+                crate::ensure_usage!(c != 2, "--channels 2: expected 1 (grey) or 3 (RGB)");
                 model.in_channels = c as usize;
                 model.out_channels = c as usize;
             }
             if let Some(p) = a.dropout {
                 model.dropout = p;
             }
-            model
-                .validate()
-                .context("--model with --image-size/--channels/--dropout")?;
+            model.validate().map_err(|e| {
+                usage(format!(
+                    "--model {} with --image-size/--channels/--dropout: {e}",
+                    a.model
+                ))
+            })?;
             let schedule = ScheduleConfig {
                 num_train_timesteps: a.timesteps as usize,
                 beta_schedule: a.beta_schedule.parse::<BetaSchedule>().map_err(|_| {
-                    anyhow::anyhow!(
+                    usage(format!(
                         "--beta-schedule {}: expected linear, scaled_linear, squaredcos_cap_v2 (cosine), sigmoid or laplace",
                         a.beta_schedule
-                    )
+                    ))
                 })?,
                 prediction_type: a.prediction.parse::<PredictionType>().map_err(|_| {
-                    anyhow::anyhow!(
+                    usage(format!(
                         "--prediction {}: expected epsilon, sample or v_prediction",
                         a.prediction
-                    )
+                    ))
                 })?,
                 ..ScheduleConfig::default()
             };
-            schedule.validate()?;
+            schedule
+                .validate()
+                .map_err(|e| usage(format!("--timesteps/--beta-schedule: {e}")))?;
             let mut train = TrainConfig {
                 data: a.data,
                 image_size: model.sample_size,
                 channels: model.in_channels,
+                upscale: a.upscale,
                 class_conditional: a.class_cond,
                 batch_size: a.batch_size as usize,
                 steps: a.steps.unwrap_or(3000),
@@ -214,13 +240,24 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 checkpoint_every: a.checkpoint_every,
                 ..TrainConfig::default()
             };
+            if let Some(k) = a.keep_checkpoints {
+                train.keep_checkpoints = k;
+            }
+            if let Some(m) = a.max_nonfinite_steps {
+                train.max_nonfinite_steps = m;
+            }
             train.optimizer.lr = a.lr;
             train.optimizer.warmup_steps = a.warmup;
             train.optimizer.weight_decay = a.weight_decay;
             train.ema.decay = a.ema_decay;
             train.ema.start_step = a.ema_start;
             train.ema.update_every = a.ema_every;
-            train.validate()?;
+            train
+                .optimizer
+                .validate()
+                .map_err(|e| usage(e.to_string()))?;
+            train.ema.validate().map_err(|e| usage(e.to_string()))?;
+            train.validate().map_err(|e| usage(e.to_string()))?;
             Start::Fresh {
                 model,
                 schedule,
@@ -228,6 +265,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
             }
         }
     };
+    // Checked before the data is read or a step is run; removed again if the run cannot start.
+    let _out_dir = OutputDir::prepare(&out, "--out")?;
     let quiet = a.quiet;
     let device = Device::select(a.device, &mut |line| {
         if !quiet {

@@ -7,6 +7,7 @@ pub mod device;
 #[cfg(feature = "cuda-emulator")]
 mod emulator;
 pub mod kernels;
+pub mod memory;
 pub mod ops;
 pub mod probe;
 pub mod sample;

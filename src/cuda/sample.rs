@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 
 use super::backend::{DevBuf, DeviceParams, GpuBackend, Sizing};
 use super::device::{DevPtr, DeviceMemory, Gpu};
+use super::memory::{check_fits, oom_hint, Job};
 use super::ops;
 use super::ops::diffusion::StepNoise;
 use crate::diffusion::sampler::{SampleOptions, StepCoeffs};
@@ -35,6 +36,7 @@ impl GpuSampler {
     /// Plans and allocates everything for batches of up to `batch` images.
     pub fn new(gpu: Rc<Gpu>, net: &UNet, batch: usize) -> Result<Self> {
         anyhow::ensure!(batch > 0, "--batch-size must be at least 1");
+        check_fits(&gpu, net, Job::Sample, batch)?;
         let sizing = Sizing::from_plan(&net.plan_step::<f32>(batch, false)?);
         let g = &*gpu;
         let item = net.input_shape(1).len();
@@ -45,12 +47,8 @@ impl GpuSampler {
         let x0 = f32s(batch * item, "x̂₀")?;
         let t = f32s(batch, "timesteps")?;
         let ids = g.alloc(8 * batch, "image ids")?;
-        let backend = GpuBackend::new(gpu.clone(), sizing).map_err(|e| {
-            anyhow::anyhow!(
-                "{e}; sampling batches of {batch} needs about {:.1} GiB: try a smaller --batch-size",
-                sizing.total_bytes() as f64 / (1u64 << 30) as f64
-            )
-        })?;
+        let backend = GpuBackend::new(gpu.clone(), sizing)
+            .map_err(|e| oom_hint(e, &gpu, net, Job::Sample, batch))?;
         Ok(Self {
             gpu,
             params,

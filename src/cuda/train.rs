@@ -16,6 +16,7 @@ use anyhow::{ensure, Context, Result};
 
 use super::backend::{DevBuf, DeviceParams, GpuBackend, Sizing};
 use super::device::{DeviceMemory, Gpu};
+use super::memory::{check_fits, oom_hint, Job};
 use super::ops;
 use super::ops::diffusion::NoiseAddArgs;
 use super::sample::GpuSampler;
@@ -33,7 +34,11 @@ pub struct GpuTrainer {
     pub net: UNet,
     pub schedule: Schedule,
     pub config: TrainConfig,
+    /// Training steps completed (batches consumed).
     pub step: u64,
+    /// Of those, steps skipped for a non-finite loss or gradient (AdamW has made
+    /// `step - skipped` updates).
+    pub skipped: u64,
     params: DeviceParams,
     /// Adam moments and the EMA weights, (P) f32 each.
     adam_m: DeviceMemory,
@@ -103,6 +108,7 @@ impl GpuTrainer {
         g.upload(t.adam_v.ptr(), &ck.adam_v, "Adam second moments")?;
         g.upload(t.ema.ptr(), &ck.ema, "EMA weights")?;
         t.step = ck.step;
+        t.skipped = ck.skipped_steps;
         Ok(t)
     }
 
@@ -115,6 +121,10 @@ impl GpuTrainer {
     ) -> Result<Self> {
         let b = config.batch_size;
         let item = net.input_shape(1).len();
+        let job = Job::Train {
+            grid: config.sample_count,
+        };
+        check_fits(&gpu, &net, job, b)?;
         let sizing = Sizing::from_plan(&net.plan_step::<f32>(b, true)?);
         let g = &*gpu;
         let n = host.values().len();
@@ -145,18 +155,8 @@ impl GpuTrainer {
             ops::loss::REDUCE_SCRATCH.max(ops::optim::REDUCE_SCRATCH),
             "reduction partials",
         )?;
-        let backend = GpuBackend::new(gpu.clone(), sizing).map_err(|e| {
-            let hint = if e.kind == super::CudaErrorKind::OutOfMemory {
-                format!(
-                    "; a training step at batch {b} needs about {:.1} GiB of activations: try --batch-size {}",
-                    sizing.total_bytes() as f64 / (1u64 << 30) as f64,
-                    (b / 2).max(1)
-                )
-            } else {
-                String::new()
-            };
-            anyhow::anyhow!("{e}{hint}")
-        })?;
+        let backend =
+            GpuBackend::new(gpu.clone(), sizing).map_err(|e| oom_hint(e, &gpu, &net, job, b))?;
         gpu.synchronize("setting up training")?;
         Ok(Self {
             gpu,
@@ -164,6 +164,7 @@ impl GpuTrainer {
             schedule,
             config,
             step: 0,
+            skipped: 0,
             params,
             adam_m,
             adam_v,
@@ -290,16 +291,19 @@ impl GpuTrainer {
         let mut scalars = [0.0f32; 2];
         g.download(&mut scalars, self.scalars.ptr(), "training step")?;
         let [loss, grad_norm] = scalars;
-        ensure!(
-            loss.is_finite(),
-            "the loss is {loss} at step {}: training diverged (try a lower --lr)",
-            step + 1
-        );
-        ensure!(
-            grad_norm.is_finite(),
-            "the gradient norm is {grad_norm} at step {}: training diverged (try a lower --lr)",
-            step + 1
-        );
+        // As on the CPU: a non-finite loss or norm consumes the batch and changes nothing.
+        let t = self.step - self.skipped + 1; // AdamW update number
+        if !(loss.is_finite() && grad_norm.is_finite()) {
+            self.step += 1;
+            self.skipped += 1;
+            return Ok(StepStats {
+                step: self.step,
+                loss,
+                grad_norm: f64::from(grad_norm),
+                lr: self.config.optimizer.lr_at(t),
+                skipped: true,
+            });
+        }
         ops::optim::clip_grads(
             g,
             p,
@@ -307,7 +311,7 @@ impl GpuTrainer {
             norm_ptr,
             self.config.grad_clip,
         )?;
-        let h = self.config.optimizer.coeffs(step + 1);
+        let h = self.config.optimizer.coeffs(t);
         ops::optim::adamw_step(
             g,
             p,
@@ -318,7 +322,7 @@ impl GpuTrainer {
             &h,
         )?;
         self.step += 1;
-        match self.config.ema.action(self.step) {
+        match self.config.ema.action(t) {
             EmaAction::Copy => g.copy(
                 self.ema.ptr(),
                 self.params.values.ptr(),
@@ -334,7 +338,8 @@ impl GpuTrainer {
             step: self.step,
             loss,
             grad_norm: f64::from(grad_norm),
-            lr: self.config.optimizer.lr_at(step + 1),
+            lr: self.config.optimizer.lr_at(t),
+            skipped: false,
         })
     }
 
@@ -352,6 +357,7 @@ impl GpuTrainer {
             schedule: self.schedule.config().clone(),
             train: self.config.clone(),
             step: self.step,
+            skipped_steps: self.skipped,
             rng: RngState {
                 seed: self.config.seed,
                 next_step: self.step,
@@ -379,6 +385,9 @@ impl TrainEngine for GpuTrainer {
     }
     fn step(&self) -> u64 {
         self.step
+    }
+    fn skipped_steps(&self) -> u64 {
+        self.skipped
     }
     fn train_step(&mut self, batch: &Batch) -> Result<StepStats> {
         GpuTrainer::train_step(self, batch)

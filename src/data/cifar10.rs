@@ -10,7 +10,7 @@ use image::RgbImage;
 use rayon::prelude::*;
 
 use super::resize::{fit_square, push_rgb};
-use super::{DataError, Dataset};
+use super::{enlarge_advice, DataError, Dataset};
 
 pub const SIDE: usize = 32;
 pub const RECORD_LEN: usize = 1 + 3 * SIDE * SIDE;
@@ -77,8 +77,15 @@ pub fn check_batch(path: &Path, bytes: &[u8]) -> Result<usize, DataError> {
 }
 
 /// Loads the training batches of a directory (or one batch file) as (N, C, S, S); colour is
-/// reduced to luma when `channels` is 1.
-pub fn load(name: &str, path: &Path, size: usize, channels: usize) -> Result<Dataset, DataError> {
+/// reduced to luma when `channels` is 1. Unless `upscale`, a `size` above 32 is an error naming
+/// the first batch file.
+pub fn load(
+    name: &str,
+    path: &Path,
+    size: usize,
+    channels: usize,
+    upscale: bool,
+) -> Result<Dataset, DataError> {
     let meta = fs::metadata(path).map_err(|e| DataError::io(path, e))?;
     let files = if meta.is_dir() {
         let files = batch_files(path);
@@ -100,6 +107,15 @@ pub fn load(name: &str, path: &Path, size: usize, channels: usize) -> Result<Dat
     }
 
     let n = records.len() / RECORD_LEN;
+    if !upscale && SIDE < size {
+        return Err(DataError::format(
+            &files[0],
+            format!(
+                "CIFAR-10 images are {SIDE}×{SIDE} (all {n} of them), smaller than the training size {size}×{size}; {}",
+                enlarge_advice(SIDE)
+            ),
+        ));
+    }
     let per_image = channels * size * size;
     let mut pixels = vec![0u8; n * per_image];
     pixels

@@ -8,13 +8,14 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, ImageReader, RgbImage};
+use image::{DynamicImage, ImageFormat, ImageReader, RgbImage};
 use rayon::prelude::*;
 
 use super::resize::{fit_square, push_rgb};
-use super::{DataError, Dataset};
+use super::{enlarge_advice, DataError, Dataset};
 
 /// Accepted file extensions, compared case-insensitively.
 pub const EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "bmp", "gif"];
@@ -82,13 +83,118 @@ fn classes(root: &Path, files: &[PathBuf]) -> Option<(Vec<String>, Vec<u32>)> {
     Some((names, labels))
 }
 
+/// The formats the `image` crate is built with here, by content.
+const SUPPORTED: [ImageFormat; 4] = [
+    ImageFormat::Png,
+    ImageFormat::Jpeg,
+    ImageFormat::Bmp,
+    ImageFormat::Gif,
+];
+const SUPPORTED_NAMES: &str = "PNG, JPEG, BMP or GIF";
+
+/// Which supported format the bytes are, judged by their content (not the file name), or why
+/// none: empty, a known but unsupported format, or nothing recognisable.
+fn sniff(path: &Path, bytes: &[u8]) -> Result<ImageFormat, DataError> {
+    if bytes.is_empty() {
+        return Err(DataError::format(
+            path,
+            format!("the file is empty (0 bytes), expected a {SUPPORTED_NAMES} image"),
+        ));
+    }
+    match image::guess_format(bytes) {
+        Ok(f) if SUPPORTED.contains(&f) => Ok(f),
+        Ok(f) => {
+            let kind = f.extensions_str().first().copied().unwrap_or("unknown");
+            Err(DataError::format(
+                path,
+                format!(
+                    "the file is in {} format, which is not supported (expected {SUPPORTED_NAMES}); convert it or move it out of the folder",
+                    kind.to_ascii_uppercase()
+                ),
+            ))
+        }
+        Err(_) => {
+            let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            Err(DataError::format(
+                path,
+                format!(
+                    "not a {SUPPORTED_NAMES} image: its first bytes ({}) match none of these formats",
+                    head.join(" ")
+                ),
+            ))
+        }
+    }
+}
+
+/// Checks that a JPEG stream runs to its end-of-image marker. The decoder is lenient: a file cut
+/// short in its compressed data still decodes, the missing part filled with grey, so a
+/// truncated download would silently become a training image. Walks the marker segments (by
+/// their lengths, so an EXIF thumbnail's own markers are skipped) and each scan's entropy-coded
+/// data (where 0xFF is followed by a stuffed 0x00 or a restart marker) until EOI; bytes after
+/// EOI are allowed.
+fn check_jpeg_complete(bytes: &[u8]) -> Result<(), String> {
+    let truncated = || {
+        Err(format!(
+            "the JPEG data ends after {} bytes, before its end-of-image marker (FF D9): the file is truncated or corrupt",
+            bytes.len()
+        ))
+    };
+    let mut i = 2; // after SOI
+    loop {
+        // Find the next marker: 0xFF, any fill bytes, then the marker code.
+        while i < bytes.len() && bytes[i] != 0xFF {
+            i += 1;
+        }
+        while i < bytes.len() && bytes[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&marker) = bytes.get(i) else {
+            return truncated();
+        };
+        i += 1;
+        match marker {
+            0xD9 => return Ok(()),
+            // Markers without a length: SOI, RSTn, TEM (and a stray stuffed zero).
+            0xD8 | 0xD0..=0xD7 | 0x01 | 0x00 => continue,
+            _ => {}
+        }
+        let Some(len) = bytes.get(i..i + 2) else {
+            return truncated();
+        };
+        let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+        if len < 2 || i + len > bytes.len() {
+            return truncated();
+        }
+        i += len;
+        if marker == 0xDA {
+            // Entropy-coded data up to the next marker that is not a stuffed byte or a restart.
+            loop {
+                match bytes[i..].iter().position(|&b| b == 0xFF) {
+                    None => return truncated(),
+                    Some(p) => i += p,
+                }
+                match bytes.get(i + 1) {
+                    None => return truncated(),
+                    Some(0x00 | 0xD0..=0xD7) => i += 2,
+                    Some(0xFF) => i += 1,
+                    Some(_) => break,
+                }
+            }
+        }
+    }
+}
+
 /// Decodes any supported image (by content, not extension) to RGB; transparent parts become
-/// black, as if composited over a black background.
+/// black, as if composited over a black background. 16-bit samples are rounded to 8 bits,
+/// palettes expanded, CMYK/YCCK JPEGs converted with the Adobe convention the decoder shares
+/// with Pillow and browsers.
 fn read_rgb(path: &Path) -> Result<RgbImage, DataError> {
-    let img = ImageReader::open(path)
-        .map_err(|e| DataError::io(path, e))?
-        .with_guessed_format()
-        .map_err(|e| DataError::io(path, e))?
+    let bytes = fs::read(path).map_err(|e| DataError::io(path, e))?;
+    let format = sniff(path, &bytes)?;
+    if format == ImageFormat::Jpeg {
+        check_jpeg_complete(&bytes).map_err(|msg| DataError::format(path, msg))?;
+    }
+    let img = ImageReader::with_format(Cursor::new(&bytes), format)
         .decode()
         .map_err(|source| DataError::Decode {
             path: path.to_path_buf(),
@@ -109,8 +215,24 @@ fn flatten_on_black(img: DynamicImage) -> RgbImage {
     })
 }
 
-/// Reads every image under `dir` (in parallel, order kept) as (N, C, S, S).
-pub fn load(name: &str, dir: &Path, size: usize, channels: usize) -> Result<Dataset, DataError> {
+/// What one image file became.
+enum Decoded {
+    /// Resized and cropped, as (C, S, S).
+    Planes(Vec<u8>),
+    /// Width and height of an image too small to use without enlarging it.
+    TooSmall(u32, u32),
+}
+
+/// Reads every image under `dir` (in parallel, order kept) as (N, C, S, S). Unless `upscale`,
+/// an image whose shorter side is below `size` is an error naming the first such file and how
+/// many there are; a file that cannot be read or decoded is reported first.
+pub fn load(
+    name: &str,
+    dir: &Path,
+    size: usize,
+    channels: usize,
+    upscale: bool,
+) -> Result<Dataset, DataError> {
     let meta = fs::metadata(dir).map_err(|e| DataError::io(dir, e))?;
     if !meta.is_dir() {
         return Err(DataError::format(dir, "expected a directory of images"));
@@ -121,19 +243,47 @@ pub fn load(name: &str, dir: &Path, size: usize, channels: usize) -> Result<Data
             dir: dir.to_path_buf(),
         });
     }
-    let decoded: Vec<Result<Vec<u8>, DataError>> = files
+    let decoded: Vec<Result<Decoded, DataError>> = files
         .par_iter()
         .map(|f| {
-            let img = fit_square(read_rgb(f)?, size);
+            let img = read_rgb(f)?;
+            let (w, h) = img.dimensions();
+            if !upscale && (w.min(h) as usize) < size {
+                return Ok(Decoded::TooSmall(w, h));
+            }
+            let img = fit_square(img, size);
             let mut out = Vec::with_capacity(channels * size * size);
             push_rgb(&mut out, &img, channels);
-            Ok(out)
+            Ok(Decoded::Planes(out))
         })
         .collect();
-    let mut pixels = Vec::with_capacity(files.len() * channels * size * size);
     // The first failing file in visiting order, whatever order the threads finished in.
+    let decoded = decoded.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let small: Vec<(usize, (u32, u32))> = decoded
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| match *d {
+            Decoded::TooSmall(w, h) => Some((i, (w, h))),
+            Decoded::Planes(_) => None,
+        })
+        .collect();
+    if let Some(&(first, (w, h))) = small.first() {
+        let fits = small.iter().map(|&(_, (w, h))| w.min(h)).min().unwrap_or(0) as usize;
+        return Err(DataError::format(
+            &files[first],
+            format!(
+                "the image is {w}×{h}, smaller than the training size {size}×{size} ({} of the {} images have a side shorter than {size} pixels); {}",
+                small.len(),
+                files.len(),
+                enlarge_advice(fits)
+            ),
+        ));
+    }
+    let mut pixels = Vec::with_capacity(files.len() * channels * size * size);
     for image in decoded {
-        pixels.extend_from_slice(&image?);
+        if let Decoded::Planes(planes) = image {
+            pixels.extend_from_slice(&planes);
+        }
     }
     let (class_names, labels) = match classes(dir, &files) {
         Some((names, labels)) => (names, Some(labels)),
@@ -166,6 +316,51 @@ mod tests {
         assert_eq!(labels, [1, 0, 1]);
         assert!(classes(root, &files(&["dog/1.png", "dog/2.png"])).is_none());
         assert!(classes(root, &files(&["dog/1.png", "cat/2.png", "3.png"])).is_none());
+    }
+
+    /// A marker segment: FF, code, big-endian length (counting itself), payload.
+    fn seg(code: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = vec![0xFF, code];
+        v.extend(((payload.len() + 2) as u16).to_be_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    /// A hand-made JPEG skeleton: SOI, an APP1 whose payload holds an embedded thumbnail's
+    /// SOI/EOI, a scan whose data holds a stuffed FF 00 and a restart marker, then EOI.
+    fn skeleton() -> Vec<u8> {
+        let mut v = vec![0xFF, 0xD8];
+        v.extend(seg(0xE1, b"Exif\0\0\xff\xd8 thumbnail \xff\xd9"));
+        v.extend(seg(0xDA, &[1, 1, 0, 0, 63, 0]));
+        v.extend_from_slice(&[0x12, 0xFF, 0x00, 0x34, 0xFF, 0xD0, 0x56]);
+        v.extend(seg(0xDA, &[1, 1, 0, 0, 63, 0])); // a second (progressive) scan
+        v.extend_from_slice(&[0x78, 0xFF, 0xFF, 0xD9]); // a fill byte before EOI
+        v
+    }
+
+    #[test]
+    fn jpeg_must_reach_its_end_marker_outside_segments_and_stuffing() {
+        let full = skeleton();
+        assert_eq!(check_jpeg_complete(&full), Ok(()));
+        // Data after EOI is ignored.
+        let mut trailing = full.clone();
+        trailing.extend_from_slice(b"\0\0 extra");
+        assert_eq!(check_jpeg_complete(&trailing), Ok(()));
+        // Every cut before the final marker is refused: inside the APP1 (whose embedded EOI must
+        // not count), inside either scan's data, right after a stuffed FF, before EOI's code.
+        for cut in 2..full.len() {
+            let err = check_jpeg_complete(&full[..cut]).unwrap_err();
+            assert!(
+                err.contains(&format!("ends after {cut} bytes")) && err.contains("FF D9"),
+                "{cut}: {err}"
+            );
+        }
+        // A segment length running past the end of the file.
+        let mut long = vec![0xFF, 0xD8];
+        long.extend(seg(0xDB, &[0; 10]));
+        long[5] = 200;
+        long.extend_from_slice(&[0xFF, 0xD9]);
+        assert!(check_jpeg_complete(&long).is_err());
     }
 
     #[test]

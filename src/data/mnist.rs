@@ -13,7 +13,7 @@ use image::GrayImage;
 use rayon::prelude::*;
 
 use super::resize::{fit_square, push_gray};
-use super::{DataError, Dataset};
+use super::{enlarge_advice, DataError, Dataset};
 
 pub const IMAGES_MAGIC: u32 = 0x0000_0803;
 pub const LABELS_MAGIC: u32 = 0x0000_0801;
@@ -127,8 +127,9 @@ pub fn parse_images(path: &Path, bytes: &[u8]) -> Result<(usize, usize, usize), 
             format!("header says {n} images of {rows}×{cols}; every dimension must be positive"),
         ));
     }
-    let want = u64::from(n) * u64::from(rows) * u64::from(cols);
-    let got = (bytes.len() - 16) as u64;
+    // Three u32 dimensions multiply to up to 2⁹⁶: count in u128 so no header can overflow it.
+    let want = u128::from(n) * u128::from(rows) * u128::from(cols);
+    let got = (bytes.len() - 16) as u128;
     if got != want {
         return Err(DataError::format(
             path,
@@ -169,8 +170,15 @@ pub fn parse_labels(path: &Path, bytes: &[u8], n_images: usize) -> Result<Vec<u3
 }
 
 /// Loads the training set from a directory (or its images file) as (N, C, S, S); grey is
-/// replicated when `channels` is 3.
-pub fn load(name: &str, path: &Path, size: usize, channels: usize) -> Result<Dataset, DataError> {
+/// replicated when `channels` is 3. Unless `upscale`, a `size` above the images' own (28 for
+/// MNIST) is an error naming the images file.
+pub fn load(
+    name: &str,
+    path: &Path,
+    size: usize,
+    channels: usize,
+    upscale: bool,
+) -> Result<Dataset, DataError> {
     let meta = fs::metadata(path).map_err(|e| DataError::io(path, e))?;
     let images_path = if meta.is_dir() {
         find_images(path).ok_or_else(|| {
@@ -186,6 +194,16 @@ pub fn load(name: &str, path: &Path, size: usize, channels: usize) -> Result<Dat
     let bytes = read_maybe_gz(&images_path)?;
     let (n, rows, cols) = parse_images(&images_path, &bytes)?;
     let labels = parse_labels(&labels_path, &read_maybe_gz(&labels_path)?, n)?;
+    let native = rows.min(cols);
+    if !upscale && native < size {
+        return Err(DataError::format(
+            &images_path,
+            format!(
+                "MNIST images are {rows}×{cols} (all {n} of them), smaller than the training size {size}×{size}; {}",
+                enlarge_advice(native)
+            ),
+        ));
+    }
 
     let per_image = channels * size * size;
     let mut pixels = vec![0u8; n * per_image];

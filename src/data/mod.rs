@@ -301,13 +301,35 @@ pub fn check_geometry(size: usize, channels: usize) -> Result<(), DataError> {
 }
 
 /// Reads every image of `spec`, resized and cropped to `size`×`size` with `channels` channels.
-pub fn load(spec: &DataSpec, size: usize, channels: usize) -> Result<Dataset, DataError> {
+///
+/// Images are only ever shrunk unless `upscale` is set: a file image, MNIST digit or CIFAR-10
+/// picture whose shorter side is below `size` is an error naming it (enlarging would train the
+/// model on interpolation blur). The synthetic set is drawn at any size.
+pub fn load(
+    spec: &DataSpec,
+    size: usize,
+    channels: usize,
+    upscale: bool,
+) -> Result<Dataset, DataError> {
     check_geometry(size, channels)?;
     let name = spec.to_string();
     match spec {
         DataSpec::Synthetic => synthetic::generate(size, channels),
-        DataSpec::Folder(dir) => folder::load(&name, dir, size, channels),
-        DataSpec::Mnist(path) => mnist::load(&name, path, size, channels),
-        DataSpec::Cifar10(path) => cifar10::load(&name, path, size, channels),
+        DataSpec::Folder(dir) => folder::load(&name, dir, size, channels, upscale),
+        DataSpec::Mnist(path) => mnist::load(&name, path, size, channels, upscale),
+        DataSpec::Cifar10(path) => cifar10::load(&name, path, size, channels, upscale),
     }
+}
+
+/// The end of every "smaller than the training size" message: how to get going anyway, given
+/// the largest `--image-size` at which every image would fit.
+pub(crate) fn enlarge_advice(fits: usize) -> String {
+    let smaller = if fits >= MIN_SIZE {
+        format!("use --image-size {fits} or smaller")
+    } else {
+        "remove them".to_string()
+    };
+    format!(
+        "ddpm does not enlarge images unless told to: {smaller}, or pass --upscale to enlarge them"
+    )
 }

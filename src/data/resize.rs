@@ -13,8 +13,28 @@ pub(crate) fn luma(r: u8, g: u8, b: u8) -> u8 {
     ((299 * u32::from(r) + 587 * u32::from(g) + 114 * u32::from(b) + 500) / 1000) as u8
 }
 
+/// The longest side, as a multiple of the shorter one, that is scaled as a whole: a longer image
+/// is first cropped to its centred part of this shape. Only the centre square is kept in the end,
+/// so this changes nothing but memory (and rounding, for such strips): enlarging a 1×10⁶ strip to
+/// 64 pixels wide would otherwise build a 64 × 64·10⁶ image to keep 64×64 of it. The margin
+/// left on each side of the kept part, 1.5× its width, is far beyond the filter's reach.
+const MAX_ASPECT: u32 = 4;
+
+/// The centred part of a `w`×`h` image (x, y, width, height) that [`fit_square`] scales: all of
+/// it, unless one side is more than [`MAX_ASPECT`] times the other.
+fn aspect_crop(w: u32, h: u32) -> (u32, u32, u32, u32) {
+    if h / MAX_ASPECT > w {
+        (0, (h - MAX_ASPECT * w) / 2, w, MAX_ASPECT * w)
+    } else if w / MAX_ASPECT > h {
+        ((w - MAX_ASPECT * h) / 2, 0, MAX_ASPECT * h, h)
+    } else {
+        (0, 0, w, h)
+    }
+}
+
 /// Scales `img` so its shorter side is `size`, then keeps the centred `size`×`size` square.
-/// Images already of that size are returned as they are.
+/// Images already of that size are returned as they are; an image with no pixels (which no
+/// decoder should produce) gives a black square rather than a division by zero.
 pub(crate) fn fit_square<P>(img: ImageBuffer<P, Vec<u8>>, size: usize) -> ImageBuffer<P, Vec<u8>>
 where
     P: Pixel<Subpixel = u8> + 'static,
@@ -24,6 +44,16 @@ where
     if (w, h) == (s, s) {
         return img;
     }
+    if w == 0 || h == 0 {
+        return ImageBuffer::new(s, s);
+    }
+    let (x, y, cw, ch) = aspect_crop(w, h);
+    let img = if (cw, ch) == (w, h) {
+        img
+    } else {
+        imageops::crop_imm(&img, x, y, cw, ch).to_image()
+    };
+    let (w, h) = (cw, ch);
     let scaled = |long: u32, short: u32| {
         ((u64::from(long) * u64::from(s) + u64::from(short) / 2) / u64::from(short)).max(1) as u32
     };
@@ -88,6 +118,25 @@ mod tests {
         for p in out.pixels() {
             assert!((95..=105).contains(&p[0]), "{}", p[0]);
         }
+    }
+
+    #[test]
+    fn long_strips_are_cropped_before_scaling() {
+        // Up to 4:1 the whole image is scaled, as before.
+        assert_eq!(aspect_crop(10, 40), (0, 0, 10, 40));
+        assert_eq!(aspect_crop(43, 10), (0, 0, 43, 10));
+        // Beyond, the centred 4:1 part: enlarging a 1×2²⁰ strip (as an IDX header can declare)
+        // to 64 wide used to build a 64 × 2²⁶ image (4 GiB) to keep its centre 64×64.
+        assert_eq!(aspect_crop(1, 1 << 20), (0, ((1 << 20) - 4) / 2, 1, 4));
+        assert_eq!(aspect_crop(1000, 3), (494, 0, 12, 3));
+        // A 1-pixel-wide strip, one value per row: the centre rows survive.
+        let strip = GrayImage::from_fn(1, 1 << 20, |_, y| image::Luma([(y >> 12) as u8]));
+        let out = fit_square(strip, 64);
+        assert_eq!(out.dimensions(), (64, 64));
+        assert!(out.pixels().all(|p| (126..=129).contains(&p[0])), "{out:?}");
+        // No pixels at all: a black square, not a division by zero.
+        let empty = GrayImage::new(0, 7);
+        assert_eq!(fit_square(empty, 4), GrayImage::new(4, 4));
     }
 
     #[test]

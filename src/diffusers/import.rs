@@ -11,7 +11,7 @@ use super::{
     fail, read_json, DiffusersError, MODEL_INDEX, SCHEDULER_CONFIG, UNET_CONFIG, UNET_WEIGHTS,
 };
 use crate::nn::{UNet, UNetConfig};
-use crate::params::decode_into;
+use crate::params::{decode_into, parse_safetensors};
 
 /// What a directory holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -207,7 +207,7 @@ fn weights_file(dir: &Path) -> Result<PathBuf, DiffusersError> {
 /// extra, mis-shaped and non-finite tensors are errors naming the key.
 fn read_weights(path: &Path, net: &UNet) -> Result<(Vec<f32>, usize), DiffusersError> {
     let bytes = std::fs::read(path).map_err(|e| fail(path, format!("cannot read: {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+    let st = parse_safetensors(&bytes)
         .map_err(|e| fail(path, format!("not a valid safetensors file: {e}")))?;
     // Current key → name in the file.
     let mut by_key: HashMap<String, String> = HashMap::new();

@@ -136,6 +136,27 @@ impl Default for UNetConfig {
 /// Resolution levels a UNet may have (2^15 total downsampling is far past any image).
 const MAX_LEVELS: usize = 16;
 
+// Upper bounds on sizes, so that a config read from a file (a checkpoint, a diffusers
+// `config.json`) with an absurd size is refused by [`UNetConfig::validate`], naming the field and
+// the limit, instead of overflowing the parameter arithmetic or asking for terabytes. They are
+// far beyond any real model: published pixel-space UNet2DModels have at most a few hundred
+// channels per level, 256×256 samples, 2–3 residual blocks per level and ~10⁸ parameters.
+
+/// Largest channel count of a level (`block_out_channels`), of the image (`in_channels`,
+/// `out_channels`), and largest `norm_num_groups`, `attn_norm_num_groups` and
+/// `attention_head_dim`.
+pub const MAX_CHANNELS: usize = 1 << 16;
+/// Largest `sample_size`.
+pub const MAX_SAMPLE_SIZE: usize = 8192;
+/// Largest `layers_per_block`.
+pub const MAX_LAYERS_PER_BLOCK: usize = 64;
+/// Largest time embedding width (`time_embedding_dim`, or 4 × `block_out_channels[0]`).
+pub const MAX_TIME_EMBED_DIM: usize = 4 * MAX_CHANNELS;
+/// Largest `num_class_embeds`.
+pub const MAX_CLASSES: usize = 1 << 20;
+/// Most trainable parameters a config may describe (2³², 16 GiB of f32 weights).
+pub const MAX_PARAMS: u128 = 1 << 32;
+
 /// The one mid block type there is.
 const MID_BLOCK: &str = "UNetMidBlock2D";
 
@@ -231,10 +252,11 @@ impl UNetConfig {
         }
     }
 
-    /// Width of the time embedding MLP (diffusers: 4 × the first block's channels).
+    /// Width of the time embedding MLP (diffusers: 4 × the first block's channels; saturating,
+    /// so an absurd channel count reaches [`Self::validate`]'s limit instead of overflowing).
     pub fn time_embed_dim(&self) -> usize {
-        self.time_embedding_dim
-            .unwrap_or(4 * self.block_out_channels.first().copied().unwrap_or(0))
+        let c0 = self.block_out_channels.first().copied().unwrap_or(0);
+        self.time_embedding_dim.unwrap_or(c0.saturating_mul(4))
     }
 
     /// Groups of the mid block's attention norm (diffusers' `attn_norm_num_groups`).
@@ -291,6 +313,42 @@ impl UNetConfig {
                 format!("{levels} levels; at most {MAX_LEVELS} are supported"),
             ));
         }
+        let at_most = |field: &str, v: usize, max: usize| {
+            if v > max {
+                Err(err(field, format!("{v} is above the limit of {max}")))
+            } else {
+                Ok(())
+            }
+        };
+        at_most("sample_size", self.sample_size, MAX_SAMPLE_SIZE)?;
+        at_most("in_channels", self.in_channels, MAX_CHANNELS)?;
+        at_most("out_channels", self.out_channels, MAX_CHANNELS)?;
+        for &c in &self.block_out_channels {
+            at_most("block_out_channels", c, MAX_CHANNELS)?;
+        }
+        at_most(
+            "layers_per_block",
+            self.layers_per_block,
+            MAX_LAYERS_PER_BLOCK,
+        )?;
+        at_most("norm_num_groups", self.norm_num_groups, MAX_CHANNELS)?;
+        for (field, v) in [
+            ("attn_norm_num_groups", self.attn_norm_num_groups),
+            ("attention_head_dim", self.attention_head_dim),
+            ("num_class_embeds", self.num_class_embeds),
+        ] {
+            let max = if field == "num_class_embeds" {
+                MAX_CLASSES
+            } else {
+                MAX_CHANNELS
+            };
+            at_most(field, v.unwrap_or(0), max)?;
+        }
+        at_most(
+            "time_embedding_dim",
+            self.time_embed_dim(),
+            MAX_TIME_EMBED_DIM,
+        )?;
         let down_factor = 1usize << (levels - 1);
         if self.sample_size % down_factor != 0 {
             return Err(err(
@@ -331,6 +389,19 @@ impl UNetConfig {
         }
         if !self.freq_shift.is_finite() {
             return Err(err("freq_shift", "must be finite"));
+        }
+        // The sinusoidal embedding of t has block_out_channels[0] / 2 frequencies, with the
+        // denominator half − freq_shift (crate::ops::embedding), which must stay positive.
+        let half = self.block_out_channels[0] / 2;
+        if half == 0 || half as f64 - self.freq_shift <= 0.0 {
+            return Err(err(
+                "freq_shift",
+                format!(
+                    "{} leaves the time embedding no frequencies: it must be below \
+                     block_out_channels[0] / 2 = {half}",
+                    self.freq_shift
+                ),
+            ));
         }
         if self.time_embed_dim() == 0 {
             return Err(err("time_embedding_dim", "must be positive"));
@@ -401,7 +472,104 @@ impl UNetConfig {
         if let Some(key) = self.extra.keys().find(|k| !k.starts_with('_')) {
             return Err(err(key, "unknown field"));
         }
-        Ok(())
+        match self.param_count() {
+            Some(n) if n <= MAX_PARAMS => Ok(()),
+            n => Err(err(
+                "block_out_channels",
+                format!(
+                    "the model would have {} parameters, above the limit of {MAX_PARAMS}; reduce \
+                     block_out_channels, layers_per_block, time_embedding_dim, \
+                     num_class_embeds, in_channels or out_channels",
+                    n.map_or("more than 2^100".to_string(), |n| n.to_string())
+                ),
+            )),
+        }
+    }
+
+    /// The number of trainable parameters [`crate::nn::UNet::new`] lays out for this config,
+    /// worked out from the architecture without building it (`tests/fuzz_parsers.rs` checks the
+    /// two agree). `None` when a size field is above 2³², where the sum could overflow even in
+    /// u128 (such a config is far past [`MAX_PARAMS`] anyway). Counts what there is when the
+    /// block lists do not match `block_out_channels`, as [`Self::validate`] requires.
+    pub fn param_count(&self) -> Option<u128> {
+        let sizes = [
+            self.in_channels,
+            self.out_channels,
+            self.layers_per_block,
+            self.time_embed_dim(),
+            self.num_class_embeds.unwrap_or(0),
+        ];
+        let big = |v: &usize| *v as u128 > u128::from(u32::MAX);
+        if sizes.iter().chain(&self.block_out_channels).any(big) {
+            return None;
+        }
+        let u = |v: usize| v as u128;
+        let temb = u(self.time_embed_dim());
+        let conv = |c_in: u128, c_out: u128, k: u128| c_out * c_in * k * k + c_out;
+        let linear = |d_in: u128, d_out: u128| d_out * d_in + d_out;
+        let norm = |c: u128| 2 * c;
+        let resnet = |c_in: u128, c_out: u128| {
+            let shortcut = if c_in != c_out {
+                conv(c_in, c_out, 1)
+            } else {
+                0
+            };
+            norm(c_in)
+                + conv(c_in, c_out, 3)
+                + linear(temb, c_out)
+                + norm(c_out)
+                + conv(c_out, c_out, 3)
+                + shortcut
+        };
+        let attention = |c: u128| norm(c) + 4 * linear(c, c);
+        let chans: Vec<u128> = self.block_out_channels.iter().map(|&c| u(c)).collect();
+        let (Some(&c0), Some(&c_mid)) = (chans.first(), chans.last()) else {
+            return Some(0);
+        };
+        let levels = chans.len();
+        let layers = u(self.layers_per_block);
+        let mut n = conv(u(self.in_channels), c0, 3) + linear(c0, temb) + linear(temb, temb);
+        n += u(self.num_class_embeds.unwrap_or(0)) * temb;
+        // Down blocks: the first residual block of a level takes the previous level's width.
+        let mut c_prev = c0;
+        for (i, (&c, kind)) in chans.iter().zip(&self.down_block_types).enumerate() {
+            if layers > 0 {
+                n += resnet(c_prev, c) + (layers - 1) * resnet(c, c);
+            }
+            if kind.has_attention() {
+                n += layers * attention(c);
+            }
+            if i + 1 < levels {
+                n += conv(c, c, 3);
+            }
+            c_prev = c;
+        }
+        // Mid block: two residual blocks around an optional attention block.
+        n += 2 * resnet(c_mid, c_mid);
+        if self.add_attention {
+            n += attention(c_mid);
+        }
+        // Up blocks, from the lowest resolution: layers_per_block + 1 residual blocks over
+        // (current ‖ skip); the first takes the level below's width, the last one's skip comes
+        // from the next level up.
+        let rev: Vec<u128> = chans.iter().rev().copied().collect();
+        for (i, kind) in self.up_block_types.iter().enumerate().take(levels) {
+            let c = rev[i];
+            let c_skip_last = rev[(i + 1).min(levels - 1)];
+            n += if layers == 0 {
+                resnet(c_prev + c_skip_last, c)
+            } else {
+                resnet(c_prev + c, c) + (layers - 1) * resnet(2 * c, c) + resnet(c + c_skip_last, c)
+            };
+            if kind.has_attention() {
+                n += (layers + 1) * attention(c);
+            }
+            if i + 1 < levels {
+                n += conv(c, c, 3);
+            }
+            c_prev = c;
+        }
+        Some(n + norm(c0) + conv(c0, u(self.out_channels), 3))
     }
 
     /// Reads a JSON config (ours or a diffusers `config.json`) and validates it.

@@ -2,9 +2,13 @@
 //!
 //! Tensors (f32): the weights under their diffusers names, the EMA weights under `ema.`, and
 //! the AdamW moments under `adam.m.` and `adam.v.`. Metadata (JSON strings): the model, schedule
-//! and training configs, the step, and the generator state. Every random draw in training is a
+//! and training configs, the step, the steps skipped for a non-finite loss or gradient, the
+//! generator state, and a CRC-32 of the four arrays. Every random draw in training is a
 //! counter-based function of (seed, step), so the generator state is just those two numbers.
-//! Files are written atomically: a crash mid-save leaves the previous checkpoint intact.
+//! Files are written atomically: a crash mid-save leaves the previous checkpoint intact. A
+//! checkpoint *verifies* when it parses, every tensor has the model's name, shape and dtype
+//! (F32), nothing else is stored, and the checksum matches: a truncated, bit-flipped or
+//! mismatched file never loads.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +25,9 @@ use crate::params::{named_views, read_named};
 pub const FORMAT: &str = "ddpm-checkpoint-1";
 
 const EMA: &str = "ema.";
+/// Metadata key of the CRC-32 (hex) of the weights, EMA and moments, in that order, as
+/// little-endian f32 in the model's parameter layout; independent of the file's tensor order.
+const CRC_KEY: &str = "crc32";
 const ADAM_M: &str = "adam.m.";
 const ADAM_V: &str = "adam.v.";
 
@@ -52,8 +59,11 @@ pub struct Checkpoint {
     pub model: UNetConfig,
     pub schedule: ScheduleConfig,
     pub train: TrainConfig,
-    /// Optimizer steps completed.
+    /// Training steps completed (each consumed one batch).
     pub step: u64,
+    /// Of those, steps whose update was skipped for a non-finite loss or gradient; AdamW has
+    /// made `step - skipped_steps` updates.
+    pub skipped_steps: u64,
     pub rng: RngState,
     pub weights: Vec<f32>,
     pub ema: Vec<f32>,
@@ -82,6 +92,16 @@ impl Checkpoint {
                 ));
             }
         }
+        if self.skipped_steps > self.step {
+            return Err(fail(
+                path,
+                format!(
+                    "{} skipped steps of {} in all",
+                    self.skipped_steps, self.step
+                ),
+            ));
+        }
+        let crc = self.checksum();
         let mut views = named_views(layout, &self.weights, "");
         views.extend(named_views(layout, &self.ema, EMA));
         views.extend(named_views(layout, &self.adam_m, ADAM_M));
@@ -90,6 +110,8 @@ impl Checkpoint {
         let metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("step".to_string(), self.step.to_string()),
+            ("skipped_steps".to_string(), self.skipped_steps.to_string()),
+            (CRC_KEY.to_string(), format!("{crc:08x}")),
             ("model_config".to_string(), json(&self.model)),
             ("schedule_config".to_string(), json(&self.schedule)),
             ("train_config".to_string(), json(&self.train)),
@@ -103,8 +125,19 @@ impl Checkpoint {
     /// Reads a checkpoint, checking the format tag, every config and every tensor.
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
         let bytes = std::fs::read(path).map_err(|e| fail(path, format!("cannot read: {e}")))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| fail(path, format!("not a safetensors file: {e}")))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+            fail(
+                path,
+                match e {
+                    safetensors::SafeTensorError::MetadataIncompleteBuffer => format!(
+                        "truncated (or padded): its {} bytes do not match the tensor data its \
+                         header lists",
+                        bytes.len()
+                    ),
+                    e => format!("not a safetensors file: {e}"),
+                },
+            )
+        })?;
         let meta = header.metadata().clone().unwrap_or_default();
         let field = |key: &str| {
             meta.get(key).ok_or_else(|| {
@@ -135,19 +168,47 @@ impl Checkpoint {
         let step: u64 = field("step")?
             .parse()
             .map_err(|e| fail(path, format!("metadata `step`: {e}")))?;
+        // Absent in checkpoints written before steps could be skipped.
+        let skipped_steps: u64 = match meta.get("skipped_steps") {
+            None => 0,
+            Some(v) => v
+                .parse()
+                .map_err(|e| fail(path, format!("metadata `skipped_steps`: {e}")))?,
+        };
+        if skipped_steps > step {
+            return Err(fail(
+                path,
+                format!("metadata `skipped_steps` {skipped_steps} exceeds `step` {step}"),
+            ));
+        }
         let net = UNet::new(model.clone()).map_err(|e| fail(path, e.to_string()))?;
         schedule.validate().map_err(|e| fail(path, e.to_string()))?;
         train.validate().map_err(|e| fail(path, e.to_string()))?;
 
+        // The file must hold four f32 arrays of the model's size before anything that size is
+        // allocated: a config naming a huge model cannot make us allocate it.
+        let n = net.layout.arena_len();
+        let needed = (n as u128) * 16;
+        if (bytes.len() as u128) < needed {
+            return Err(fail(
+                path,
+                format!(
+                    "{} bytes cannot hold the {n}-parameter model its model_config describes \
+                     (weights, EMA and two Adam moments in f32 need {needed} bytes): truncated, \
+                     or not this model's checkpoint",
+                    bytes.len()
+                ),
+            ));
+        }
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| fail(path, format!("not a valid safetensors file: {e}")))?;
-        let n = net.layout.arena_len();
+        check_tensor_set(&st, &net, path)?;
         let read = |prefix: &str| {
             let mut v = vec![0.0f32; n];
             read_named(&st, &net.layout, prefix, &mut v).map_err(|m| fail(path, m))?;
             Ok::<_, CheckpointError>(v)
         };
-        Ok(Self {
+        let ck = Self {
             weights: read("")?,
             ema: read(EMA)?,
             adam_m: read(ADAM_M)?,
@@ -156,9 +217,83 @@ impl Checkpoint {
             schedule,
             train,
             step,
+            skipped_steps,
             rng,
-        })
+        };
+        // Absent only in checkpoints written before checksums were added.
+        if let Some(stored) = meta.get(CRC_KEY) {
+            let actual = format!("{:08x}", ck.checksum());
+            if *stored != actual {
+                return Err(fail(
+                    path,
+                    format!(
+                        "checksum mismatch (stored {stored}, computed {actual}): the tensor data \
+                         is corrupt"
+                    ),
+                ));
+            }
+        }
+        Ok(ck)
     }
+
+    /// CRC-32 of the weights, EMA and moments as little-endian f32, in that order.
+    fn checksum(&self) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        for v in [&self.weights, &self.ema, &self.adam_m, &self.adam_v] {
+            if cfg!(target_endian = "little") {
+                h.update(bytemuck::cast_slice(v));
+            } else {
+                for x in v.iter() {
+                    h.update(&x.to_le_bytes());
+                }
+            }
+        }
+        h.finalize()
+    }
+}
+
+/// Exactly the model's tensors, each F32: a checkpoint of another model whose tensors happen to
+/// include this one's (e.g. more layers per block) is refused rather than half-read.
+fn check_tensor_set(
+    st: &safetensors::SafeTensors<'_>,
+    net: &UNet,
+    path: &Path,
+) -> Result<(), CheckpointError> {
+    let expected = 4 * net.layout.specs().len();
+    for (name, view) in st.iter() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(fail(
+                path,
+                format!(
+                    "tensor `{name}` has dtype {:?}; a ddpm checkpoint stores F32",
+                    view.dtype()
+                ),
+            ));
+        }
+    }
+    if st.len() >= expected {
+        // More names than the model has, or as many with one missing: find one it lacks. (A
+        // missing tensor alone is reported by the reader, by name.)
+        let known: std::collections::HashSet<String> = [EMA, ADAM_M, ADAM_V, ""]
+            .iter()
+            .flat_map(|p| {
+                net.layout
+                    .specs()
+                    .iter()
+                    .map(move |s| format!("{p}{}", s.name))
+            })
+            .collect();
+        if let Some(name) = st.names().into_iter().find(|n| !known.contains(*n)) {
+            return Err(fail(
+                path,
+                format!(
+                    "holds tensor `{name}`, which the model in its model_config does not have \
+                     (a checkpoint of a different model?)"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Object-safe JSON encoding for the metadata map.

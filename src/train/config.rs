@@ -31,6 +31,8 @@ pub struct TrainConfig {
     pub data: String,
     pub image_size: usize,
     pub channels: usize,
+    /// Enlarge images smaller than `image_size` instead of refusing them.
+    pub upscale: bool,
     /// Condition on the dataset's class labels.
     pub class_conditional: bool,
     pub batch_size: usize,
@@ -49,6 +51,10 @@ pub struct TrainConfig {
     /// until the end of the run).
     pub sample_every: u64,
     pub checkpoint_every: u64,
+    /// How many `step_N` checkpoints to keep, newest first (0 keeps all).
+    pub keep_checkpoints: usize,
+    /// Stop after this many steps in a row with a non-finite loss or gradient (each is skipped).
+    pub max_nonfinite_steps: u64,
     pub log_every: u64,
     /// Images in each sample grid, and the DDIM steps used to draw them.
     pub sample_count: usize,
@@ -61,6 +67,7 @@ impl Default for TrainConfig {
             data: "synthetic".into(),
             image_size: 16,
             channels: 3,
+            upscale: false,
             class_conditional: false,
             batch_size: 32,
             steps: 3000,
@@ -72,6 +79,8 @@ impl Default for TrainConfig {
             ema: EmaConfig::default(),
             sample_every: 500,
             checkpoint_every: 1000,
+            keep_checkpoints: 3,
+            max_nonfinite_steps: 10,
             log_every: 10,
             sample_count: 16,
             sample_steps: 50,
@@ -110,6 +119,9 @@ impl TrainConfig {
         }
         if self.sample_steps == 0 {
             return bad("sample_steps", "must be at least 1".into());
+        }
+        if self.max_nonfinite_steps == 0 {
+            return bad("max_nonfinite_steps", "must be at least 1".into());
         }
         if self.log_every == 0 {
             return bad("log_every", "must be at least 1".into());

@@ -15,8 +15,10 @@ pub trait TrainEngine {
     fn schedule(&self) -> &Schedule;
     fn config(&self) -> &TrainConfig;
     fn config_mut(&mut self) -> &mut TrainConfig;
-    /// Optimizer steps completed.
+    /// Training steps completed (batches consumed).
     fn step(&self) -> u64;
+    /// Of those, steps skipped for a non-finite loss or gradient.
+    fn skipped_steps(&self) -> u64;
     /// One optimizer step on `batch` (x₀ in [-1, 1], (B, C, H, W)).
     fn train_step(&mut self, batch: &Batch) -> Result<StepStats>;
     /// The whole state, on the host.
@@ -42,6 +44,9 @@ impl TrainEngine for Trainer {
     }
     fn step(&self) -> u64 {
         self.step
+    }
+    fn skipped_steps(&self) -> u64 {
+        self.skipped
     }
     fn train_step(&mut self, batch: &Batch) -> Result<StepStats> {
         Trainer::train_step(self, batch)

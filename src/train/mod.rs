@@ -7,10 +7,14 @@
 //! L = mean ‖target − model(x_t, t)‖²              DDPM eq. 14; target = ε, x₀ or v
 //! backward → clip global grad norm → AdamW → EMA
 //! ```
+//! A step whose loss or gradient norm is not finite changes nothing (no AdamW update, no EMA)
+//! but still consumes its batch and draws, and is counted ([`StepStats::skipped`]): AdamW's
+//! update count t (bias corrections, warmup) is the number of steps not skipped.
 //! [`Trainer`] holds the whole state; [`run`] adds the data loader, logs, sample grids and
 //! checkpoints around it.
 
 pub mod checkpoint;
+pub mod checkpoint_dir;
 pub mod config;
 mod engine;
 mod run;
@@ -40,7 +44,10 @@ pub struct StepStats {
     pub loss: f32,
     /// Gradient norm before clipping.
     pub grad_norm: f64,
+    /// Learning rate of the update (of the next one, when this step was skipped).
     pub lr: f64,
+    /// The loss or the gradient norm was NaN or infinite: nothing was updated.
+    pub skipped: bool,
 }
 
 /// Seed of the dropout masks at one step (each residual block adds its own stream); the same on
@@ -58,8 +65,10 @@ pub struct Trainer {
     pub params: ParamArena<f32>,
     pub optimizer: AdamW,
     pub ema: Ema,
-    /// Optimizer steps completed.
+    /// Training steps completed (batches consumed).
     pub step: u64,
+    /// Of those, steps skipped for a non-finite loss or gradient.
+    pub skipped: u64,
 }
 
 impl Trainer {
@@ -79,6 +88,7 @@ impl Trainer {
             optimizer,
             ema,
             step: 0,
+            skipped: 0,
         })
     }
 
@@ -87,12 +97,13 @@ impl Trainer {
         let mut t = Self::new(ck.model, ck.schedule, ck.train)?;
         t.params.values_mut().copy_from_slice(&ck.weights);
         t.optimizer
-            .restore(ck.step, &ck.adam_m, &ck.adam_v)
+            .restore(ck.step - ck.skipped_steps, &ck.adam_m, &ck.adam_v)
             .context("restoring the optimizer state")?;
         t.ema
             .restore(&ck.ema)
             .context("restoring the EMA weights")?;
         t.step = ck.step;
+        t.skipped = ck.skipped_steps;
         Ok(t)
     }
 
@@ -103,6 +114,7 @@ impl Trainer {
             schedule: self.schedule.config().clone(),
             train: self.config.clone(),
             step: self.step,
+            skipped_steps: self.skipped,
             rng: RngState {
                 seed: self.config.seed,
                 next_step: self.step,
@@ -173,31 +185,43 @@ impl Trainer {
                 l1_forward(&out, &target)
             }
         };
-        anyhow::ensure!(
-            loss.is_finite(),
-            "the loss is {loss} at step {}: training diverged (try a lower --lr)",
-            step + 1
-        );
+        if !loss.is_finite() {
+            return Ok(self.skip(loss, f64::NAN));
+        }
         drop(out);
         self.net.backward_on(cpu, &mut self.params, &tape, &dout);
         drop(tape);
 
         let grad_norm = clip_grad_norm(self.params.grads_mut(), self.config.grad_clip);
-        anyhow::ensure!(
-            grad_norm.is_finite(),
-            "the gradient norm is {grad_norm} at step {}: training diverged (try a lower --lr)",
-            step + 1
-        );
-        let lr = self.optimizer.lr_at(step + 1);
+        if !grad_norm.is_finite() {
+            return Ok(self.skip(loss, grad_norm));
+        }
+        let t = self.optimizer.step() + 1;
+        let lr = self.optimizer.lr_at(t);
         let (values, grads) = self.params.values_mut_and_grads();
         self.optimizer.update(values, grads);
         self.step += 1;
-        self.ema.update(self.step, self.params.values());
+        self.ema.update(t, self.params.values());
         Ok(StepStats {
             step: self.step,
             loss,
             grad_norm,
             lr,
+            skipped: false,
         })
+    }
+
+    /// Ends a step whose loss or gradient is not finite: the batch is consumed, nothing else
+    /// changes.
+    fn skip(&mut self, loss: f32, grad_norm: f64) -> StepStats {
+        self.step += 1;
+        self.skipped += 1;
+        StepStats {
+            step: self.step,
+            loss,
+            grad_norm,
+            lr: self.optimizer.lr_at(self.optimizer.step() + 1),
+            skipped: true,
+        }
     }
 }

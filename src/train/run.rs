@@ -4,11 +4,15 @@
 //! Output directory:
 //! ```text
 //! config.json                     model, schedule and training settings (for people)
-//! log.csv                         step, loss, lr, grad_norm, images_per_s
+//! log.csv                         step, loss, lr, grad_norm, images_per_s, skipped
 //! loss.png                        the loss curve
 //! samples/step_0000500.png        a grid drawn with the EMA weights every `sample_every` steps
-//! checkpoints/step_0001000.safetensors, latest.safetensors
+//! checkpoints/step_0001000.safetensors, latest.safetensors   (the newest K kept)
 //! ```
+//! Nothing is lost to a crash: every file is replaced atomically, and a resumed run starts from
+//! the newest checkpoint that verifies. A failed save stops the run, naming the previous
+//! checkpoint, which is intact. Steps with a non-finite loss or gradient are skipped and
+//! counted; `max_nonfinite_steps` of them in a row stop the run.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
@@ -16,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{Checkpoint, StepStats, TrainConfig, TrainEngine, Trainer};
+use super::{checkpoint_dir, Checkpoint, StepStats, TrainConfig, TrainEngine, Trainer};
 use crate::atomic_file::write_atomic;
 use crate::cuda::train::GpuTrainer;
 use crate::data::{self, DataSpec, Dataset, Loader, LoaderConfig};
@@ -39,10 +43,13 @@ pub enum Start {
         schedule: ScheduleConfig,
         train: TrainConfig,
     },
-    /// Continue from this checkpoint; `steps` (if given) replaces the run's total.
+    /// Continue from a checkpoint file, or from the newest checkpoint of a run directory that
+    /// verifies. The options given replace the checkpoint's.
     Resume {
         checkpoint: PathBuf,
         steps: Option<u64>,
+        keep_checkpoints: Option<usize>,
+        max_nonfinite_steps: Option<u64>,
     },
 }
 
@@ -67,12 +74,38 @@ pub struct RunSummary {
     pub checkpoint: PathBuf,
     /// The last sample grid written.
     pub grid: PathBuf,
+    /// Steps skipped for a non-finite loss or gradient, in the whole run.
+    pub skipped_steps: u64,
 }
 
-const CSV_HEADER: &str = "step,loss,lr,grad_norm,images_per_s";
+const CSV_HEADER: &str = "step,loss,lr,grad_norm,images_per_s,skipped";
+
+/// Loads what `--resume` names: a checkpoint file as is, or a run directory's newest
+/// checkpoint that verifies (telling which, and which newer ones it passed over).
+fn resume_from(path: &Path, say: &dyn Fn(String)) -> Result<(PathBuf, Checkpoint)> {
+    if !path.is_dir() {
+        return Ok((path.to_path_buf(), Checkpoint::load(path)?));
+    }
+    let dir = path.join("checkpoints");
+    let found = checkpoint_dir::newest_valid(&dir)?;
+    for e in &found.rejected {
+        say(format!("skipping a checkpoint that does not verify: {e}"));
+    }
+    say(format!(
+        "resuming from {} (step {})",
+        found.path.display(),
+        found.checkpoint.step
+    ));
+    Ok((found.path, found.checkpoint))
+}
 
 /// Runs training to the configured number of steps.
 pub fn run(opts: RunOptions) -> Result<RunSummary> {
+    let say = |line: String| {
+        if opts.verbose {
+            eprintln!("{line}");
+        }
+    };
     let (mut trainer, dataset) = match opts.start {
         Start::Fresh {
             mut model,
@@ -96,15 +129,28 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             };
             (engine, dataset)
         }
-        Start::Resume { checkpoint, steps } => {
-            let ck = Checkpoint::load(&checkpoint)?;
+        Start::Resume {
+            checkpoint,
+            steps,
+            keep_checkpoints,
+            max_nonfinite_steps,
+        } => {
+            let (_, ck) = resume_from(&checkpoint, &say)?;
             let mut t: Box<dyn TrainEngine> = match &opts.device {
                 Device::Cpu => Box::new(Trainer::from_checkpoint(ck)?),
                 Device::Cuda(gpu) => Box::new(GpuTrainer::from_checkpoint(gpu.clone(), ck)?),
             };
+            let cfg = t.config_mut();
             if let Some(s) = steps {
-                t.config_mut().steps = s;
+                cfg.steps = s;
             }
+            if let Some(k) = keep_checkpoints {
+                cfg.keep_checkpoints = k;
+            }
+            if let Some(m) = max_nonfinite_steps {
+                cfg.max_nonfinite_steps = m;
+            }
+            cfg.validate()?;
             let dataset = load_data(t.config())?;
             (t, dataset)
         }
@@ -112,7 +158,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     check_data_fits(&dataset, trainer.net())?;
     let dataset = Arc::new(dataset);
     let cfg = trainer.config().clone();
-    ensure!(
+    crate::ensure_usage!(
         trainer.step() < cfg.steps,
         "the run is already at step {} of {}: pass a larger --steps to continue it",
         trainer.step(),
@@ -123,14 +169,18 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
     }
+    let ck_dir = out.join("checkpoints");
+    for stale in checkpoint_dir::remove_stale_temporaries(&ck_dir)
+        .with_context(|| format!("cannot clean up {}", ck_dir.display()))?
+    {
+        say(format!(
+            "removed {}, left by a save that was interrupted",
+            stale.display()
+        ));
+    }
     write_config(&out, trainer.as_ref())?;
     let mut log = CsvLog::open(&out.join("log.csv"), trainer.step())?;
 
-    let say = |line: String| {
-        if opts.verbose {
-            eprintln!("{line}");
-        }
-    };
     say(format!(
         "training {} ({:.2}M parameters) on {} with {} ({} images) for steps {}..{}, batch {}, output {}",
         trainer.net().config,
@@ -159,14 +209,43 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let first_step = trainer.step();
     let mut losses = Vec::new();
     let mut window = Window::default();
-    let mut checkpoint = out.join("checkpoints").join("latest.safetensors");
+    // The newest checkpoint of this run on disk, and its step: what a failure leaves intact.
+    let mut checkpoint = checkpoint_dir::step_files(&ck_dir)
+        .ok()
+        .and_then(|f| f.into_iter().rfind(|(s, _)| *s <= trainer.step()))
+        .map(|(_, p)| p)
+        .unwrap_or_default();
     let mut grid = PathBuf::new();
+    let mut nonfinite_in_a_row = 0u64;
+    let mut checkpoint_due = false;
     while trainer.step() < cfg.steps {
         let batch = loader.next_batch();
         let stats = trainer.train_step(&batch)?;
-        losses.push((stats.step, stats.loss));
         window.add(&stats, cfg.batch_size);
         let s = stats.step;
+        if stats.skipped {
+            nonfinite_in_a_row += 1;
+            let line = format!(
+                "step {s}: loss {}, gradient norm {}: not finite, step skipped ({nonfinite_in_a_row} in a row, {} in all)",
+                stats.loss,
+                stats.grad_norm,
+                trainer.skipped_steps()
+            );
+            match &bar {
+                Some(bar) => bar.println(line),
+                None => say(line),
+            }
+            if nonfinite_in_a_row >= cfg.max_nonfinite_steps {
+                log.row(&window.row(s))?;
+                bail!(
+                    "stopped at step {s}: {nonfinite_in_a_row} steps in a row had a non-finite loss or gradient (the limit, --max-nonfinite-steps); training has diverged: try a lower --lr or --grad-clip. {}",
+                    intact(&checkpoint)
+                );
+            }
+        } else {
+            nonfinite_in_a_row = 0;
+            losses.push((stats.step, stats.loss));
+        }
         let last = s == cfg.steps;
         if s % cfg.log_every == 0 || last {
             log.row(&window.row(s))?;
@@ -189,13 +268,30 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             let points = read_loss_points(&out.join("log.csv"))?;
             save_loss_curve(&out.join("loss.png"), &points, 800, 400)?;
         }
-        if (cfg.checkpoint_every > 0 && s % cfg.checkpoint_every == 0) || last {
+        if cfg.checkpoint_every > 0 && s % cfg.checkpoint_every == 0 {
+            checkpoint_due = true;
+        }
+        // Postponed while steps are being skipped, so the checkpoints kept are from good
+        // updates; the last step always saves (its weights are the last good ones).
+        if (checkpoint_due && nonfinite_in_a_row == 0) || last {
+            checkpoint_due = false;
             let ck = trainer.checkpoint()?;
-            checkpoint = out
-                .join("checkpoints")
-                .join(format!("step_{s:07}.safetensors"));
-            ck.save(&checkpoint)?;
-            ck.save(&out.join("checkpoints").join("latest.safetensors"))?;
+            let path = ck_dir.join(checkpoint_dir::step_file_name(s));
+            ck.save(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|()| {
+                    checkpoint_dir::publish(&ck_dir, &path, cfg.keep_checkpoints).with_context(
+                        || {
+                            format!(
+                                "checkpoint {} was written, but updating {} failed",
+                                path.display(),
+                                checkpoint_dir::LATEST
+                            )
+                        },
+                    )
+                })
+                .with_context(|| format!("saving step {s} failed. {}", intact(&checkpoint)))?;
+            checkpoint = path;
         }
     }
     if let Some(bar) = &bar {
@@ -216,12 +312,32 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         images_per_s,
         checkpoint,
         grid,
+        skipped_steps: trainer.skipped_steps(),
     })
+}
+
+/// What a failure leaves: the run's previous checkpoint, untouched.
+fn intact(previous: &Path) -> String {
+    if previous.as_os_str().is_empty() {
+        return "This run has no earlier checkpoint.".into();
+    }
+    let step = checkpoint_dir::peek_step(previous)
+        .map(|s| format!(" (step {s})"))
+        .unwrap_or_default();
+    format!(
+        "The previous checkpoint, {}{step}, is intact.",
+        previous.display()
+    )
 }
 
 fn load_data(cfg: &TrainConfig) -> Result<Dataset> {
     let spec: DataSpec = cfg.data.parse()?;
-    Ok(data::load(&spec, cfg.image_size, cfg.channels)?)
+    Ok(data::load(
+        &spec,
+        cfg.image_size,
+        cfg.channels,
+        cfg.upscale,
+    )?)
 }
 
 /// The data must have the model's geometry, and labels for a class-conditional model.
@@ -301,6 +417,8 @@ fn progress_bar(verbose: bool, at: u64, total: u64) -> Option<ProgressBar> {
 #[derive(Default)]
 struct Window {
     steps: u64,
+    /// Steps skipped for a non-finite loss or gradient; their loss is not in `loss`.
+    skipped: u64,
     loss: f64,
     images: u64,
     last: Option<StepStats>,
@@ -310,13 +428,21 @@ struct Window {
 impl Window {
     fn add(&mut self, s: &StepStats, batch: usize) {
         self.started.get_or_insert_with(Instant::now);
-        self.steps += 1;
-        self.loss += f64::from(s.loss);
+        if s.skipped {
+            self.skipped += 1;
+        } else {
+            self.steps += 1;
+            self.loss += f64::from(s.loss);
+        }
         self.images += batch as u64;
         self.last = Some(*s);
     }
+    /// NaN when every step of the window was skipped.
     fn mean_loss(&self) -> f64 {
-        self.loss / self.steps.max(1) as f64
+        if self.steps == 0 {
+            return f64::NAN;
+        }
+        self.loss / self.steps as f64
     }
     fn images_per_s(&self) -> f64 {
         let secs = self.started.map_or(0.0, |t| t.elapsed().as_secs_f64());
@@ -331,11 +457,12 @@ impl Window {
         let mut row = String::new();
         write!(
             row,
-            "{step},{:.6},{:.6e},{:.6},{:.2}",
+            "{step},{:.6},{:.6e},{:.6},{:.2},{}",
             self.mean_loss(),
             last.lr,
             last.grad_norm,
-            self.images_per_s()
+            self.images_per_s(),
+            self.skipped
         )
         .expect("writing to a String");
         row

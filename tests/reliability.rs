@@ -1,0 +1,814 @@
+//! Bad input never crashes ddpm, and a crash never loses training work: bad checkpoints and
+//! flags give clear errors (status 2 for flags) and leave nothing behind; training killed at
+//! random moments always resumes from a checkpoint that verifies and ends where a straight run
+//! does; a failed save keeps the previous checkpoint; non-finite steps are skipped and counted,
+//! and too many in a row stop the run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use ddpm::diffusion::ScheduleConfig;
+use ddpm::nn::UNetConfig;
+use ddpm::train::{Checkpoint, TrainConfig, Trainer};
+use safetensors::Dtype;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ddpm");
+
+/// An 8×8 model small enough for many short runs.
+const SMALL_MODEL: &str = r#"{
+  "sample_size": 8, "in_channels": 3, "out_channels": 3,
+  "block_out_channels": [8, 16], "layers_per_block": 1,
+  "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+  "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+  "norm_num_groups": 4, "attention_head_dim": null, "dropout": 0.1
+}"#;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddpm-rel-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn ddpm(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ok(out: &Output) {
+    assert!(out.status.success(), "{}", stderr(out));
+}
+
+/// Exit `code`, `needle` in the message, and no sign of a panic.
+fn fails_with(out: &Output, code: i32, needle: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    assert!(err.contains(needle), "expected `{needle}` in:\n{err}");
+    for bad in ["panicked", "internal error", "RUST_BACKTRACE"] {
+        assert!(!err.contains(bad), "{err}");
+    }
+}
+
+fn small_model() -> UNetConfig {
+    UNetConfig::from_json(SMALL_MODEL).unwrap()
+}
+
+fn write_model(dir: &Path) -> String {
+    let p = dir.join("small.json");
+    std::fs::write(&p, SMALL_MODEL).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// A checkpoint of the small model after one training step.
+fn valid_checkpoint(path: &Path) -> Checkpoint {
+    let cfg = TrainConfig {
+        image_size: 8,
+        batch_size: 2,
+        steps: 1,
+        ..TrainConfig::default()
+    };
+    let t = Trainer::new(small_model(), ScheduleConfig::default(), cfg).unwrap();
+    let ck = t.checkpoint();
+    ck.save(path).unwrap();
+    ck
+}
+
+type Tensors = Vec<(String, Dtype, Vec<usize>, Vec<u8>)>;
+
+/// Rewrites a safetensors file through `edit` (tensors and metadata as owned values).
+fn rewrite(from: &Path, to: &Path, edit: impl FnOnce(&mut Tensors, &mut HashMap<String, String>)) {
+    let bytes = std::fs::read(from).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta = header.metadata().clone().unwrap_or_default();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Tensors = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| (n, v.dtype(), v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    edit(&mut tensors, &mut meta);
+    let views: Vec<_> = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    std::fs::write(to, safetensors::serialize(views, Some(meta)).unwrap()).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_are_refused_naming_the_file_and_the_problem() {
+    let dir = temp_dir("badck");
+    let good = dir.join("good.safetensors");
+    valid_checkpoint(&good);
+    let bytes = std::fs::read(&good).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let case = |name: &str| dir.join(format!("{name}.safetensors"));
+
+    let mut cases: Vec<(PathBuf, &str)> = Vec::new();
+    let mut raw = |name: &'static str, content: Vec<u8>, needle: &'static str| {
+        std::fs::write(case(name), content).unwrap();
+        cases.push((case(name), needle));
+    };
+    raw("zero", Vec::new(), "not a safetensors file");
+    raw(
+        "random",
+        (0..4000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect(),
+        "not a safetensors file",
+    );
+    raw(
+        "truncated-header",
+        bytes[..8 + header_len / 2].to_vec(),
+        "not a safetensors file",
+    );
+    raw(
+        "truncated-data",
+        bytes[..bytes.len() * 2 / 3].to_vec(),
+        "truncated",
+    );
+    raw(
+        "truncated-by-one",
+        bytes[..bytes.len() - 1].to_vec(),
+        "truncated",
+    );
+    let mut bad_json = bytes.clone();
+    bad_json[8] = b'!'; // the header's opening brace
+    raw("header-not-json", bad_json, "not a safetensors file");
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 3;
+    flipped[last] ^= 0x10; // one bit of the last tensor's data
+    raw("bit-flip", flipped, "checksum mismatch");
+
+    let mut edited =
+        |name: &'static str,
+         needle: &'static str,
+         edit: &dyn Fn(&mut Tensors, &mut HashMap<String, String>)| {
+            rewrite(&good, &case(name), edit);
+            cases.push((case(name), needle));
+        };
+    edited(
+        "missing-tensor",
+        "missing tensor `ema.conv_in.weight`",
+        &|t, _| t.retain(|x| x.0 != "ema.conv_in.weight"),
+    );
+    edited(
+        "misshaped",
+        "tensor `conv_in.weight` has shape [3, 8, 3, 3], expected [8, 3, 3, 3]",
+        &|t, _| {
+            let x = t.iter_mut().find(|x| x.0 == "conv_in.weight").unwrap();
+            x.2 = vec![3, 8, 3, 3];
+        },
+    );
+    edited(
+        "f16",
+        "tensor `conv_in.bias` has dtype F16; a ddpm checkpoint stores F32",
+        &|t, _| {
+            let x = t.iter_mut().find(|x| x.0 == "conv_in.bias").unwrap();
+            x.1 = Dtype::F16;
+            x.3.truncate(x.3.len() / 2);
+        },
+    );
+    edited("i64", "has dtype I64", &|t, _| {
+        let x = t
+            .iter_mut()
+            .find(|x| x.0 == "adam.v.conv_out.bias")
+            .unwrap();
+        x.1 = Dtype::I64;
+        x.3.extend(x.3.clone());
+    });
+    edited("extra-tensor", "holds tensor `extra.weight`", &|t, _| {
+        t.push(("extra.weight".into(), Dtype::F32, vec![1], vec![0; 4]))
+    });
+    edited("metadata-not-json", "metadata `model_config`", &|_, m| {
+        m.insert("model_config".into(), "{\"sample_size\": 8,".into());
+    });
+    edited("no-format", "metadata has no `format`", &|_, m| {
+        m.remove("format");
+    });
+    edited("other-format", "format `ddpm-checkpoint-9`", &|_, m| {
+        m.insert("format".into(), "ddpm-checkpoint-9".into());
+    });
+    edited("bad-step", "metadata `step`", &|_, m| {
+        m.insert("step".into(), "-1".into());
+    });
+    edited("skipped-above-step", "exceeds `step`", &|_, m| {
+        m.insert("skipped_steps".into(), "7".into());
+    });
+    // The tensors of this model under the config of a model with two layers per block…
+    edited(
+        "other-model-bigger",
+        "not this model's checkpoint",
+        &|_, m| {
+            let cfg = small_model();
+            let other = UNetConfig {
+                layers_per_block: 2,
+                ..cfg
+            };
+            m.insert(
+                "model_config".into(),
+                serde_json::to_string(&other).unwrap(),
+            );
+        },
+    );
+    // …and under the config of a model whose tensors are a subset of these (no attention).
+    edited(
+        "other-model-smaller",
+        "which the model in its model_config does not have",
+        &|_, m| {
+            let mut other = small_model();
+            other.down_block_types = vec![ddpm::nn::DownBlockType::DownBlock2D; 2];
+            other.up_block_types = vec![ddpm::nn::UpBlockType::UpBlock2D; 2];
+            other.add_attention = false;
+            m.insert(
+                "model_config".into(),
+                serde_json::to_string(&other).unwrap(),
+            );
+        },
+    );
+    edited("huge-model", "cannot hold", &|_, m| {
+        let mut other = small_model();
+        other.block_out_channels = vec![1024, 1024];
+        other.norm_num_groups = 32;
+        m.insert(
+            "model_config".into(),
+            serde_json::to_string(&other).unwrap(),
+        );
+    });
+
+    Checkpoint::load(&good).expect("the unedited checkpoint loads");
+    let out = dir.join("samples");
+    for (path, needle) in &cases {
+        let e = Checkpoint::load(path)
+            .expect_err(&path.display().to_string())
+            .to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        assert!(
+            e.contains(needle),
+            "{}: expected `{needle}` in: {e}",
+            path.display()
+        );
+        let run = ddpm(&[
+            "sample",
+            "--checkpoint",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ]);
+        fails_with(&run, 1, needle);
+        assert!(stderr(&run).contains(path.file_name().unwrap().to_str().unwrap()));
+        assert!(!out.exists(), "{}: nothing is written", path.display());
+        let run = ddpm(&[
+            "train",
+            "--resume",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+            "--device",
+            "cpu",
+        ]);
+        fails_with(&run, 1, needle);
+        assert!(!out.exists(), "{}: nothing is written", path.display());
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn flags_that_cannot_work_are_usage_errors_and_write_nothing() {
+    let dir = temp_dir("flags");
+    let ck = dir.join("ck.safetensors");
+    valid_checkpoint(&ck);
+    let ck = ck.to_str().unwrap();
+    let model = write_model(&dir);
+    let a_file = dir.join("a-file");
+    std::fs::write(&a_file, b"x").unwrap();
+    let under_file = a_file.join("out");
+    let under_file = under_file.to_str().unwrap();
+    let out = dir.join("out");
+    let o = out.to_str().unwrap();
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train", "--model", &model, "--steps", "2", "--out", o, "--device", "cpu", "-q",
+        ];
+        args.extend_from_slice(extra);
+        ddpm(&args)
+    };
+    let sample = |extra: &[&str]| {
+        let mut args = vec!["sample", "--checkpoint", ck, "--out", o, "-q", "--num", "1"];
+        args.extend_from_slice(extra);
+        ddpm(&args)
+    };
+    let cases: Vec<(Output, &str)> = vec![
+        (train(&["--steps", "0"]), "--steps"),
+        (train(&["--batch-size", "0"]), "--batch-size"),
+        (
+            ddpm(&["train", "--model", "huge", "--out", o]),
+            "--model huge: not a preset",
+        ),
+        (
+            ddpm(&["train", "--image-size", "18", "--out", o]),
+            "18 is not divisible by 4",
+        ),
+        (train(&["--channels", "2"]), "--channels 2"),
+        (
+            train(&["--beta-schedule", "cubic"]),
+            "--beta-schedule cubic",
+        ),
+        (train(&["--prediction", "noise"]), "--prediction noise"),
+        (train(&["--lr", "-1"]), "`lr`: must be positive"),
+        (train(&["--ema-decay", "1.5"]), "decay"),
+        (train(&["--timesteps", "0"]), "--timesteps"),
+        (
+            train(&["--max-nonfinite-steps", "0"]),
+            "--max-nonfinite-steps",
+        ),
+        (
+            ddpm(&["train", "--device", "gpu", "--out", o]),
+            "expected auto, cpu, cuda or cuda:N",
+        ),
+        (
+            ddpm(&["train", "--model", &model, "--out", under_file, "-q"]),
+            "cannot create the directory",
+        ),
+        (
+            ddpm(&[
+                "train",
+                "--resume",
+                dir.join("none").to_str().unwrap(),
+                "-q",
+            ]),
+            "no such checkpoint file or run directory",
+        ),
+        (sample(&["--steps", "0"]), "--steps"),
+        (sample(&["--steps", "1001"]), "--steps"),
+        (
+            sample(&["--sampler", "ddim", "--eta", "-0.5"]),
+            "--eta: must be in [0, 1], got -0.5",
+        ),
+        (
+            sample(&["--eta", "0.5"]),
+            "--eta applies to --sampler ddim only",
+        ),
+        (sample(&["--sampler", "euler"]), "--sampler"),
+        (
+            sample(&["--sampler", "ddim", "--spacing", "cubic"]),
+            "--spacing",
+        ),
+        (sample(&["--variance", "huge"]), "--variance huge"),
+        (
+            sample(&["--class", "1"]),
+            "--class 1: the model is unconditional",
+        ),
+        (sample(&["--batch-size", "0"]), "--batch-size"),
+        (sample(&["--num", "0"]), "--num"),
+        (
+            ddpm(&["sample", "--checkpoint", ck, "--out", under_file, "-q"]),
+            "cannot create the directory",
+        ),
+        (
+            sample(&[
+                "--save-raw",
+                dir.join("no/such/dir/raw.st").to_str().unwrap(),
+            ]),
+            "--save-raw",
+        ),
+        (
+            sample(&["--save-raw", dir.to_str().unwrap()]),
+            "is a directory",
+        ),
+    ];
+    for (run, needle) in &cases {
+        fails_with(run, 2, needle);
+        assert!(!out.exists(), "`{needle}`: nothing may be written");
+    }
+    // A good command in the same setting works (the failures above are the flags' doing).
+    ok(&sample(&["--steps", "2", "--sampler", "ddim"]));
+    assert!(out.join("grid.png").exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn train_args<'a>(model: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--model",
+        model,
+        "--steps",
+        steps,
+        "--batch-size",
+        "2",
+        "--seed",
+        "4",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--keep-checkpoints",
+        "2",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "-q",
+    ]
+}
+
+fn checkpoint_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("checkpoints"))
+        .map(|it| it.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn is_temporary(p: &Path) -> bool {
+    let name = p.file_name().unwrap().to_str().unwrap();
+    name.starts_with('.') && name.contains(".tmp-")
+}
+
+fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
+    assert_eq!((a.step, a.skipped_steps), (b.step, b.skipped_steps));
+    for (what, x, y) in [
+        ("weights", &a.weights, &b.weights),
+        ("ema", &a.ema, &b.ema),
+        ("adam.m", &a.adam_m, &b.adam_m),
+        ("adam.v", &a.adam_v, &b.adam_v),
+    ] {
+        assert!(x == y, "{what} differ");
+    }
+}
+
+/// SIGKILL at random moments (a fixed pseudo-random schedule), including while a checkpoint is
+/// being written: after every kill each checkpoint file verifies, every restart resumes, and the
+/// run ends with exactly the state of a run that was never interrupted.
+#[cfg(unix)]
+#[test]
+fn training_killed_at_random_moments_resumes_and_ends_like_a_straight_run() {
+    let dir = temp_dir("kill");
+    let model = write_model(&dir);
+    let steps = "300";
+    // Time the straight run's first and last checkpoints: start-up, then the time per step.
+    let straight = dir.join("straight");
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(train_args(&model, straight.to_str().unwrap(), steps))
+        .spawn()
+        .unwrap();
+    let appears = |step: u64| loop {
+        if straight
+            .join("checkpoints")
+            .join(format!("step_{step:07}.safetensors"))
+            .exists()
+        {
+            break started.elapsed().as_secs_f64() * 1e3;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    let startup_ms = appears(1);
+    let step_ms = ((appears(300) - startup_ms) / 299.0).max(0.1);
+    assert!(child.wait().unwrap().success());
+
+    let killed = dir.join("killed");
+    let k = killed.to_str().unwrap();
+    let mut rng = 0x9e3779b97f4a7c15u64;
+    let (mut kills, mut mid_write, mut launches) = (0, 0, 0);
+    loop {
+        let has_checkpoint = checkpoint_files(&killed).iter().any(|p| !is_temporary(p));
+        let args: Vec<&str> = if has_checkpoint {
+            vec!["train", "--resume", k, "--device", "cpu", "-q"]
+        } else {
+            train_args(&model, k, steps)
+        };
+        let mut child = Command::new(BIN)
+            .args(&args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        launches += 1;
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        // From half-way through start-up to about 16 steps in.
+        let r = (rng >> 11) as f64 / (1u64 << 53) as f64;
+        let wait =
+            Duration::from_secs_f64((startup_ms * (0.5 + 0.5 * r) + step_ms * 16.0 * r) / 1e3);
+        let deadline = Instant::now()
+            + if kills < 40 {
+                wait
+            } else {
+                Duration::from_secs(600)
+            };
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        match finished {
+            Some(status) => {
+                let out = child.wait_with_output().unwrap();
+                assert!(status.success(), "launch {launches}: {}", stderr(&out));
+                break;
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+            }
+        }
+        let files = checkpoint_files(&killed);
+        if files.iter().any(|p| is_temporary(p)) {
+            mid_write += 1;
+        }
+        for p in files.iter().filter(|p| !is_temporary(p)) {
+            Checkpoint::load(p).unwrap_or_else(|e| panic!("after kill {kills}: {e}"));
+        }
+    }
+    eprintln!("{kills} kills in {launches} launches, {mid_write} of them left a partly written temporary file");
+    assert!(
+        kills >= 10,
+        "only {kills} kills: the schedule did not interrupt the run"
+    );
+
+    let files = checkpoint_files(&killed);
+    assert!(
+        !files.iter().any(|p| is_temporary(p)),
+        "temporaries cleaned up: {files:?}"
+    );
+    let names: Vec<_> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "latest.safetensors",
+            "step_0000299.safetensors",
+            "step_0000300.safetensors"
+        ],
+        "the newest two are kept"
+    );
+    let a = Checkpoint::load(&straight.join("checkpoints/latest.safetensors")).unwrap();
+    let b = Checkpoint::load(&killed.join("checkpoints/latest.safetensors")).unwrap();
+    assert_eq!(a.step, 300);
+    assert_same_state(&a, &b);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The newest checkpoint that verifies is used, and the ones passed over are named; a temporary
+/// file left by a killed save is removed.
+#[test]
+fn resume_and_sample_use_the_newest_checkpoint_that_verifies() {
+    let dir = temp_dir("newest");
+    let model = write_model(&dir);
+    let run = dir.join("run");
+    let r = run.to_str().unwrap();
+    ok(&ddpm(&train_args(&model, r, "5")));
+    let ck = run.join("checkpoints");
+    // Corrupt the newest step file (latest is the same file, or a copy: corrupt both).
+    for name in ["step_0000005.safetensors", "latest.safetensors"] {
+        let mut bytes = std::fs::read(ck.join(name)).unwrap();
+        let n = bytes.len();
+        bytes[n - 5] ^= 1;
+        std::fs::remove_file(ck.join(name)).unwrap();
+        std::fs::write(ck.join(name), bytes).unwrap();
+    }
+    let stale = ck.join(".step_0000006.safetensors.tmp-999999999");
+    std::fs::write(&stale, b"half a checkpoint").unwrap();
+
+    let samples = dir.join("samples");
+    let out = ddpm(&[
+        "sample",
+        "--checkpoint",
+        r,
+        "--out",
+        samples.to_str().unwrap(),
+        "--sampler",
+        "ddim",
+        "--steps",
+        "2",
+        "--num",
+        "1",
+    ]);
+    ok(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("step_0000005.safetensors: checksum mismatch"),
+        "{err}"
+    );
+    assert!(
+        err.contains("using ") && err.contains("step_0000004.safetensors"),
+        "{err}"
+    );
+
+    let out = ddpm(&["train", "--resume", r, "--steps", "7", "--device", "cpu"]);
+    ok(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("skipping a checkpoint that does not verify"),
+        "{err}"
+    );
+    assert!(
+        err.contains("resuming from") && err.contains("step_0000004.safetensors (step 4)"),
+        "{err}"
+    );
+    assert!(err.contains("left by a save that was interrupted"), "{err}");
+    assert!(!stale.exists());
+
+    // The same as a run that went straight to 7 steps.
+    let straight = dir.join("straight");
+    ok(&ddpm(&train_args(&model, straight.to_str().unwrap(), "7")));
+    let a = Checkpoint::load(&straight.join("checkpoints/latest.safetensors")).unwrap();
+    let b = Checkpoint::load(&ck.join("latest.safetensors")).unwrap();
+    assert_same_state(&a, &b);
+
+    // An explicitly named file that does not verify is an error, not a silent substitute.
+    let bad = ck.join("bad.safetensors");
+    std::fs::write(&bad, b"nope").unwrap();
+    fails_with(
+        &ddpm(&[
+            "train",
+            "--resume",
+            bad.to_str().unwrap(),
+            "--steps",
+            "9",
+            "-q",
+        ]),
+        1,
+        "bad.safetensors",
+    );
+    // A run directory with no checkpoint that verifies says so, listing them.
+    for p in checkpoint_files(&run) {
+        std::fs::write(&p, b"garbage").unwrap();
+    }
+    fails_with(
+        &ddpm(&["train", "--resume", r, "--steps", "9", "-q"]),
+        1,
+        "no checkpoint verifies",
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A save that fails (here: the file-size limit, as a full disk would) stops the run with a
+/// message naming the previous checkpoint, which still verifies; nothing half-written remains.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_failed_save_keeps_the_previous_checkpoint_and_says_so() {
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir("efbig");
+    let model = write_model(&dir);
+    let run = dir.join("run");
+    let r = run.to_str().unwrap();
+    ok(&ddpm(&train_args(&model, r, "2")));
+    let ck = run.join("checkpoints");
+    let size = std::fs::metadata(ck.join("step_0000002.safetensors"))
+        .unwrap()
+        .len();
+
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "train", "--resume", r, "--steps", "4", "--device", "cpu", "-q",
+    ]);
+    // Files may not grow past one byte less than a checkpoint; the write fails with EFBIG
+    // instead of the signal, as on a full disk it fails with ENOSPC.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: size - 1,
+                rlim_max: size - 1,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    fails_with(&out, 1, "saving step 3 failed");
+    let err = stderr(&out);
+    assert!(
+        err.contains("step_0000002.safetensors (step 2), is intact"),
+        "{err}"
+    );
+    assert!(err.contains("File too large"), "{err}");
+    let names: Vec<_> = checkpoint_files(&run)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "latest.safetensors",
+            "step_0000001.safetensors",
+            "step_0000002.safetensors"
+        ]
+    );
+    assert_eq!(
+        Checkpoint::load(&ck.join("latest.safetensors"))
+            .unwrap()
+            .step,
+        2
+    );
+    assert_eq!(
+        Checkpoint::load(&ck.join("step_0000002.safetensors"))
+            .unwrap()
+            .step,
+        2
+    );
+    // Without the limit the run goes on from there.
+    ok(&ddpm(&[
+        "train", "--resume", r, "--steps", "4", "--device", "cpu", "-q",
+    ]));
+    assert_eq!(
+        Checkpoint::load(&ck.join("latest.safetensors"))
+            .unwrap()
+            .step,
+        4
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A learning rate of 1e30 blows the weights up after one update: every later step has a
+/// non-finite loss, is skipped and logged, and the run stops after the configured number in a
+/// row, naming the last checkpoint, which is intact.
+#[test]
+fn non_finite_steps_are_skipped_counted_and_too_many_stop_the_run() {
+    let dir = temp_dir("nan");
+    let model = write_model(&dir);
+    let run = dir.join("run");
+    let r = run.to_str().unwrap();
+    let out = ddpm(&[
+        "train",
+        "--model",
+        &model,
+        "--steps",
+        "20",
+        "--batch-size",
+        "2",
+        "--lr",
+        "1e30",
+        "--warmup",
+        "0",
+        "--grad-clip",
+        "0",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        "1",
+        "--max-nonfinite-steps",
+        "3",
+        "--out",
+        r,
+        "--device",
+        "cpu",
+    ]);
+    fails_with(
+        &out,
+        1,
+        "stopped at step 4: 3 steps in a row had a non-finite loss or gradient",
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("step_0000001.safetensors (step 1), is intact"),
+        "{err}"
+    );
+    for s in 2..=4 {
+        assert!(err.contains(&format!("step {s}: loss ")), "{err}");
+    }
+    assert!(err.contains("step skipped (3 in a row, 3 in all)"), "{err}");
+    let names: Vec<_> = checkpoint_files(&run)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["latest.safetensors", "step_0000001.safetensors"]);
+    let log = std::fs::read_to_string(run.join("log.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = log.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(
+        rows[0],
+        ["step", "loss", "lr", "grad_norm", "images_per_s", "skipped"]
+    );
+    // log_every is 10: one row, written at the stop, covering steps 1–4.
+    assert_eq!(rows.len(), 2, "{log}");
+    assert_eq!(rows[1][0], "4");
+    assert_eq!(rows[1][5], "3");
+    assert!(
+        rows[1][1].parse::<f64>().unwrap().is_finite(),
+        "the mean loss is over step 1 only"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
