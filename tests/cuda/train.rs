@@ -47,6 +47,10 @@ pub fn cases() -> Vec<Case> {
             run: checkpoint_crosses_devices,
         },
         Case {
+            name: "non_finite_step_is_skipped_as_on_the_cpu",
+            run: non_finite_step_is_skipped,
+        },
+        Case {
             name: "ddpm_and_ddim_sampling_from_fixed_noise_match_cpu",
             run: sampling_matches,
         },
@@ -211,6 +215,59 @@ fn checkpoint_crosses_devices(g: &Gpu) -> anyhow::Result<()> {
         "a resumed GPU run continues exactly"
     );
     expect_close("loss after resuming on the CPU", &[a.loss], &[c.loss], 1e-3);
+    Ok(())
+}
+
+/// A batch holding a NaN: the step is skipped on the GPU as on the CPU (nothing changes, the
+/// count goes up), and the next update uses AdamW's t = 2, not 3: the two devices still agree
+/// after it, and the checkpoint records the skip.
+fn non_finite_step_is_skipped(g: &Gpu) -> anyhow::Result<()> {
+    let gpu = open(g);
+    let mut cfg = train_config(3, LossKind::L2, 1.0);
+    cfg.optimizer.warmup_steps = 10; // lr_at(t) = 1e-4·t tells which t an update used
+    let mut dev = GpuTrainer::new(gpu, model(false), ScheduleConfig::default(), cfg.clone())?;
+    let mut cpu = Trainer::new(model(false), ScheduleConfig::default(), cfg)?;
+    let first = batch(3, 0, false);
+    dev.train_step(&first)?;
+    cpu.train_step(&first)?;
+    let before = dev.checkpoint()?;
+    let mut poisoned = batch(3, 1, false);
+    poisoned.x[5] = f32::NAN;
+    let (a, b) = (cpu.train_step(&poisoned)?, dev.train_step(&poisoned)?);
+    anyhow::ensure!(a.skipped && b.skipped, "CPU {a:?}, GPU {b:?}");
+    anyhow::ensure!(!b.loss.is_finite(), "GPU loss {}", b.loss);
+    let after = dev.checkpoint()?;
+    anyhow::ensure!(
+        (after.step, after.skipped_steps) == (2, 1),
+        "step {} skipped {}",
+        after.step,
+        after.skipped_steps
+    );
+    for (what, x, y) in [
+        ("weights", &before.weights, &after.weights),
+        ("EMA", &before.ema, &after.ema),
+        ("Adam m", &before.adam_m, &after.adam_m),
+        ("Adam v", &before.adam_v, &after.adam_v),
+    ] {
+        anyhow::ensure!(x == y, "a skipped GPU step changed the {what}");
+    }
+    let next = batch(3, 2, false);
+    let (a, b) = (cpu.train_step(&next)?, dev.train_step(&next)?);
+    anyhow::ensure!(!a.skipped && !b.skipped);
+    anyhow::ensure!(
+        a.lr == b.lr && (b.lr - 2e-4).abs() < 1e-12,
+        "learning rates {} and {}, expected update 2's 2e-4",
+        a.lr,
+        b.lr
+    );
+    // Bounded by the learning rate as in the multi-step test: 0.2 · (1e-4 + 2e-4).
+    let w = dev.checkpoint()?;
+    expect_within(
+        "weights after a skipped step, then an update",
+        &w.weights,
+        cpu.params.values(),
+        6e-5,
+    );
     Ok(())
 }
 
