@@ -388,6 +388,14 @@ fn flags_that_cannot_work_are_usage_errors_and_write_nothing() {
             sample(&["--save-raw", dir.to_str().unwrap()]),
             "is a directory",
         ),
+        (
+            ddpm(&["bench", "train", "--preset", "huge"]),
+            "--preset huge: unknown",
+        ),
+        (
+            ddpm(&["bench", "sample", "--steps", "1001"]),
+            "--steps 1001",
+        ),
     ];
     for (run, needle) in &cases {
         fails_with(run, 2, needle);

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use clap::{Args, Subcommand};
 
 use crate::cuda::sample::GpuSampler;
@@ -50,14 +50,27 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     }
 }
 
-fn setup(a: &BenchArgs) -> Result<(UNetConfig, Device)> {
-    let model = UNetConfig::preset(&a.preset).with_context(|| {
-        format!(
+#[derive(Clone, Copy)]
+enum BenchKind {
+    Train,
+    Sample,
+}
+
+fn setup(a: &BenchArgs, kind: BenchKind) -> Result<(UNetConfig, Device)> {
+    let model = UNetConfig::preset(&a.preset).ok_or_else(|| {
+        crate::usage_error::usage(format!(
             "--preset {}: unknown (presets: {})",
             a.preset,
             PRESETS.join(", ")
-        )
+        ))
     })?;
+    if let (BenchKind::Sample, Some(steps)) = (kind, a.steps) {
+        let t = ScheduleConfig::default().num_train_timesteps as u64;
+        crate::ensure_usage!(
+            steps <= t,
+            "--steps {steps}: DDIM can take at most T = {t} steps"
+        );
+    }
     let device = Device::select(a.device, &mut |l| eprintln!("{l}"))?;
     Ok((model, device))
 }
@@ -76,7 +89,7 @@ fn random_batch(net: &UNet, batch: usize) -> Batch {
 }
 
 fn bench_train(a: &BenchArgs) -> Result<()> {
-    let (model, device) = setup(a)?;
+    let (model, device) = setup(a, BenchKind::Train)?;
     let b = a.batch_size as usize;
     let steps = a.steps.unwrap_or(20);
     let config = TrainConfig {
@@ -139,7 +152,7 @@ fn bench_train(a: &BenchArgs) -> Result<()> {
 }
 
 fn bench_sample(a: &BenchArgs) -> Result<()> {
-    let (model, device) = setup(a)?;
+    let (model, device) = setup(a, BenchKind::Sample)?;
     let b = a.batch_size as usize;
     let steps = a.steps.unwrap_or(50) as usize;
     let net = UNet::new(model)?;
