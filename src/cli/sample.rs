@@ -104,8 +104,12 @@ pub struct SampleArgs {
 /// Reads the tensor `noise` (any float dtype) from a safetensors file as f32, with its shape.
 fn read_noise(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
     let bytes = std::fs::read(path).with_context(|| format!("--init-noise {}", path.display()))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .with_context(|| format!("--init-noise {}: not a safetensors file", path.display()))?;
+    let st = crate::params::parse_safetensors(&bytes).map_err(|m| {
+        anyhow::anyhow!(
+            "--init-noise {}: not a safetensors file: {m}",
+            path.display()
+        )
+    })?;
     let t = st.tensor("noise").map_err(|_| {
         anyhow::anyhow!(
             "--init-noise {}: no tensor named `noise` (found: {})",

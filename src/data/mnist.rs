@@ -80,12 +80,26 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DataError> {
     if !raw.starts_with(&[0x1f, 0x8b]) {
         return Ok(raw);
     }
+    // Bounded, so a small file that inflates without end (a gzip bomb) is refused, not read.
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(&raw[..])
+        .take(MAX_INFLATED + 1)
         .read_to_end(&mut out)
         .map_err(|e| DataError::format(path, format!("not a valid gzip file: {e}")))?;
+    if out.len() as u64 > MAX_INFLATED {
+        return Err(DataError::format(
+            path,
+            format!(
+                "inflates to more than {} GiB, far beyond any MNIST-style file",
+                MAX_INFLATED >> 30
+            ),
+        ));
+    }
     Ok(out)
 }
+
+/// The most a gzipped IDX file may inflate to (MNIST's images are 47 MB, EMNIST's 700 MB).
+const MAX_INFLATED: u64 = 4 << 30;
 
 fn be_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))

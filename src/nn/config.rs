@@ -470,7 +470,9 @@ impl UNetConfig {
             return Err(err("mid_block_scale_factor", "only 1 is supported"));
         }
         if let Some(key) = self.extra.keys().find(|k| !k.starts_with('_')) {
-            return Err(err(key, "unknown field"));
+            // An empty key is shown as `""`, not as an empty name.
+            let shown = if key.is_empty() { "\"\"" } else { key };
+            return Err(err(shown, "unknown field"));
         }
         match self.param_count() {
             Some(n) if n <= MAX_PARAMS => Ok(()),
@@ -603,5 +605,55 @@ impl fmt::Display for UNetConfig {
             self.block_out_channels,
             self.layers_per_block
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn param_count_matches_the_published_model() {
+        // google/ddpm-cifar10-32 has 35,746,307 parameters.
+        let cfg = UNetConfig::preset("ddpm-cifar10").unwrap();
+        assert_eq!(cfg.param_count(), Some(35_746_307));
+        // Sizes past 2³² are not counted (they could overflow even u128).
+        let huge = UNetConfig {
+            block_out_channels: vec![1 << 40],
+            ..cfg
+        };
+        assert_eq!(huge.param_count(), None);
+    }
+
+    #[test]
+    fn sizes_above_the_limits_are_named() {
+        let base = UNetConfig::preset("tiny").unwrap();
+        assert!(base.validate().is_ok());
+        let e = UNetConfig {
+            sample_size: MAX_SAMPLE_SIZE * 2,
+            ..base.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "sample_size");
+        assert!(e.msg.contains("8192"), "{e}");
+        let e = UNetConfig {
+            layers_per_block: MAX_LAYERS_PER_BLOCK + 1,
+            ..base.clone()
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "layers_per_block");
+        // A time embedding whose sinusoid has no frequencies left: block_out_channels[0] / 2
+        // must exceed freq_shift (the tiny preset shifts by 1).
+        let e = UNetConfig {
+            block_out_channels: vec![2, 2, 2],
+            norm_num_groups: 2,
+            ..base
+        }
+        .validate()
+        .unwrap_err();
+        assert_eq!(e.field, "freq_shift");
+        assert!(e.msg.contains("block_out_channels[0]"), "{e}");
     }
 }

@@ -125,6 +125,9 @@ impl Checkpoint {
     /// Reads a checkpoint, checking the format tag, every config and every tensor.
     pub fn load(path: &Path) -> Result<Self, CheckpointError> {
         let bytes = std::fs::read(path).map_err(|e| fail(path, format!("cannot read: {e}")))?;
+        // Before the crate's own parse, which can overflow on tensors that end past the file.
+        crate::params::check_data_offsets(&bytes)
+            .map_err(|m| fail(path, format!("not a valid safetensors file: {m}")))?;
         let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
             fail(
                 path,

@@ -88,6 +88,9 @@ impl Default for TrainConfig {
     }
 }
 
+/// The largest batch (and sample grid) accepted.
+pub const MAX_BATCH: usize = 1 << 20;
+
 /// A training setting that cannot work, naming the flag.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("training config: `{field}`: {msg}")]
@@ -99,8 +102,27 @@ pub struct TrainConfigError {
 impl TrainConfig {
     pub fn validate(&self) -> Result<(), TrainConfigError> {
         let bad = |field, msg: String| Err(TrainConfigError { field, msg });
+        if let Err(e) = self.optimizer.validate() {
+            return bad("optimizer", e.to_string());
+        }
+        if let Err(e) = self.ema.validate() {
+            return bad("ema", e.to_string());
+        }
         if self.batch_size == 0 {
             return bad("batch_size", "must be at least 1".into());
+        }
+        // Far above any batch that fits in memory; keeps size arithmetic far from overflow.
+        if self.batch_size > MAX_BATCH {
+            return bad(
+                "batch_size",
+                format!("{} is above the limit of {MAX_BATCH}", self.batch_size),
+            );
+        }
+        if self.sample_count > MAX_BATCH {
+            return bad(
+                "sample_count",
+                format!("{} is above the limit of {MAX_BATCH}", self.sample_count),
+            );
         }
         if self.steps == 0 {
             return bad("steps", "must be at least 1".into());
