@@ -586,6 +586,16 @@ fn resume_and_sample_use_the_newest_checkpoint_that_verifies() {
     let run = dir.join("run");
     let r = run.to_str().unwrap();
     ok(&ddpm(&train_args(&model, r, "5")));
+    assert!(
+        !run.join("train.lock").exists(),
+        "the lock goes with its run"
+    );
+    // A fresh run may not write into it (it would mix checkpoints and overwrite the log).
+    fails_with(
+        &ddpm(&train_args(&model, r, "5")),
+        2,
+        "already holds a training run (checkpoints/step_0000005.safetensors): pass --resume",
+    );
     let ck = run.join("checkpoints");
     // Corrupt the newest step file (latest is the same file, or a copy: corrupt both).
     for name in ["step_0000005.safetensors", "latest.safetensors"] {
@@ -668,6 +678,54 @@ fn resume_and_sample_use_the_newest_checkpoint_that_verifies() {
         1,
         "no checkpoint verifies",
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Two processes never train into one directory: the second is refused while the first runs,
+/// and the lock of a killed run is taken over.
+#[cfg(unix)]
+#[test]
+fn a_second_run_in_the_same_directory_is_refused_while_the_first_runs() {
+    let dir = temp_dir("lock");
+    let model = write_model(&dir);
+    let run = dir.join("run");
+    let r = run.to_str().unwrap();
+    let mut first = Command::new(BIN)
+        .args(train_args(&model, r, "100000"))
+        .spawn()
+        .unwrap();
+    let lock = run.join("train.lock");
+    let started = Instant::now();
+    while !run.join("checkpoints/step_0000001.safetensors").exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        first.id().to_string()
+    );
+    fails_with(
+        &ddpm(&["train", "--resume", r, "--device", "cpu", "-q"]),
+        1,
+        &format!(
+            "another ddpm train (process {}) is writing to this directory",
+            first.id()
+        ),
+    );
+    first.kill().unwrap();
+    first.wait().unwrap();
+    assert!(lock.exists(), "a killed run leaves its lock");
+    let at = Checkpoint::load(&run.join("checkpoints/latest.safetensors"))
+        .unwrap()
+        .step;
+    let next = (at + 1).to_string();
+    ok(&ddpm(&[
+        "train", "--resume", r, "--steps", &next, "--device", "cpu", "-q",
+    ]));
+    assert!(!lock.exists());
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -41,6 +41,15 @@ pub fn step_files(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// The name of the newest checkpoint in `dir` (a step file, else `latest`), if any.
+pub fn newest_name(dir: &Path) -> Option<String> {
+    let newest = step_files(dir).ok().and_then(|f| f.into_iter().last());
+    match newest {
+        Some((_, p)) => Some(p.file_name()?.to_string_lossy().into_owned()),
+        None => dir.join(LATEST).is_file().then(|| LATEST.to_string()),
+    }
+}
+
 /// Makes `dir/latest.safetensors` the file `newest`, then deletes all but the newest `keep`
 /// step files (`keep` = 0 keeps them all). Only called after `newest` was written whole.
 pub fn publish(dir: &Path, newest: &Path, keep: usize) -> io::Result<Vec<PathBuf>> {
@@ -85,7 +94,7 @@ pub fn remove_stale_temporaries(dir: &Path) -> io::Result<Vec<PathBuf>> {
 
 /// Whether process `pid` still runs (Linux: its /proc entry). Elsewhere, only our own pid
 /// counts as alive, so temporaries of other processes are treated as stale.
-fn process_alive(pid: u32) -> bool {
+pub(crate) fn process_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }

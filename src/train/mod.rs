@@ -18,6 +18,7 @@ pub mod checkpoint_dir;
 pub mod config;
 mod engine;
 mod run;
+pub mod run_lock;
 
 pub use checkpoint::{Checkpoint, CheckpointError, RngState};
 pub use config::{LossKind, TrainConfig, TrainConfigError};

@@ -23,6 +23,7 @@ use std::time::Instant;
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::run_lock::RunLock;
 use super::{checkpoint_dir, Checkpoint, StepStats, TrainConfig, TrainEngine, Trainer};
 use crate::atomic_file::write_atomic;
 use crate::cuda::train::GpuTrainer;
@@ -106,12 +107,24 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             eprintln!("{line}");
         }
     };
+    // The checkpoint a run starts from: what a failure before the first save leaves intact.
+    let mut resumed_from = PathBuf::new();
     let (mut trainer, dataset) = match opts.start {
         Start::Fresh {
             mut model,
             schedule,
             train,
         } => {
+            // A fresh run would mix its checkpoints with another run's and overwrite its log.
+            let existing = checkpoint_dir::newest_name(&opts.out.join("checkpoints"));
+            if let Some(name) = existing {
+                return Err(crate::usage_error::usage(format!(
+                    "{} already holds a training run (checkpoints/{name}): pass --resume {} to \
+                     continue it, or choose another --out",
+                    opts.out.display(),
+                    opts.out.display()
+                )));
+            }
             let dataset = load_data(&train)?;
             if train.class_conditional && model.num_class_embeds.is_none() {
                 ensure!(
@@ -135,7 +148,8 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             keep_checkpoints,
             max_nonfinite_steps,
         } => {
-            let (_, ck) = resume_from(&checkpoint, &say)?;
+            let (path, ck) = resume_from(&checkpoint, &say)?;
+            resumed_from = path;
             let mut t: Box<dyn TrainEngine> = match &opts.device {
                 Device::Cpu => Box::new(Trainer::from_checkpoint(ck)?),
                 Device::Cuda(gpu) => Box::new(GpuTrainer::from_checkpoint(gpu.clone(), ck)?),
@@ -169,6 +183,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create the output directory {}", dir.display()))?;
     }
+    let _lock = RunLock::acquire(&out)?;
     let ck_dir = out.join("checkpoints");
     for stale in checkpoint_dir::remove_stale_temporaries(&ck_dir)
         .with_context(|| format!("cannot clean up {}", ck_dir.display()))?
@@ -210,11 +225,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let mut losses = Vec::new();
     let mut window = Window::default();
     // The newest checkpoint of this run on disk, and its step: what a failure leaves intact.
-    let mut checkpoint = checkpoint_dir::step_files(&ck_dir)
-        .ok()
-        .and_then(|f| f.into_iter().rfind(|(s, _)| *s <= trainer.step()))
-        .map(|(_, p)| p)
-        .unwrap_or_default();
+    let mut checkpoint = resumed_from;
     let mut grid = PathBuf::new();
     let mut nonfinite_in_a_row = 0u64;
     let mut checkpoint_due = false;
