@@ -499,7 +499,8 @@ fn meta_edit() -> impl Strategy<Value = (String, MetaEdit)> {
 
 /// One metadata entry replaced: an arbitrary text, or its JSON with one field changed (any
 /// JSON value, huge sizes). The file stays a valid safetensors file, so every refusal must be
-/// about the metadata or the tensors and name the entry, the field or the tensor at fault.
+/// about the metadata or the tensors and name the entry, the field or the tensor at fault; an
+/// edit every parser accepts is caught by the checksum, which covers the metadata.
 #[test]
 fn checkpoint_metadata_values_are_checked() {
     let full = checkpoint_bytes();
@@ -521,7 +522,14 @@ fn checkpoint_metadata_values_are_checked() {
         };
         meta.insert(key.clone(), Value::String(new.clone()));
         let r = load_checkpoint(&join_checkpoint(&h, data))?;
-        tally.add(&r);
+        // The CRC covers the metadata and is checked last: an edit refused only by it passed
+        // every parser and check before, which is what this property is after.
+        let passed = match &r {
+            Ok(_) => Ok(()),
+            Err(m) if m.contains("checksum mismatch") => Ok(()),
+            Err(_) => Err(()),
+        };
+        tally.add(&passed);
         if let Err(msg) = &r {
             prop_assert!(
                 !msg.contains("not a safetensors file") && !msg.contains("not a valid safetensors"),

@@ -26,7 +26,8 @@ pub const FORMAT: &str = "ddpm-checkpoint-1";
 
 const EMA: &str = "ema.";
 /// Metadata key of the CRC-32 (hex) of the weights, EMA and moments, in that order, as
-/// little-endian f32 in the model's parameter layout; independent of the file's tensor order.
+/// little-endian f32 in the model's parameter layout (independent of the file's tensor order),
+/// followed by every other metadata entry as `key=value\n`, sorted by key.
 const CRC_KEY: &str = "crc32";
 const ADAM_M: &str = "adam.m.";
 const ADAM_V: &str = "adam.v.";
@@ -101,22 +102,22 @@ impl Checkpoint {
                 ),
             ));
         }
-        let crc = self.checksum();
         let mut views = named_views(layout, &self.weights, "");
         views.extend(named_views(layout, &self.ema, EMA));
         views.extend(named_views(layout, &self.adam_m, ADAM_M));
         views.extend(named_views(layout, &self.adam_v, ADAM_V));
         let json = |v: &dyn erased::Json| v.to_json();
-        let metadata = HashMap::from([
+        let mut metadata = HashMap::from([
             ("format".to_string(), FORMAT.to_string()),
             ("step".to_string(), self.step.to_string()),
             ("skipped_steps".to_string(), self.skipped_steps.to_string()),
-            (CRC_KEY.to_string(), format!("{crc:08x}")),
             ("model_config".to_string(), json(&self.model)),
             ("schedule_config".to_string(), json(&self.schedule)),
             ("train_config".to_string(), json(&self.train)),
             ("rng".to_string(), json(&self.rng)),
         ]);
+        let crc = self.checksum(&metadata);
+        metadata.insert(CRC_KEY.to_string(), format!("{crc:08x}"));
         let bytes = safetensors::serialize(views, Some(metadata))
             .map_err(|e| fail(path, format!("cannot encode: {e}")))?;
         write_atomic(path, &bytes).map_err(|e| fail(path, format!("cannot write: {e}")))
@@ -225,13 +226,13 @@ impl Checkpoint {
         };
         // Absent only in checkpoints written before checksums were added.
         if let Some(stored) = meta.get(CRC_KEY) {
-            let actual = format!("{:08x}", ck.checksum());
+            let actual = format!("{:08x}", ck.checksum(&meta));
             if *stored != actual {
                 return Err(fail(
                     path,
                     format!(
-                        "checksum mismatch (stored {stored}, computed {actual}): the tensor data \
-                         is corrupt"
+                        "checksum mismatch (stored {stored}, computed {actual}): the tensors or \
+                         the metadata are corrupt"
                     ),
                 ));
             }
@@ -239,8 +240,9 @@ impl Checkpoint {
         Ok(ck)
     }
 
-    /// CRC-32 of the weights, EMA and moments as little-endian f32, in that order.
-    fn checksum(&self) -> u32 {
+    /// CRC-32 of the weights, EMA and moments as little-endian f32, in that order, then of the
+    /// metadata entries other than the checksum itself, sorted by key.
+    fn checksum(&self, meta: &HashMap<String, String>) -> u32 {
         let mut h = crc32fast::Hasher::new();
         for v in [&self.weights, &self.ema, &self.adam_m, &self.adam_v] {
             if cfg!(target_endian = "little") {
@@ -250,6 +252,11 @@ impl Checkpoint {
                     h.update(&x.to_le_bytes());
                 }
             }
+        }
+        let mut entries: Vec<_> = meta.iter().filter(|(k, _)| *k != CRC_KEY).collect();
+        entries.sort();
+        for (k, v) in entries {
+            h.update(format!("{k}={v}\n").as_bytes());
         }
         h.finalize()
     }

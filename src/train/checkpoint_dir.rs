@@ -68,6 +68,29 @@ pub fn publish(dir: &Path, newest: &Path, keep: usize) -> io::Result<Vec<PathBuf
     Ok(removed)
 }
 
+/// Moves step files past `step`, and a `latest` that is not at or before it, into
+/// `dir/abandoned/`; returns (from, to) of each.
+pub fn set_aside_newer(dir: &Path, step: u64) -> io::Result<Vec<(PathBuf, PathBuf)>> {
+    let mut newer: Vec<PathBuf> = step_files(dir)?
+        .into_iter()
+        .filter(|(s, _)| *s > step)
+        .map(|(_, p)| p)
+        .collect();
+    let latest = dir.join(LATEST);
+    if latest.is_file() && peek_step(&latest).is_none_or(|s| s > step) {
+        newer.push(latest);
+    }
+    let aside = dir.join("abandoned");
+    let mut moved = Vec::new();
+    for from in newer {
+        fs::create_dir_all(&aside)?;
+        let to = aside.join(from.file_name().expect("a file name"));
+        fs::rename(&from, &to)?;
+        moved.push((from, to));
+    }
+    Ok(moved)
+}
+
 /// Removes temporary files left by a writer that was killed mid-save (their process is gone).
 pub fn remove_stale_temporaries(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
@@ -94,7 +117,7 @@ pub fn remove_stale_temporaries(dir: &Path) -> io::Result<Vec<PathBuf>> {
 
 /// Whether process `pid` still runs (Linux: its /proc entry). Elsewhere, only our own pid
 /// counts as alive, so temporaries of other processes are treated as stale.
-pub(crate) fn process_alive(pid: u32) -> bool {
+fn process_alive(pid: u32) -> bool {
     if pid == std::process::id() {
         return true;
     }

@@ -194,7 +194,8 @@ impl Trainer {
         drop(tape);
 
         let grad_norm = clip_grad_norm(self.params.grads_mut(), self.config.grad_clip);
-        if !grad_norm.is_finite() {
+        // Judged in f32, as the GPU trainer (which reduces to an f32 norm) judges it.
+        if !(grad_norm as f32).is_finite() {
             return Ok(self.skip(loss, grad_norm));
         }
         let t = self.optimizer.step() + 1;

@@ -148,13 +148,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             keep_checkpoints,
             max_nonfinite_steps,
         } => {
-            let (path, ck) = resume_from(&checkpoint, &say)?;
+            let (path, mut ck) = resume_from(&checkpoint, &say)?;
             resumed_from = path;
-            let mut t: Box<dyn TrainEngine> = match &opts.device {
-                Device::Cpu => Box::new(Trainer::from_checkpoint(ck)?),
-                Device::Cuda(gpu) => Box::new(GpuTrainer::from_checkpoint(gpu.clone(), ck)?),
-            };
-            let cfg = t.config_mut();
+            let cfg = &mut ck.train;
             if let Some(s) = steps {
                 cfg.steps = s;
             }
@@ -165,19 +161,24 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 cfg.max_nonfinite_steps = m;
             }
             cfg.validate()?;
-            let dataset = load_data(t.config())?;
+            // Before the data is read or the device touched.
+            crate::ensure_usage!(
+                ck.step < cfg.steps,
+                "the run is already at step {} of {}: pass a larger --steps to continue it",
+                ck.step,
+                cfg.steps
+            );
+            let dataset = load_data(&ck.train)?;
+            let t: Box<dyn TrainEngine> = match &opts.device {
+                Device::Cpu => Box::new(Trainer::from_checkpoint(ck)?),
+                Device::Cuda(gpu) => Box::new(GpuTrainer::from_checkpoint(gpu.clone(), ck)?),
+            };
             (t, dataset)
         }
     };
     check_data_fits(&dataset, trainer.net())?;
     let dataset = Arc::new(dataset);
     let cfg = trainer.config().clone();
-    crate::ensure_usage!(
-        trainer.step() < cfg.steps,
-        "the run is already at step {} of {}: pass a larger --steps to continue it",
-        trainer.step(),
-        cfg.steps
-    );
     let out = opts.out;
     for dir in [out.clone(), out.join("samples"), out.join("checkpoints")] {
         std::fs::create_dir_all(&dir)
@@ -185,12 +186,26 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     }
     let _lock = RunLock::acquire(&out)?;
     let ck_dir = out.join("checkpoints");
-    for stale in checkpoint_dir::remove_stale_temporaries(&ck_dir)
-        .with_context(|| format!("cannot clean up {}", ck_dir.display()))?
+    for dir in [&out, &out.join("samples"), &ck_dir] {
+        for stale in checkpoint_dir::remove_stale_temporaries(dir)
+            .with_context(|| format!("cannot clean up {}", dir.display()))?
+        {
+            say(format!(
+                "removed {}, left by a write that was interrupted",
+                stale.display()
+            ));
+        }
+    }
+    // Checkpoints past the resumed step belong to a future this run replaces: set aside, so
+    // neither rotation nor a later resume mixes them with this run's.
+    for moved in checkpoint_dir::set_aside_newer(&ck_dir, trainer.step())
+        .with_context(|| format!("cannot set aside newer checkpoints in {}", ck_dir.display()))?
     {
         say(format!(
-            "removed {}, left by a save that was interrupted",
-            stale.display()
+            "moved {} (past the resumed step {}) to {}",
+            moved.0.display(),
+            trainer.step(),
+            moved.1.display()
         ));
     }
     write_config(&out, trainer.as_ref())?;
@@ -258,8 +273,33 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             losses.push((stats.step, stats.loss));
         }
         let last = s == cfg.steps;
+        // The checkpoint first: a log row, grid or plot that cannot be written must not cost it.
+        if cfg.checkpoint_every > 0 && s % cfg.checkpoint_every == 0 {
+            checkpoint_due = true;
+        }
+        // Postponed while steps are being skipped, so the checkpoints kept are from good
+        // updates; the last step always saves (its weights are the last good ones).
+        if (checkpoint_due && nonfinite_in_a_row == 0) || last {
+            checkpoint_due = false;
+            let ck = trainer.checkpoint()?;
+            let path = ck_dir.join(checkpoint_dir::step_file_name(s));
+            ck.save(&path)
+                .with_context(|| format!("saving step {s} failed. {}", intact(&checkpoint)))?;
+            checkpoint = path;
+            checkpoint_dir::publish(&ck_dir, &checkpoint, cfg.keep_checkpoints).with_context(
+                || {
+                    format!(
+                        "checkpoint {} was written and is intact, but updating {} or removing \
+                         older checkpoints failed",
+                        checkpoint.display(),
+                        checkpoint_dir::LATEST
+                    )
+                },
+            )?;
+        }
         if s % cfg.log_every == 0 || last {
-            log.row(&window.row(s))?;
+            log.row(&window.row(s))
+                .with_context(|| intact(&checkpoint))?;
             if let Some(bar) = &bar {
                 bar.set_position(s);
                 bar.set_message(format!("loss {:.4}", window.mean_loss()));
@@ -275,34 +315,11 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         }
         if (cfg.sample_every > 0 && s % cfg.sample_every == 0) || last {
             grid = out.join("samples").join(format!("step_{s:07}.png"));
-            sample_grid(trainer.as_mut(), &grid)?;
-            let points = read_loss_points(&out.join("log.csv"))?;
-            save_loss_curve(&out.join("loss.png"), &points, 800, 400)?;
-        }
-        if cfg.checkpoint_every > 0 && s % cfg.checkpoint_every == 0 {
-            checkpoint_due = true;
-        }
-        // Postponed while steps are being skipped, so the checkpoints kept are from good
-        // updates; the last step always saves (its weights are the last good ones).
-        if (checkpoint_due && nonfinite_in_a_row == 0) || last {
-            checkpoint_due = false;
-            let ck = trainer.checkpoint()?;
-            let path = ck_dir.join(checkpoint_dir::step_file_name(s));
-            ck.save(&path)
-                .map_err(anyhow::Error::from)
-                .and_then(|()| {
-                    checkpoint_dir::publish(&ck_dir, &path, cfg.keep_checkpoints).with_context(
-                        || {
-                            format!(
-                                "checkpoint {} was written, but updating {} failed",
-                                path.display(),
-                                checkpoint_dir::LATEST
-                            )
-                        },
-                    )
-                })
-                .with_context(|| format!("saving step {s} failed. {}", intact(&checkpoint)))?;
-            checkpoint = path;
+            let drawn = sample_grid(trainer.as_mut(), &grid).and_then(|()| {
+                let points = read_loss_points(&out.join("log.csv"))?;
+                Ok(save_loss_curve(&out.join("loss.png"), &points, 800, 400)?)
+            });
+            drawn.with_context(|| intact(&checkpoint))?;
         }
     }
     if let Some(bar) = &bar {
@@ -336,7 +353,7 @@ fn intact(previous: &Path) -> String {
         .map(|s| format!(" (step {s})"))
         .unwrap_or_default();
     format!(
-        "The previous checkpoint, {}{step}, is intact.",
+        "The last checkpoint, {}{step}, is intact.",
         previous.display()
     )
 }
