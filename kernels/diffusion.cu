@@ -87,15 +87,19 @@ extern "C" __global__ void noise_add_f32(const float* x0, const float* sqrt_ab, 
     }
 }
 
-// ---- sampler steps (src/diffusion/sampler.rs) ------------------------------------------------
-// Field for field `StepCoeffs` in src/diffusion/sampler.rs.
+// ---- sampler updates (src/diffusion/sampler/coeffs.rs) ---------------------------------------
+// Field for field `StepCoeffs` in src/diffusion/sampler/coeffs.rs.
 struct StepCoeffs {
-    float x0_x, x0_out;  // raw x̂₀ = x0_x·x_t + x0_out·out (DDPM eq. 15 for ε)
+    float x0_x, x0_out;  // raw x̂₀ = x0_x·x_t + x0_out·o (DDPM eq. 15 for ε)
     float clip;          // |x̂₀| bound, +∞ when off
-    float c_x0;          // weight of the clipped x̂₀
+    float c_x0;          // weight of the clipped x̂₀ in x_new
     float c_x0_raw;      // weight of the unclipped x̂₀
     float c_xt;          // weight of x_t
+    float c_out;         // weight of the model output itself
+    float c_h;           // weight of the history
     float sigma;         // noise standard deviation; 0: no noise
+    float d_x0, d_xt, d_h;  // h_new = d_x0·x̂₀ + d_xt·x_t + d_h·h
+    float guidance;      // o = o_u + g·(o_c − o_u) when an unconditional output is given
 };
 
 // Field for field `StepNoiseParams` in src/cuda/ops/diffusion.rs.
@@ -104,23 +108,41 @@ struct StepNoiseParams {
     uint64_t stream;  // stream(SampleStep, 0, k): image id goes in bits 24..59 (STREAM_B_BITS = 24)
 };
 
-// `step_element`: x̂₀ (clamped), then x_prev = c_x0·x̂₀ + c_x0_raw·raw + c_xt·x_t (+ σ z).
-__device__ __forceinline__ void step_element(const StepCoeffs& c, const float* x_t, const float* out, float* x_prev, float* x0, size_t k, float z) {
+// `step_element_full`, in the same order of f32 operations (no FMA contraction):
+//   o = out (or o_u + g·(o_c − o_u)); raw = x0_x·x_t + x0_out·o; x̂₀ = clamp(raw);
+//   x_new = c_x0·x̂₀ + c_x0_raw·raw + c_xt·x_t [+ c_out·o] [+ c_h·h] [+ σ z];
+//   h_new = d_x0·x̂₀ + d_xt·x_t [+ d_h·h], written when `hist` is given and any d is nonzero.
+__device__ __forceinline__ void step_element(const StepCoeffs& c, const float* x_t, const float* out, const float* out_uncond, float* hist, float* x_new, float* x0, size_t k, float z) {
     const float xt = x_t[k];
-    const float raw = __fadd_rn(__fmul_rn(c.x0_x, xt), __fmul_rn(c.x0_out, out[k]));
+    float o = out[k];
+    if (out_uncond != nullptr) {
+        const float u = out_uncond[k];
+        o = __fadd_rn(u, __fmul_rn(c.guidance, __fsub_rn(o, u)));
+    }
+    const float raw = __fadd_rn(__fmul_rn(c.x0_x, xt), __fmul_rn(c.x0_out, o));
     float x0v = raw;  // f32::clamp: NaN stays NaN
     if (x0v < -c.clip) x0v = -c.clip;
     if (x0v > c.clip) x0v = c.clip;
-    const float mean = __fadd_rn(__fadd_rn(__fmul_rn(c.c_x0, x0v), __fmul_rn(c.c_x0_raw, raw)), __fmul_rn(c.c_xt, xt));
-    x_prev[k] = c.sigma > 0.0f ? __fadd_rn(mean, __fmul_rn(c.sigma, z)) : mean;
+    const float h = (hist != nullptr) ? hist[k] : 0.0f;
+    float mean = __fadd_rn(__fadd_rn(__fmul_rn(c.c_x0, x0v), __fmul_rn(c.c_x0_raw, raw)), __fmul_rn(c.c_xt, xt));
+    if (c.c_out != 0.0f) mean = __fadd_rn(mean, __fmul_rn(c.c_out, o));
+    if (c.c_h != 0.0f) mean = __fadd_rn(mean, __fmul_rn(c.c_h, h));
+    x_new[k] = c.sigma > 0.0f ? __fadd_rn(mean, __fmul_rn(c.sigma, z)) : mean;
     if (x0 != nullptr) x0[k] = x0v;
+    if (hist != nullptr && (c.d_x0 != 0.0f || c.d_xt != 0.0f || c.d_h != 0.0f)) {
+        float hn = __fadd_rn(__fmul_rn(c.d_x0, x0v), __fmul_rn(c.d_xt, xt));
+        if (c.d_h != 0.0f) hn = __fadd_rn(hn, __fmul_rn(c.d_h, h));
+        hist[k] = hn;
+    }
 }
 
-// One reverse step over (n_items, item_len). z of item i, element j is element j of the
-// SampleStep stream (image_ids[i], k), drawn only when σ > 0. An image id that does not fit the
-// stream's 36 bits (the host checks ids when it makes x_T) gives NaN rather than another image's
-// noise. x_prev may alias x_t and x0 may alias out: each element is read before it is written.
-__device__ void sampler_step(const StepCoeffs& c, const StepNoiseParams& nz, const float* x_t, const float* out, float* x_prev, float* x0, const uint64_t* image_ids, size_t n_items, size_t item_len) {
+// One sampler update over (n_items, item_len): every sampler (DDPM eq. 11, DDIM eq. 12, Euler,
+// Heun, Euler–Maruyama, DPM-Solver++(2M), DDIM inversion) is this map with its own
+// coefficients, computed on the host. z of item i, element j is element j of the SampleStep
+// stream (image_ids[i], k), drawn only when σ > 0. An image id that does not fit the stream's
+// 36 bits (the host checks ids when it makes x_T) gives NaN rather than another image's noise.
+// x_new may alias x_t and x0 may alias out: each element is read before it is written.
+extern "C" __global__ void sampler_update_f32(StepCoeffs c, StepNoiseParams nz, const float* x_t, const float* out, const float* out_uncond, float* hist, float* x_new, float* x0, const uint64_t* image_ids, size_t n_items, size_t item_len) {
     const size_t pairs = (item_len + 1) / 2;
     GRID_STRIDE_LOOP(idx, n_items * pairs) {
         const size_t item = idx / pairs, pair = idx % pairs;
@@ -137,14 +159,7 @@ __device__ void sampler_step(const StepCoeffs& c, const StepNoiseParams& nz, con
         }
         const size_t j = 2 * pair;
         const size_t k = item * item_len + j;
-        step_element(c, x_t, out, x_prev, x0, k, z0);
-        if (j + 1 < item_len) step_element(c, x_t, out, x_prev, x0, k + 1, z1);
+        step_element(c, x_t, out, out_uncond, hist, x_new, x0, k, z0);
+        if (j + 1 < item_len) step_element(c, x_t, out, out_uncond, hist, x_new, x0, k + 1, z1);
     }
 }
-
-// DDPM ancestral step t → prev: posterior mean μ̃(x_t, x̂₀) of q(x_prev | x_t, x̂₀) (DDPM eqs. 6–7)
-// plus σ z; with every timestep visited and no clipping this is DDPM eq. 11 (Algorithm 2).
-extern "C" __global__ void ddpm_step_f32(StepCoeffs c, StepNoiseParams nz, const float* x_t, const float* out, float* x_prev, float* x0, const uint64_t* image_ids, size_t n_items, size_t item_len) { sampler_step(c, nz, x_t, out, x_prev, x0, image_ids, n_items, item_len); }
-// DDIM step t → prev: √ᾱ_prev x̂₀ + √(1 − ᾱ_prev − σ²) ε̂ + σ z (DDIM eq. 12, σ = η·eq. 16), with
-// ε̂ folded into the coefficients on the host. Same elementwise form as the DDPM step.
-extern "C" __global__ void ddim_step_f32(StepCoeffs c, StepNoiseParams nz, const float* x_t, const float* out, float* x_prev, float* x0, const uint64_t* image_ids, size_t n_items, size_t item_len) { sampler_step(c, nz, x_t, out, x_prev, x0, image_ids, n_items, item_len); }

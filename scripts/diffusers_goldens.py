@@ -16,11 +16,15 @@ What it writes:
   models/*/              random-weight UNet2DModel directories shaped like published ones
   unet_forward.safetensors   their fp32 outputs on fixed inputs
   ddim10.safetensors     10-step DDIM runs from fixed noise through those models
+  samplers.safetensors   10-step Euler and Heun (Karras σ), DPM-Solver++(2M) and DDIM-inversion
+                         runs through the committed cifar10-like and cond-pipeline models (the
+                         `samplers` stage loads models/ and never rewrites it)
   export/                a ddpm checkpoint (made by `ddpm train`), and diffusers' output for the
                          directory `ddpm export` writes from it
 """
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -33,6 +37,8 @@ import numpy as np
 import torch
 import diffusers
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel, DDPMPipeline
+from diffusers import (DDIMInverseScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+                       HeunDiscreteScheduler)
 from safetensors.torch import save_file, load_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -363,6 +369,152 @@ def models():
 
 
 # ---------------------------------------------------------------------------------------------
+# Samplers beyond DDIM (Euler, Heun, DPM-Solver++(2M), DDIM inversion), run by diffusers through
+# the committed models/ directories: this stage only loads them, it never rewrites them.
+
+SAMPLER_MODELS = ("cifar10-like", "cond-pipeline")
+SAMPLER_STEPS = 10
+# torch.Generator seeds, per model: "noise" is the standard-normal x_T shared by the euler_karras,
+# heun_karras and dpmpp_2m cases (so their final samples can be compared with one another),
+# "image" the small perturbation added to the ddim_inverse case's smooth pattern.
+SAMPLER_SEEDS = {"cifar10-like": {"noise": 500, "image": 510},
+                 "cond-pipeline": {"noise": 501, "image": 511}}
+
+
+def load_fixture_unet(name):
+    """A committed model directory, in fp32, as diffusers reads it."""
+    root = OUT / "models" / name
+    if MODELS[name]["pipeline"]:
+        return UNet2DModel.from_pretrained(root, subfolder="unet", torch_dtype=torch.float32).eval()
+    return UNet2DModel.from_pretrained(root, torch_dtype=torch.float32).eval()
+
+
+def accepted(cls, cfg):
+    """The keys of `cfg` that cls.__init__ takes by name (diffusers raises TypeError on the
+    others, except DDIMInverseScheduler, whose **kwargs swallows them silently)."""
+    params = inspect.signature(cls.__init__).parameters
+    kept = {k: v for k, v in cfg.items() if k in params}
+    return kept, sorted(k for k in cfg if k not in params)
+
+
+class CountingUNet:
+    def __init__(self, unet, labels):
+        self.unet, self.labels, self.calls = unet, labels, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.unet(x, t, class_labels=self.labels).sample
+
+
+def smooth_image(shape, seed):
+    """0.8·sin(2πx/S + b + 0.7c)·cos(2πy/S) + 0.05·N(0, 1), clamped to [-1, 1]; x is the last
+    (width) index, y the height, b the batch item, c the channel."""
+    b, c, h, w = shape
+    y = torch.arange(h, dtype=torch.float32).view(1, 1, h, 1)
+    x = torch.arange(w, dtype=torch.float32).view(1, 1, 1, w)
+    phase = (torch.arange(b, dtype=torch.float32).view(b, 1, 1, 1)
+             + 0.7 * torch.arange(c, dtype=torch.float32).view(1, c, 1, 1))
+    img = 0.8 * torch.sin(2 * torch.pi * x / w + phase) * torch.cos(2 * torch.pi * y / h)
+    img = img + 0.05 * torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    return img.clamp(-1.0, 1.0)
+
+
+def samplers():
+    tensors, cases = {}, []
+    for name in SAMPLER_MODELS:
+        m = MODELS[name]
+        c = m["config"]
+        shape = (m["batch"], c["in_channels"], c["sample_size"], c["sample_size"])
+        labels = torch.tensor(m["labels"], dtype=torch.long) if m["labels"] is not None else None
+        unet = load_fixture_unet(name)
+        seeds = SAMPLER_SEEDS[name]
+        base = {k: v for k, v in m["scheduler"].items() if not k.startswith("_") and k != "variance_type"}
+        base["clip_sample"] = False
+        ddim_cfg, _ = accepted(DDIMScheduler, base)
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seeds["noise"]))
+
+        def record(kind, cls, cfg, dropped, **extra):
+            cases.append({"name": f"{name}.{kind}", "model": name, "kind": kind,
+                          "scheduler": cls.__name__, "config": cfg, "dropped": dropped,
+                          "labels": m["labels"], "steps": SAMPLER_STEPS, **extra})
+
+        def put(kind, **ts):
+            for k, v in ts.items():
+                tensors[f"{name}.{kind}.{k}"] = v.detach().to(torch.float32).contiguous().clone()
+
+        def sample_loop(s):
+            f = CountingUNet(unet, labels)
+            x = noise * s.init_noise_sigma
+            with torch.no_grad():
+                for t in s.timesteps:
+                    inp = s.scale_model_input(x, t)
+                    x = s.step(f(inp, t), t, x).prev_sample
+            return x, f.calls
+
+        # Euler and Heun on Karras σ, timesteps spaced "linspace".
+        for kind, cls in (("euler_karras", EulerDiscreteScheduler), ("heun_karras", HeunDiscreteScheduler)):
+            kw, dropped = accepted(cls, {k: v for k, v in base.items() if k != "timestep_spacing"})
+            kw.update(use_karras_sigmas=True, timestep_spacing="linspace")
+            s = cls(**kw)
+            s.set_timesteps(SAMPLER_STEPS)
+            sigmas, ts = s.sigmas.clone(), s.timesteps.clone()
+            init_sigma = float(s.init_noise_sigma)
+            x, nfe = sample_loop(s)
+            put(kind, noise=noise, sigmas=sigmas, timesteps=ts, sample=x)
+            record(kind, cls, kw, dropped, seeds={"noise": seeds["noise"]}, nfe=nfe,
+                   init_noise_sigma=init_sigma)
+            print(f"samplers {name}.{kind}: {len(ts)} timesteps, {len(sigmas)} sigmas, nfe {nfe}, "
+                  f"init_noise_sigma {init_sigma:.4f}, |sample| max {x.abs().max():.3f}")
+
+        # DPM-Solver++(2M) on the timesteps DDIM visits for this config.
+        d = DDIMScheduler(**ddim_cfg)
+        d.set_timesteps(SAMPLER_STEPS)
+        ddim_ts = [int(t) for t in d.timesteps]
+        kw, dropped = accepted(DPMSolverMultistepScheduler, base)
+        kw.update(algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
+                  lower_order_final=True, final_sigmas_type="zero", use_karras_sigmas=False)
+        s = DPMSolverMultistepScheduler(**kw)
+        s.set_timesteps(timesteps=ddim_ts)
+        assert [int(t) for t in s.timesteps] == ddim_ts, (s.timesteps, ddim_ts)
+        assert float(s.init_noise_sigma) == 1.0
+        ts = s.timesteps.clone()
+        x, nfe = sample_loop(s)
+        put("dpmpp_2m", noise=noise, timesteps=ts, sample=x)
+        record("dpmpp_2m", DPMSolverMultistepScheduler, kw, dropped, set_timesteps=ddim_ts,
+               ddim_config=ddim_cfg, seeds={"noise": seeds["noise"]}, nfe=nfe,
+               init_noise_sigma=float(s.init_noise_sigma))
+        print(f"samplers {name}.dpmpp_2m: timesteps {ddim_ts}, nfe {nfe}, |sample| max {x.abs().max():.3f}")
+
+        # DDIM inversion of a smooth image, then DDIM (η = 0) back from the latent.
+        image = smooth_image(shape, seeds["image"])
+        kw, dropped = accepted(DDIMInverseScheduler, base)
+        kw.update(set_alpha_to_one=base.get("set_alpha_to_one", True),
+                  steps_offset=base.get("steps_offset", 0), timestep_spacing="leading")
+        inv = DDIMInverseScheduler(**kw)
+        inv.set_timesteps(SAMPLER_STEPS)
+        ts = inv.timesteps.clone()
+        f = CountingUNet(unet, labels)
+        x = image.clone()
+        with torch.no_grad():
+            for t in inv.timesteps:
+                x = inv.step(f(x, t), t, x).prev_sample
+        latent = x
+        recon = run_ddim(unet, ddim_cfg, latent, labels, steps=SAMPLER_STEPS)
+        mse = float(((recon - image) ** 2).mean())
+        put("ddim_inverse", image=image, timesteps=ts, latent=latent, recon=recon)
+        record("ddim_inverse", DDIMInverseScheduler, kw, dropped, recon_config=ddim_cfg,
+               recon_eta=0.0, seeds={"image": seeds["image"]}, nfe=f.calls,
+               recon_nfe=SAMPLER_STEPS, recon_mse=mse)
+        print(f"samplers {name}.ddim_inverse: timesteps {[int(t) for t in ts]}, |image| max "
+              f"{image.abs().max():.3f}, |latent| max {latent.abs().max():.3f}, |recon| max "
+              f"{recon.abs().max():.3f}, reconstruction MSE {mse:.3e}")
+    for k, v in tensors.items():
+        assert torch.isfinite(v).all(), k
+    save_file(tensors, OUT / "samplers.safetensors", metadata={"cases": meta_json(cases)})
+    print(f"samplers: {len(cases)} cases, {(OUT / 'samplers.safetensors').stat().st_size} bytes")
+
+
+# ---------------------------------------------------------------------------------------------
 # Export: a checkpoint made by `ddpm train`, written out by `ddpm export`, run by diffusers.
 
 EXPORT_MODEL = {
@@ -413,13 +565,13 @@ def export(ddpm):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="schedules,timesteps,steps,models,export")
+    ap.add_argument("--only", default="schedules,timesteps,steps,models,samplers,export")
     ap.add_argument("--ddpm", default=str(ROOT / "target" / "release" / "ddpm"))
     a = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     print(f"diffusers {diffusers.__version__}, torch {torch.__version__}, numpy {np.__version__}")
     stages = {"schedules": schedules, "timesteps": timesteps, "steps": steps, "models": models,
-              "export": lambda: export(a.ddpm)}
+              "samplers": samplers, "export": lambda: export(a.ddpm)}
     for stage in a.only.split(","):
         stages[stage]()
 

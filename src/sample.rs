@@ -1,5 +1,6 @@
-//! Drawing images from a trained model: the reverse process (DDPM Algorithm 2 or DDIM eq. 12,
-//! see [`crate::diffusion::sampler`]) over many images, in batches.
+//! Drawing images from a trained model: any sampler of [`crate::diffusion::sampler`] over many
+//! images, in batches, on the CPU or the GPU ([`Denoiser`]), with classifier-free guidance and
+//! snapshots of the reverse process.
 //!
 //! Image `i` of a run always starts from, and draws its step noise from, its own streams
 //! (seed, i), so the images do not depend on `--batch-size` (beyond float rounding: the matrix
@@ -7,7 +8,9 @@
 
 use anyhow::{ensure, Result};
 
-use crate::diffusion::sampler::{initial_noise, sample, SampleOptions, StepInfo};
+use crate::diffusion::sampler::{
+    initial_noise, run_evaluations, Evaluation, SampleOptions, StepInfo,
+};
 use crate::diffusion::Schedule;
 use crate::nn::UNet;
 use crate::params::ParamArena;
@@ -18,15 +21,133 @@ pub struct GenerateOptions {
     pub sampler: SampleOptions,
     /// Number of images.
     pub num: usize,
-    /// Images per model evaluation.
+    /// Images per model evaluation (a guided evaluation runs twice as many through the model).
     pub batch_size: usize,
     pub seed: u64,
     /// Class of each image for a class-conditional model (length `num`); `None` cycles through
-    /// the classes.
+    /// the classes. The null class, where the model has one, asks for an unconditional image.
     pub labels: Option<Vec<u32>>,
+    /// The model's null class (the label dropped labels were replaced by in training); needed
+    /// for guidance.
+    pub null_class: Option<u32>,
+    /// Evaluation indices at which to keep xₜ and x̂₀ of every image (empty: none).
+    pub watch: Vec<usize>,
 }
 
-/// Draws `opts.num` images, (N, C, H, W) with values clamped to [-1, 1]. `init_noise`, when
+impl GenerateOptions {
+    /// `num` images in batches of `batch_size`, unguided, nothing watched.
+    pub fn new(sampler: SampleOptions, num: usize, batch_size: usize, seed: u64) -> Self {
+        Self {
+            sampler,
+            num,
+            batch_size,
+            seed,
+            labels: None,
+            null_class: None,
+            watch: Vec::new(),
+        }
+    }
+}
+
+/// `k` evaluation indices spread evenly over `total`, first and last included.
+pub fn evenly_spaced(k: usize, total: usize) -> Vec<usize> {
+    match (k, total) {
+        (0, _) | (_, 0) => Vec::new(),
+        (1, _) => vec![total - 1],
+        _ => {
+            let mut v: Vec<usize> = (0..k)
+                .map(|i| ((i * (total - 1)) as f64 / (k - 1) as f64).round() as usize)
+                .collect();
+            v.dedup();
+            v
+        }
+    }
+}
+
+/// The images and, when asked for, the watched states.
+#[derive(Clone, Debug, Default)]
+pub struct Generated {
+    /// (N, C, H, W), clamped to [-1, 1].
+    pub images: Vec<f32>,
+    /// (N, K, C, H, W): xₜ at each watched evaluation (K = `watch.len()`), not clamped.
+    pub x_t: Vec<f32>,
+    /// (N, K, C, H, W): the clipped x̂₀ at each watched evaluation.
+    pub x0: Vec<f32>,
+    /// (K) the timestep of each watched evaluation.
+    pub watch_t: Vec<f64>,
+}
+
+/// One batch of evaluations to run.
+pub struct BatchJob<'a> {
+    pub evals: &'a [Evaluation],
+    pub seed: u64,
+    /// (B) global image indices, for the noise streams.
+    pub ids: &'a [u64],
+    /// (B) classes, or (2B) for a guided run: the classes, then the null class B times.
+    pub labels: Option<&'a [u32]>,
+    /// Whether each evaluation is guided (2B images through the model).
+    pub guided: bool,
+    /// (B, C, H, W): the start on entry, the result on exit.
+    pub x: &'a mut [f32],
+    /// Evaluation indices whose (xₜ, x̂₀) `on_eval` receives.
+    pub watch: &'a [usize],
+    /// Called after each evaluation with its index, and the states if it is watched.
+    pub on_eval: &'a mut dyn FnMut(usize, Option<(&[f32], &[f32])>),
+}
+
+/// Runs evaluation sequences for batches of images: the network plus the sampler update.
+pub trait Denoiser {
+    /// The most images one job may hold.
+    fn max_batch(&self) -> usize;
+    fn run(&mut self, net: &UNet, job: BatchJob<'_>) -> Result<()>;
+}
+
+/// The CPU denoiser: [`UNet::predict`] and [`run_evaluations`].
+pub struct CpuDenoiser<'a> {
+    pub params: &'a ParamArena<f32>,
+}
+
+impl Denoiser for CpuDenoiser<'_> {
+    fn max_batch(&self) -> usize {
+        usize::MAX
+    }
+
+    fn run(&mut self, net: &UNet, job: BatchJob<'_>) -> Result<()> {
+        let item = net.input_shape(1).len();
+        let guided = job.guided;
+        let labels = job.labels;
+        let mut model = |x_t: &[f32], t: &[f32], out: &mut [f32]| -> Result<()> {
+            let y = if guided {
+                // One batch of 2B: the images under their classes, then under the null class.
+                let (x2, t2) = ([x_t, x_t].concat(), [t, t].concat());
+                net.predict(self.params, &x2, &t2, labels)?
+            } else {
+                net.predict(self.params, x_t, t, labels)?
+            };
+            out.copy_from_slice(&y);
+            Ok(())
+        };
+        let watch = job.watch;
+        let on_eval = job.on_eval;
+        run_evaluations(
+            job.evals,
+            guided,
+            job.x,
+            item,
+            job.ids,
+            job.seed,
+            &mut model,
+            &mut |info: StepInfo<'_>| {
+                let states = watch
+                    .contains(&info.index)
+                    .then_some((info.x_t, info.x0_pred));
+                on_eval(info.index, states)
+            },
+        )
+    }
+}
+
+/// Draws `opts.num` images on the CPU, (N, C, H, W) clamped to [-1, 1]. `init_noise`, when
 /// given, replaces x_T ((N, C, H, W)). `progress(done, total)` counts model evaluations.
 pub fn generate(
     net: &UNet,
@@ -36,85 +157,87 @@ pub fn generate(
     init_noise: Option<&[f32]>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<f32>> {
-    let item = net.input_shape(1).len();
-    in_batches(
-        net,
-        schedule,
-        opts,
-        init_noise,
-        progress,
-        &mut |batch, on_step| {
-            let mut model = |x_t: &[f32], t: &[usize], out: &mut [f32]| -> Result<()> {
-                let t: Vec<f32> = t.iter().map(|&v| v as f32).collect();
-                let y = net.predict(params, x_t, &t, batch.labels)?;
-                out.copy_from_slice(&y);
-                Ok(())
-            };
-            sample(
-                schedule,
-                &opts.sampler,
-                batch.x,
-                item,
-                batch.ids,
-                opts.seed,
-                &mut model,
-                &mut |_: StepInfo<'_>| on_step(),
-            )
-        },
-    )
+    let mut den = CpuDenoiser { params };
+    Ok(generate_with(&mut den, net, schedule, opts, init_noise, progress)?.images)
 }
 
-/// One batch of a request, for the function that runs its reverse process.
-pub struct RequestBatch<'a> {
-    /// (n) global image indices.
-    pub ids: &'a [u64],
-    /// (n) classes, for a class-conditional model.
-    pub labels: Option<&'a [u32]>,
-    /// (n, C, H, W): x_T on entry, x₀ on exit.
-    pub x: &'a mut [f32],
-}
-
-/// Takes one batch from x_T to x₀, calling its second argument after each model evaluation.
-pub type BatchRunner<'a> = dyn FnMut(RequestBatch<'_>, &mut dyn FnMut()) -> Result<()> + 'a;
-
-/// The batching both samplers share: checks the request, splits it into batches of
-/// `opts.batch_size`, gives each its x_T (from `init_noise` or the image's own stream) and
-/// labels, lets `run` take it from x_T to x₀ (calling `on_step` once per model evaluation), and
-/// gathers the images clamped to [-1, 1]. `progress(done, total)` counts model evaluations.
-pub fn in_batches(
+/// Draws `opts.num` images with `den`: checks the request, splits it into batches of at most
+/// `opts.batch_size` (and the denoiser's limit), gives each its x_T (from `init_noise` or the
+/// image's own stream) and labels, runs the sampler's evaluations, and gathers the images
+/// clamped to [-1, 1] and the watched states. `progress(done, total)` counts evaluations.
+pub fn generate_with(
+    den: &mut dyn Denoiser,
     net: &UNet,
     schedule: &Schedule,
     opts: &GenerateOptions,
     init_noise: Option<&[f32]>,
     progress: &mut dyn FnMut(u64, u64),
-    run: &mut BatchRunner<'_>,
-) -> Result<Vec<f32>> {
+) -> Result<Generated> {
     let labels = check_request(net, opts, init_noise)?;
+    let evals = opts.sampler.evaluations(schedule)?;
+    let guided = opts.sampler.guidance.is_some();
+    let null = opts.null_class;
     let item = net.input_shape(1).len();
-    let steps = opts.sampler.plan(schedule)?.len() as u64;
-    let total = steps * opts.num.div_ceil(opts.batch_size) as u64;
+    let batch_size = opts.batch_size.min(den.max_batch()).max(1);
+    let steps = evals.len() as u64;
+    let total = steps * opts.num.div_ceil(batch_size) as u64;
+    let watch: Vec<usize> = opts
+        .watch
+        .iter()
+        .copied()
+        .filter(|&k| k < evals.len())
+        .collect();
+    let k_watch = watch.len();
     let mut done = 0u64;
-    let mut images = Vec::with_capacity(opts.num * item);
-    for first in (0..opts.num).step_by(opts.batch_size) {
-        let n = opts.batch_size.min(opts.num - first);
+    let mut out = Generated {
+        images: Vec::with_capacity(opts.num * item),
+        x_t: vec![0.0; opts.num * k_watch * item],
+        x0: vec![0.0; opts.num * k_watch * item],
+        watch_t: watch.iter().map(|&k| evals[k].t).collect(),
+    };
+    for first in (0..opts.num).step_by(batch_size) {
+        let n = batch_size.min(opts.num - first);
         let ids: Vec<u64> = (first as u64..(first + n) as u64).collect();
         let mut x = match init_noise {
             Some(noise) => noise[first * item..(first + n) * item].to_vec(),
             None => initial_noise(opts.seed, &ids, item)?,
         };
-        let batch = RequestBatch {
-            ids: &ids,
-            labels: labels.as_ref().map(|l| &l[first..first + n]),
-            x: &mut x,
-        };
-        run(batch, &mut || {
+        let batch_labels: Option<Vec<u32>> = labels.as_ref().map(|l| {
+            let mut v = l[first..first + n].to_vec();
+            if guided {
+                v.extend(std::iter::repeat_n(null.expect("checked"), n));
+            }
+            v
+        });
+        let (x_t_all, x0_all) = (&mut out.x_t, &mut out.x0);
+        let mut on_eval = |k: usize, states: Option<(&[f32], &[f32])>| {
+            if let (Some((xt, x0)), Some(slot)) = (states, watch.iter().position(|&w| w == k)) {
+                for i in 0..n {
+                    let dst = ((first + i) * k_watch + slot) * item;
+                    x_t_all[dst..dst + item].copy_from_slice(&xt[i * item..(i + 1) * item]);
+                    x0_all[dst..dst + item].copy_from_slice(&x0[i * item..(i + 1) * item]);
+                }
+            }
             done += 1;
             progress(done, total);
-        })?;
-        images.extend(x.iter().map(|v| v.clamp(-1.0, 1.0)));
+        };
+        den.run(
+            net,
+            BatchJob {
+                evals: &evals,
+                seed: opts.seed,
+                ids: &ids,
+                labels: batch_labels.as_deref(),
+                guided,
+                x: &mut x,
+                watch: &watch,
+                on_eval: &mut on_eval,
+            },
+        )?;
+        out.images.extend(x.iter().map(|v| v.clamp(-1.0, 1.0)));
     }
     debug_assert_eq!(done, total);
-    Ok(images)
+    Ok(out)
 }
 
 /// Checks a request against the model and resolves the class of every image (`None` for an
@@ -141,10 +264,32 @@ pub fn check_request(
             opts.num
         );
     }
-    let labels: Option<Vec<u32>> = match (net.config.num_class_embeds, &opts.labels) {
+    let embeds = net.config.num_class_embeds;
+    if let (Some(null), Some(n)) = (opts.null_class, embeds) {
+        ensure!(
+            (null as usize) < n,
+            "null class {null} is out of range: the model embeds {n} classes"
+        );
+    }
+    if opts.sampler.guidance.is_some() {
+        ensure!(
+            embeds.is_some(),
+            "classifier-free guidance needs a class-conditional model; this one is unconditional"
+        );
+        ensure!(
+            opts.null_class.is_some(),
+            "classifier-free guidance needs a model trained with label dropout (it learns a null \
+             class for the unconditional output); this model has none"
+        );
+    }
+    let labels: Option<Vec<u32>> = match (embeds, &opts.labels) {
         (None, None) => None,
         (None, Some(_)) => anyhow::bail!("class labels were given for an unconditional model"),
-        (Some(n), None) => Some((0..opts.num).map(|i| (i % n) as u32).collect()),
+        (Some(n), None) => {
+            // Cycle through the real classes; the null class is last.
+            let real = if opts.null_class.is_some() { n - 1 } else { n };
+            Some((0..opts.num).map(|i| (i % real.max(1)) as u32).collect())
+        }
         (Some(n), Some(l)) => {
             ensure!(
                 l.len() == opts.num,

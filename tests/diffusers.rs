@@ -271,11 +271,8 @@ fn ddim_10_steps_match_diffusers() {
         let noise = g.tensor(&format!("{name}.noise"));
         let num = noise.len() / net.input_shape(1).len();
         let opts = GenerateOptions {
-            sampler,
-            num,
-            batch_size: num,
-            seed: 0,
             labels: labels_of(&case["labels"]),
+            ..GenerateOptions::new(sampler, num, num, 0)
         };
         let got = generate(&net, &p, &s, &opts, Some(&noise), &mut |_, _| {}).unwrap();
         // `generate` returns images clamped to [-1, 1], as a pipeline's output is.

@@ -2,7 +2,7 @@
 //! forms and independent computations written here (never against our own earlier output).
 
 use ddpm::diffusion::noise::{fill_train_noise, normal_at, timestep_for, try_stream};
-use ddpm::diffusion::sampler::apply_step;
+use ddpm::diffusion::sampler::{alpha_bar_at, apply_step};
 use ddpm::diffusion::*;
 use ddpm::rng::philox_word;
 
@@ -634,7 +634,8 @@ fn oracle<'a>(s: &'a Schedule, x0: &'a [f64]) -> Model<'a> {
     Box::new(move |x, t, out| {
         let item = x0.len();
         for (b, &tb) in t.iter().enumerate() {
-            let ab = s.alpha_bar(tb);
+            // ᾱ at the (possibly fractional) timestep the sampler calls the model at.
+            let ab = alpha_bar_at(s, tb as f64);
             let (sa, s1) = (ab.sqrt(), (1.0 - ab).sqrt());
             for (j, &x0j) in x0.iter().enumerate() {
                 let k = b * item + j;
@@ -673,7 +674,7 @@ fn oracle_run(
         if info.index == 0 {
             return; // x_T is N(0, I), not quite q(x_T | x0*)
         }
-        let ab = s.alpha_bar(info.t);
+        let ab = info.alpha_bar;
         let r: Vec<f64> = info
             .x_t
             .iter()
@@ -774,7 +775,7 @@ fn ddim_eta_0_keeps_the_initial_noise_direction_and_ends_on_index_0_for_uniform(
         .collect();
     let mut x = x_t.clone();
     let mut on_step = |info: StepInfo<'_>| {
-        let ab = s.alpha_bar(info.t);
+        let ab = info.alpha_bar;
         for j in 0..item {
             let want = ab.sqrt() * x0[j] + (1.0 - ab).sqrt() * eps0[j];
             assert!((info.x_t[j] as f64 - want).abs() < 1e-4, "t {}", info.t);
@@ -802,7 +803,7 @@ fn ddim_eta_0_keeps_the_initial_noise_direction_and_ends_on_index_0_for_uniform(
 fn toy_model(item: usize) -> Model<'static> {
     Box::new(move |x, t, out| {
         for (k, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-            *o = 0.3 * v + 0.05 * ((t[k / item] + k % item) as f32).sin();
+            *o = 0.3 * v + 0.05 * (t[k / item] + (k % item) as f32).sin();
         }
         Ok(())
     })
@@ -913,16 +914,16 @@ fn sampling_reports_steps_and_clips_x0() {
     });
     let mut on_step = |i: StepInfo<'_>| {
         assert!(i.x0_pred.iter().all(|&v| v.abs() <= 1.0));
-        seen.push((i.index, i.total, i.t, i.prev));
+        seen.push((i.index, i.total, i.t, i.alpha_bar));
     };
     sample(&s, &opts, &mut x, item, &[0], 1, &mut huge, &mut on_step).unwrap();
     assert_eq!(
         seen,
         [
-            (0, 4, 999, Some(749)),
-            (1, 4, 749, Some(499)),
-            (2, 4, 499, Some(249)),
-            (3, 4, 249, None)
+            (0, 4, 999.0, s.alpha_bar(999)),
+            (1, 4, 749.0, s.alpha_bar(749)),
+            (2, 4, 499.0, s.alpha_bar(499)),
+            (3, 4, 249.0, s.alpha_bar(249))
         ]
     );
     // The last step lands on the clipped x̂₀: the ε = −40 model's x̂₀ is far above 1.

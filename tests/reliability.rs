@@ -364,7 +364,22 @@ fn flags_that_cannot_work_are_usage_errors_and_write_nothing() {
             sample(&["--eta", "0.5"]),
             "--eta applies to --sampler ddim only",
         ),
-        (sample(&["--sampler", "euler"]), "--sampler"),
+        (sample(&["--sampler", "plms"]), "--sampler"),
+        (
+            sample(&["--sampler", "ddim", "--sigmas", "karras"]),
+            "--sigmas: applies to euler, heun, euler-maruyama and dpm++2m, not ddim",
+        ),
+        (sample(&["--sigmas", "cubic"]), "--sigmas"),
+        (
+            sample(&["--sampler", "heun", "--ddim-eps", "clipped"]),
+            "--ddim-eps applies to --sampler ddim only",
+        ),
+        (
+            sample(&["--guidance-scale", "3"]),
+            "--guidance-scale 3: the model is unconditional",
+        ),
+        (sample(&["--guidance-scale", "-1"]), "--guidance-scale"),
+        (sample(&["--progression", "1"]), "--progression"),
         (
             sample(&["--sampler", "ddim", "--spacing", "cubic"]),
             "--spacing",

@@ -88,13 +88,12 @@ fn mode_stats(images: &[f32]) -> (f64, f64) {
 }
 
 fn draw(trainer: &Trainer, params: &ParamArena<f32>, kind: SamplerKind, steps: usize) -> Vec<f32> {
-    let opts = GenerateOptions {
-        sampler: SampleOptions::new(trainer.schedule.config(), kind, steps),
-        num: 32,
-        batch_size: 32,
-        seed: 11,
-        labels: None,
-    };
+    let opts = GenerateOptions::new(
+        SampleOptions::new(trainer.schedule.config(), kind, steps),
+        32,
+        32,
+        11,
+    );
     generate(
         &trainer.net,
         params,

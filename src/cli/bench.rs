@@ -15,7 +15,7 @@ use crate::diffusion::sampler::{initial_noise, SampleOptions, SamplerKind};
 use crate::diffusion::{Schedule, ScheduleConfig};
 use crate::nn::{UNet, UNetConfig, PRESETS};
 use crate::rng::Philox;
-use crate::sample::{generate, GenerateOptions};
+use crate::sample::{generate, BatchJob, Denoiser, GenerateOptions};
 use crate::train::{TrainConfig, Trainer};
 
 #[derive(Debug, Subcommand)]
@@ -179,11 +179,8 @@ fn bench_sample(a: &BenchArgs) -> Result<()> {
     let seconds = match &device {
         Device::Cpu => {
             let opts = |s: &SampleOptions| GenerateOptions {
-                sampler: s.clone(),
-                num: b,
-                batch_size: b,
-                seed: 0,
                 labels: labels.clone(),
+                ..GenerateOptions::new(s.clone(), b, b, 0)
             };
             generate(
                 &net,
@@ -205,33 +202,31 @@ fn bench_sample(a: &BenchArgs) -> Result<()> {
             start.elapsed().as_secs_f64()
         }
         Device::Cuda(gpu) => {
-            let mut s = GpuSampler::new(gpu.clone(), &net, b)?;
+            let mut s = GpuSampler::new(gpu.clone(), &net, b, false)?;
             s.load_weights(weights.values())?;
             let x_t = initial_noise(0, &ids, item)?;
             let mut x = x_t.clone();
-            s.run_batch(
-                &net,
-                &schedule,
-                &warm,
-                0,
-                &ids,
-                labels.as_deref(),
-                &mut x,
-                &mut |_| {},
-            )?;
+            let run = |s: &mut GpuSampler, opts: &SampleOptions, x: &mut [f32]| {
+                let evals = opts.evaluations(&schedule)?;
+                s.run(
+                    &net,
+                    BatchJob {
+                        evals: &evals,
+                        seed: 0,
+                        ids: &ids,
+                        labels: labels.as_deref(),
+                        guided: false,
+                        x,
+                        watch: &[],
+                        on_eval: &mut |_, _| {},
+                    },
+                )
+            };
+            run(&mut s, &warm, &mut x)?;
             x.copy_from_slice(&x_t);
             let mut result = Ok(());
             let ms = gpu.time_ms(|| {
-                result = s.run_batch(
-                    &net,
-                    &schedule,
-                    &sampler,
-                    0,
-                    &ids,
-                    labels.as_deref(),
-                    &mut x,
-                    &mut |_| {},
-                );
+                result = run(&mut s, &sampler, &mut x);
                 Ok(())
             })?;
             result?;

@@ -5,6 +5,7 @@ mod export;
 mod model_source;
 mod output;
 mod sample;
+mod sampling;
 mod train;
 
 use clap::{Args, Parser, Subcommand};

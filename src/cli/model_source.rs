@@ -22,6 +22,9 @@ pub struct ModelSource {
     pub from_diffusers: bool,
     /// The pipeline was published with a DDIM scheduler.
     pub ddim_scheduler: bool,
+    /// The class that stands for "no class" in a model trained with label dropout (its last
+    /// class embedding); what classifier-free guidance calls for the unconditional output.
+    pub null_class: Option<u32>,
     /// Lines worth telling the user about what was read.
     pub notes: Vec<String>,
 }
@@ -93,6 +96,7 @@ impl ModelSource {
 
     fn from_checkpoint(path: &Path, ck: Checkpoint, ema: bool) -> Self {
         Self {
+            null_class: ck.train.null_class(ck.model.num_class_embeds),
             weights: if ema { ck.ema } else { ck.weights },
             model: ck.model,
             schedule: ck.schedule,
@@ -147,6 +151,7 @@ impl ModelSource {
             path: m.weights_path,
             from_diffusers: true,
             ddim_scheduler: ddim,
+            null_class: None,
             notes,
         })
     }

@@ -1,62 +1,45 @@
-//! `ddpm sample`: checkpoint → images (one PNG each, a grid, optionally the raw tensor).
+//! `ddpm sample`: checkpoint → images (one PNG each, a grid, optionally the raw tensor and the
+//! reverse process of each image).
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
-use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
+use clap::Args;
 
-use super::model_source::ModelSource;
 use super::output::{check_writable_file, OutputDir};
+use super::sampling::{
+    denoiser, open_device, progress_bar, progress_fn, sampler_options, DdimEpsArg, Loaded,
+    ModelArgs, SamplerArg, StepArgs,
+};
 use crate::atomic_file::write_atomic;
-use crate::cuda::sample::GpuSampler;
-use crate::device::{Device, DeviceArg};
-use crate::diffusion::sampler::{SampleOptions, SamplerKind};
-use crate::diffusion::{Schedule, Spacing, VarianceType};
+use crate::diffusion::sampler::SigmaSpacing;
 use crate::imaging::{save_grid_upscaled, save_png};
-use crate::nn::UNet;
-use crate::params::{decode_into, ParamArena};
-use crate::sample::{check_request, generate, GenerateOptions};
+use crate::params::decode_into;
+use crate::sample::{check_request, evenly_spaced, generate_with, GenerateOptions};
 use crate::usage_error::usage;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SamplerArg {
-    /// Ancestral sampling through the posterior (DDPM eq. 6, 7, 11).
-    Ddpm,
-    /// Denoising diffusion implicit model (DDIM eq. 12); `--eta` sets its noise.
-    Ddim,
-}
-
-/// Which ε̂ a DDIM step carries to the next timestep when x̂₀ is clipped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum DdimEpsArg {
-    /// ε̂ recomputed from the clipped x̂₀ (consistent with the x̂₀ used).
-    Clipped,
-    /// The model's own ε̂ (diffusers' DDIMPipeline default).
-    Unclipped,
-}
 
 #[derive(Debug, Args)]
 pub struct SampleArgs {
-    /// A checkpoint written by `ddpm train`, a run directory (its latest checkpoint), or a
-    /// diffusers UNet2DModel or pipeline directory.
-    #[arg(long, value_name = "PATH")]
-    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// [default: ddim for a diffusers pipeline published with DDIMScheduler, else ddpm]
     #[arg(long, value_enum)]
     pub sampler: Option<SamplerArg>,
-    /// Model evaluations [default: T for ddpm, 50 for ddim].
+    /// Steps: timesteps visited (ddpm, ddim) or noise levels (the others; heun evaluates the
+    /// model 2N − 1 times) [default: T for ddpm, 20 for dpm++2m, else 50].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub steps: Option<u64>,
     /// DDIM η: 0 is deterministic, 1 has DDPM's posterior variance.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub eta: f64,
-    /// Timesteps visited: leading, trailing, linspace (diffusers), uniform, quad (DDIM paper
-    /// code) [default: the schedule's timestep_spacing, leading unless set].
-    #[arg(long)]
-    pub spacing: Option<String>,
+    #[command(flatten)]
+    pub step: StepArgs,
+    /// Noise levels of euler, heun, euler-maruyama and dpm++2m: karras (Karras et al. 2022,
+    /// ρ = 7, over the trained range) or timesteps (σ at the --spacing timesteps) [default:
+    /// karras, timesteps for dpm++2m].
+    #[arg(long, value_name = "karras|timesteps")]
+    pub sigmas: Option<SigmaSpacing>,
     /// DDIM with clipping: the ε̂ carried to the next step [default: clipped for ddpm
     /// checkpoints, unclipped for diffusers models, as diffusers' DDIMPipeline].
     #[arg(long, value_enum)]
@@ -78,27 +61,22 @@ pub struct SampleArgs {
     /// Also write the final samples, in [-1, 1], as a safetensors tensor `sample` (N, C, H, W).
     #[arg(long, value_name = "FILE")]
     pub save_raw: Option<PathBuf>,
-    /// Use the raw trained weights instead of their EMA.
-    #[arg(long)]
-    pub no_ema: bool,
     /// DDPM step variance: fixed_small (the posterior's β̃) or fixed_large (β) [default: the
     /// checkpoint's schedule, fixed_small unless trained otherwise].
     #[arg(long, value_name = "fixed_small|fixed_large")]
     pub variance: Option<String>,
-    /// Do not clip the predicted x₀ (to ±clip_sample_range, 1 unless the schedule says) at each
-    /// step.
-    #[arg(long)]
-    pub no_clip: bool,
     /// Class of every image for a class-conditional model [default: cycle through the classes].
     #[arg(long)]
     pub class: Option<u32>,
-    /// Where to sample: auto (CUDA when a GPU and the kernels are present, else the CPU), cpu,
-    /// cuda or cuda:N.
-    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda[:N]")]
-    pub device: DeviceArg,
-    /// No progress bar.
-    #[arg(long, short)]
-    pub quiet: bool,
+    /// Classifier-free guidance scale g: the output is o_u + g·(o_c − o_u). 1 is plain
+    /// conditional sampling, 0 unconditional, above 1 guided. Needs a model trained with
+    /// `--label-dropout`.
+    #[arg(long, value_name = "G", allow_negative_numbers = true)]
+    pub guidance_scale: Option<f64>,
+    /// Also write `progression_00000.png`, …: for each image, xₜ (top row) and the predicted x₀
+    /// (bottom row) at K evenly spaced model evaluations, first and last included.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(2..=1000))]
+    pub progression: Option<u64>,
 }
 
 /// Reads the tensor `noise` (any float dtype) from a safetensors file as f32, with its shape.
@@ -129,33 +107,14 @@ fn read_noise(path: &Path) -> Result<(Vec<f32>, Vec<usize>)> {
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
-    let src = ModelSource::open(&a.checkpoint, !a.no_ema)?;
-    if !a.quiet {
-        for line in &src.notes {
-            eprintln!("{line}");
-        }
-    }
-    let path = src.path.clone();
-    let net = UNet::new(src.model.clone())?;
-    let mut schedule_cfg = src.schedule.clone();
-    if a.no_clip {
-        schedule_cfg.clip_sample = false;
-    }
-    if let Some(v) = &a.variance {
-        schedule_cfg.variance_type = v
-            .parse::<VarianceType>()
-            .map_err(|e| usage(format!("--variance {v}: {e}")))?;
-    }
-    let schedule = Schedule::new(schedule_cfg)?;
-    let mut params = ParamArena::<f32>::zeros(net.layout.clone());
-    params.values_mut().copy_from_slice(&src.weights);
+    let loaded = Loaded::open(&a.model, a.step.no_clip, a.variance.as_deref())?;
+    let (net, schedule, src) = (&loaded.net, &loaded.schedule, &loaded.src);
     let sampler_arg = a.sampler.unwrap_or(if src.ddim_scheduler {
         SamplerArg::Ddim
     } else {
         SamplerArg::Ddpm
     });
-
-    let (c, s) = (net.config.in_channels, net.config.sample_size);
+    let (c, s) = loaded.image_shape();
     let noise = a.init_noise.as_deref().map(read_noise).transpose()?;
     let num = match (&noise, a.num) {
         (Some((_, shape)), num) => {
@@ -170,124 +129,138 @@ pub fn run(a: SampleArgs) -> Result<()> {
         }
         (None, num) => num.unwrap_or(16) as usize,
     };
-    let kind = match sampler_arg {
-        SamplerArg::Ddpm => SamplerKind::Ddpm,
-        SamplerArg::Ddim => SamplerKind::Ddim { eta: a.eta },
-    };
-    if sampler_arg == SamplerArg::Ddpm && a.eta != 0.0 {
-        return Err(usage("--eta applies to --sampler ddim only"));
-    }
-    if sampler_arg == SamplerArg::Ddpm && a.ddim_eps.is_some() {
+    if sampler_arg != SamplerArg::Ddim && a.ddim_eps.is_some() {
         return Err(usage("--ddim-eps applies to --sampler ddim only"));
     }
-    let steps = a.steps.map_or_else(
-        || match sampler_arg {
-            SamplerArg::Ddpm => schedule.num_timesteps(),
-            SamplerArg::Ddim => 50.min(schedule.num_timesteps()),
-        },
-        |v| v as usize,
-    );
-    let mut sampler = SampleOptions::new(schedule.config(), kind, steps);
-    if let Some(sp) = &a.spacing {
-        sampler.spacing = sp
-            .parse::<Spacing>()
-            .map_err(|e| usage(format!("--spacing: {e}")))?;
-    }
-    // Every setting is checked before anything is written or a step is run.
-    sampler.plan(&schedule).map_err(|e| {
-        usage(format!(
-            "--{}: {} (the schedule has T = {} timesteps)",
-            e.field.replace('_', "-"),
-            e.msg,
-            schedule.num_timesteps()
-        ))
-    })?;
+    // g = 1 is the conditional model itself and g = 0 the unconditional one: one evaluation
+    // each. Any other g mixes the two.
+    let (guidance, unconditional) = match a.guidance_scale {
+        None => (None, false),
+        Some(g) if !(g.is_finite() && g >= 0.0) => {
+            return Err(usage(format!(
+                "--guidance-scale {g}: must be a finite number ≥ 0"
+            )))
+        }
+        Some(g) => {
+            if net.config.num_class_embeds.is_none() {
+                return Err(usage(format!(
+                    "--guidance-scale {g}: the model is unconditional"
+                )));
+            }
+            if src.null_class.is_none() {
+                return Err(usage(format!(
+                    "--guidance-scale {g}: the model was not trained with label dropout, so it \
+                     has no unconditional output to guide with (train with --class-cond \
+                     --label-dropout 0.1)"
+                )));
+            }
+            match g {
+                1.0 => (None, false),
+                0.0 => (None, true),
+                _ => (Some(g), false),
+            }
+        }
+    };
+    let mut sampler = sampler_options(
+        schedule,
+        sampler_arg,
+        a.steps,
+        a.eta,
+        a.step.spacing.as_deref(),
+        a.sigmas,
+        guidance,
+    )?;
     sampler.eps_from_clipped_x0 = match a.ddim_eps {
         Some(e) => e == DdimEpsArg::Clipped,
         None => !src.from_diffusers,
     };
-    if let Some(k) = a.class {
-        match net.config.num_class_embeds {
-            None => return Err(usage(format!("--class {k}: the model is unconditional"))),
-            Some(n) if k as usize >= n => {
-                return Err(usage(format!(
-                    "--class {k}: the model has {n} classes, 0 to {}",
-                    n - 1
-                )))
-            }
-            Some(_) => {}
-        }
+    loaded.check_class(a.class)?;
+    if unconditional && a.class.is_some() {
+        return Err(usage(
+            "--class with --guidance-scale 0: an unconditional image has no class",
+        ));
     }
-    let labels = a.class.map(|k| vec![k; num]);
-    let opts = GenerateOptions {
-        sampler,
-        num,
-        batch_size: a.batch_size as usize,
-        seed: a.seed,
-        labels,
+    let labels = match (unconditional, a.class) {
+        (true, _) => src.null_class.map(|null| vec![null; num]),
+        (false, k) => k.map(|k| vec![k; num]),
     };
-    check_request(&net, &opts, noise.as_ref().map(|(v, _)| v.as_slice()))?;
+    let evals = sampler.num_evaluations(schedule)?;
+    let watch = a
+        .progression
+        .map_or(Vec::new(), |k| evenly_spaced(k as usize, evals));
+    let opts = GenerateOptions {
+        labels,
+        null_class: src.null_class,
+        watch,
+        ..GenerateOptions::new(sampler, num, a.batch_size as usize, a.seed)
+    };
+    check_request(net, &opts, noise.as_ref().map(|(v, _)| v.as_slice()))?;
     let out_dir = OutputDir::prepare(&a.out, "--out")?;
     if let Some(raw) = &a.save_raw {
         check_writable_file(raw, "--save-raw")?;
     }
-    let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} steps {per_sec} [{eta_precise}]")
-                .expect("a valid template"),
-        );
-        bar
-    });
-    let quiet = a.quiet;
-    let device = Device::select(a.device, &mut |line| {
-        if !quiet {
-            eprintln!("{line}");
-        }
-    })?;
+    let bar = progress_bar(a.model.quiet, "evaluations");
+    let device = open_device(a.model.device, a.model.quiet)?;
     let init = noise.as_ref().map(|(v, _)| v.as_slice());
-    let mut progress = |done, total| {
-        if let Some(bar) = &bar {
-            bar.set_length(total);
-            bar.set_position(done);
-        }
-    };
-    let images = match &device {
-        Device::Cpu => generate(&net, &params, &schedule, &opts, init, &mut progress)?,
-        Device::Cuda(gpu) => {
-            let mut sampler = GpuSampler::new(gpu.clone(), &net, opts.batch_size.min(opts.num))?;
-            sampler.load_weights(params.values())?;
-            sampler.generate(&net, &schedule, &opts, init, &mut progress)?
-        }
-    };
+    let batch = opts.batch_size.min(opts.num);
+    let mut den = denoiser(&device, &loaded, batch, opts.sampler.guidance.is_some())?;
+    let result = generate_with(
+        den.as_mut(),
+        net,
+        schedule,
+        &opts,
+        init,
+        &mut progress_fn(&bar),
+    )?;
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
 
+    let images = &result.images;
     let item = c * s * s;
     for (i, img) in images.chunks_exact(item).enumerate() {
         save_png(&a.out.join(format!("sample_{i:05}.png")), img, c, s, s)?;
     }
     drop(out_dir); // it holds output now, and stays
     let nrow = (num as f64).sqrt().ceil() as usize;
-    save_grid_upscaled(&a.out.join("grid.png"), &images, num, c, s, s, nrow)?;
+    save_grid_upscaled(&a.out.join("grid.png"), images, num, c, s, s, nrow)?;
+    let k = result.watch_t.len();
+    if k > 0 {
+        for i in 0..num {
+            // Two rows of K tiles: xₜ (clamped for display), then x̂₀.
+            let frames = i * k * item..(i + 1) * k * item;
+            let mut strip: Vec<f32> = result.x_t[frames.clone()]
+                .iter()
+                .map(|v| v.clamp(-1.0, 1.0))
+                .collect();
+            strip.extend_from_slice(&result.x0[frames]);
+            let path = a.out.join(format!("progression_{i:05}.png"));
+            save_grid_upscaled(&path, &strip, 2 * k, c, s, s, k)?;
+        }
+    }
     if let Some(raw) = &a.save_raw {
         let view = safetensors::tensor::TensorView::new(
             safetensors::Dtype::F32,
             vec![num, c, s, s],
-            bytemuck::cast_slice(&images),
+            bytemuck::cast_slice(images),
         )?;
-        let meta = HashMap::from([("checkpoint".to_string(), path.display().to_string())]);
+        let meta = HashMap::from([("checkpoint".to_string(), src.path.display().to_string())]);
         let bytes = safetensors::serialize([("sample", view)], Some(meta))?;
         write_atomic(raw, &bytes).with_context(|| format!("cannot write {}", raw.display()))?;
     }
-    if !a.quiet {
+    if !a.model.quiet {
+        let timesteps: Vec<String> = result.watch_t.iter().map(|t| format!("{t:.0}")).collect();
         eprintln!(
-            "wrote {num} images and grid.png to {} ({} step(s) of {:?} at seed {})",
+            "wrote {num} images and grid.png to {} ({} evaluation(s) of {} at seed {}){}",
             a.out.display(),
-            steps,
-            sampler_arg,
-            a.seed
+            evals,
+            sampler_arg.kind(a.eta).name(),
+            a.seed,
+            if k > 0 {
+                format!(", and progression_*.png at t = {}", timesteps.join(", "))
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())

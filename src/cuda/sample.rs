@@ -1,7 +1,7 @@
-//! Sampling on the GPU: the reverse process of [`crate::diffusion::sampler::sample`] with the
-//! model and the step (DDPM eq. 11 / DDIM eq. 12, one fused kernel) on the device. Images start
-//! from the same x_T and draw the same step noise as on the CPU, so both produce the same
-//! images up to float rounding.
+//! Sampling on the GPU: the evaluations of [`crate::diffusion::sampler`] with the model and the
+//! update (one fused kernel for every sampler) on the device. Images start from the same x_T
+//! and draw the same step noise as on the CPU, so both produce the same images up to float
+//! rounding.
 
 use std::rc::Rc;
 
@@ -11,11 +11,10 @@ use super::backend::{DevBuf, DeviceParams, GpuBackend, Sizing};
 use super::device::{DevPtr, DeviceMemory, Gpu};
 use super::memory::{check_fits, oom_hint, Job};
 use super::ops;
-use super::ops::diffusion::StepNoise;
-use crate::diffusion::sampler::{SampleOptions, StepCoeffs};
+use super::ops::diffusion::{StepNoise, UpdateBuffers};
 use crate::diffusion::Schedule;
 use crate::nn::UNet;
-use crate::sample::{in_batches, GenerateOptions};
+use crate::sample::{generate_with, BatchJob, Denoiser, GenerateOptions, Generated};
 
 /// Device state for sampling batches of up to `batch` images from one network.
 pub struct GpuSampler {
@@ -23,40 +22,49 @@ pub struct GpuSampler {
     params: DeviceParams,
     backend: GpuBackend,
     batch: usize,
-    /// (B, C, H, W) each: x_t, x_prev, clipped x̂₀.
+    /// Whether the model batch is doubled for classifier-free guidance.
+    guided: bool,
+    /// (B', C, H, W) the model input, B' = 2B when guided (the images twice).
     cur: DeviceMemory,
+    /// (B, C, H, W) each: the next x, the clipped x̂₀, the history.
     next: DeviceMemory,
     x0: DeviceMemory,
-    /// (B) f32 timesteps and (B) u64 image ids.
+    hist: DeviceMemory,
+    /// (B') f32 timesteps and (B) u64 image ids.
     t: DeviceMemory,
     ids: DeviceMemory,
 }
 
 impl GpuSampler {
-    /// Plans and allocates everything for batches of up to `batch` images.
-    pub fn new(gpu: Rc<Gpu>, net: &UNet, batch: usize) -> Result<Self> {
+    /// Plans and allocates everything for batches of up to `batch` images; `guided` doubles
+    /// the model's batch for classifier-free guidance.
+    pub fn new(gpu: Rc<Gpu>, net: &UNet, batch: usize, guided: bool) -> Result<Self> {
         anyhow::ensure!(batch > 0, "--batch-size must be at least 1");
-        check_fits(&gpu, net, Job::Sample, batch)?;
-        let sizing = Sizing::from_plan(&net.plan_step::<f32>(batch, false)?);
+        let model_batch = if guided { 2 * batch } else { batch };
+        check_fits(&gpu, net, Job::Sample, model_batch)?;
+        let sizing = Sizing::from_plan(&net.plan_step::<f32>(model_batch, false)?);
         let g = &*gpu;
         let item = net.input_shape(1).len();
         let params = DeviceParams::for_inference(g, net.layout.clone())?;
         let f32s = |len: usize, what: &str| g.alloc(4 * len, what);
-        let cur = f32s(batch * item, "x_t")?;
+        let cur = f32s(model_batch * item, "x_t")?;
         let next = f32s(batch * item, "x_prev")?;
         let x0 = f32s(batch * item, "x̂₀")?;
-        let t = f32s(batch, "timesteps")?;
+        let hist = f32s(batch * item, "sampler history")?;
+        let t = f32s(model_batch, "timesteps")?;
         let ids = g.alloc(8 * batch, "image ids")?;
         let backend = GpuBackend::new(gpu.clone(), sizing)
-            .map_err(|e| oom_hint(e, &gpu, net, Job::Sample, batch))?;
+            .map_err(|e| oom_hint(e, &gpu, net, Job::Sample, model_batch))?;
         Ok(Self {
             gpu,
             params,
             backend,
             batch,
+            guided,
             cur,
             next,
             x0,
+            hist,
             t,
             ids,
         })
@@ -91,45 +99,37 @@ impl GpuSampler {
         init_noise: Option<&[f32]>,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Vec<f32>> {
-        let opts = GenerateOptions {
-            batch_size: opts.batch_size.min(self.batch),
-            ..opts.clone()
-        };
-        in_batches(
-            net,
-            schedule,
-            &opts,
-            init_noise,
-            progress,
-            &mut |b, on_step| {
-                self.run_batch(
-                    net,
-                    schedule,
-                    &opts.sampler,
-                    opts.seed,
-                    b.ids,
-                    b.labels,
-                    b.x,
-                    &mut |_| on_step(),
-                )
-            },
-        )
+        Ok(self
+            .generate_full(net, schedule, opts, init_noise, progress)?
+            .images)
     }
 
-    /// The reverse process for one batch: `x` holds x_T on entry and x₀ on exit (host).
-    #[allow(clippy::too_many_arguments)]
-    pub fn run_batch(
+    /// [`generate_with`] on this GPU.
+    pub fn generate_full(
         &mut self,
         net: &UNet,
         schedule: &Schedule,
-        sampler: &SampleOptions,
-        seed: u64,
-        ids: &[u64],
-        labels: Option<&[u32]>,
-        x: &mut [f32],
-        on_step: &mut dyn FnMut(usize),
-    ) -> Result<()> {
-        let b = ids.len();
+        opts: &GenerateOptions,
+        init_noise: Option<&[f32]>,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Generated> {
+        generate_with(self, net, schedule, opts, init_noise, progress)
+    }
+
+    pub fn gpu(&self) -> &Rc<Gpu> {
+        &self.gpu
+    }
+}
+
+impl Denoiser for GpuSampler {
+    fn max_batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The evaluations for one batch: `x` holds the start on entry and the result on exit
+    /// (host).
+    fn run(&mut self, net: &UNet, job: BatchJob<'_>) -> Result<()> {
+        let b = job.ids.len();
         let item = net.input_shape(1).len();
         anyhow::ensure!(
             b > 0 && b <= self.batch,
@@ -137,20 +137,36 @@ impl GpuSampler {
             self.batch
         );
         anyhow::ensure!(
-            x.len() == b * item,
+            !job.guided || self.guided,
+            "a guided batch on a sampler planned without guidance"
+        );
+        anyhow::ensure!(
+            job.x.len() == b * item,
             "x holds {} values, expected {}",
-            x.len(),
+            job.x.len(),
             b * item
         );
-        let plan = sampler.plan(schedule)?;
-        let g = self.gpu.clone();
-        g.upload(self.cur.ptr(), x, "x_T")?;
-        g.upload(self.ids.ptr(), ids, "image ids")?;
+        let model_b = if job.guided { 2 * b } else { b };
         let n = b * item;
-        let (mut cur, mut next) = (self.cur.ptr(), self.next.ptr());
-        let mut t_host = vec![0.0f32; b];
-        for (k, &pair) in plan.iter().enumerate() {
-            t_host.fill(pair.t as f32);
+        let g = self.gpu.clone();
+        g.upload(self.cur.ptr(), job.x, "x_T")?;
+        g.upload(self.ids.ptr(), job.ids, "image ids")?;
+        let mut t_host = vec![0.0f32; model_b];
+        let mut host_xt = Vec::new();
+        let mut host_x0 = Vec::new();
+        // The model reads `cur`; x_new goes to `next` and is copied back into `cur` (and its
+        // guided twin), so the model input always starts at `cur`.
+        for (k, e) in job.evals.iter().enumerate() {
+            let step_err = || format!("sampling step {k} (t = {})", e.t);
+            if job.guided {
+                g.copy(
+                    self.cur.ptr() + 4 * n as u64,
+                    self.cur.ptr(),
+                    4 * n,
+                    "guided x_t",
+                )?;
+            }
+            t_host.fill(e.t as f32);
             g.upload(self.t.ptr(), &t_host, "timesteps")?;
             let be = &mut self.backend;
             be.reset();
@@ -158,41 +174,51 @@ impl GpuSampler {
                 .forward_on(
                     be,
                     &self.params,
-                    &DevBuf::view(cur, n),
-                    &DevBuf::view(self.t.ptr(), b),
-                    labels,
+                    &DevBuf::view(self.cur.ptr(), model_b * item),
+                    &DevBuf::view(self.t.ptr(), model_b),
+                    job.labels,
                     None,
                     false,
                 )
-                .with_context(|| format!("sampling step {k} (t = {})", pair.t))?;
-            be.finish()
-                .with_context(|| format!("sampling step {k} (t = {})", pair.t))?;
-            let c = StepCoeffs::for_step(schedule, sampler, pair);
+                .with_context(step_err)?;
+            be.finish().with_context(step_err)?;
+            let c = &e.coeffs;
             let noise = (c.sigma > 0.0).then_some(StepNoise {
-                seed,
+                seed: job.seed,
                 step_index: k as u64,
             });
             ops::diffusion::sampler_step(
                 &g,
-                sampler.kind,
-                &c,
+                c,
                 noise,
                 b,
                 item,
-                cur,
-                out.ptr,
-                next,
-                self.x0.ptr(),
-                self.ids.ptr(),
-            )?;
-            std::mem::swap(&mut cur, &mut next);
-            on_step(k);
+                UpdateBuffers {
+                    x_t: self.cur.ptr(),
+                    out: out.ptr,
+                    out_uncond: if job.guided {
+                        out.ptr + 4 * n as u64
+                    } else {
+                        0
+                    },
+                    hist: self.hist.ptr(),
+                    x_new: self.next.ptr(),
+                    x0: self.x0.ptr(),
+                    image_ids: self.ids.ptr(),
+                },
+            )
+            .with_context(step_err)?;
+            let watched = job.watch.contains(&k);
+            if watched {
+                host_xt.resize(n, 0.0);
+                host_x0.resize(n, 0.0);
+                g.download(&mut host_xt, self.cur.ptr(), "x_t")?;
+                g.download(&mut host_x0, self.x0.ptr(), "x̂₀")?;
+            }
+            g.copy(self.cur.ptr(), self.next.ptr(), 4 * n, "x_new")?;
+            (job.on_eval)(k, watched.then_some((&host_xt[..], &host_x0[..])));
         }
-        g.download(x, cur, "x₀")?;
+        g.download(job.x, self.cur.ptr(), "x₀")?;
         Ok(())
-    }
-
-    pub fn gpu(&self) -> &Rc<Gpu> {
-        &self.gpu
     }
 }

@@ -21,6 +21,7 @@ use super::ops;
 use super::ops::diffusion::NoiseAddArgs;
 use super::sample::GpuSampler;
 use crate::data::Batch;
+use crate::diffusion::noise::drop_labels;
 use crate::diffusion::{Schedule, ScheduleConfig};
 use crate::nn::{UNet, UNetConfig};
 use crate::optim::EmaAction;
@@ -213,11 +214,22 @@ impl GpuTrainer {
             self.config.batch_size
         );
         let labels = if self.net.config.num_class_embeds.is_some() {
+            let given = batch
+                .labels
+                .as_deref()
+                .context("the model is class-conditional but the data has no labels")?;
+            // Label dropout: the same draws on the CPU and the GPU.
             Some(
-                batch
-                    .labels
-                    .as_deref()
-                    .context("the model is class-conditional but the data has no labels")?,
+                match self.config.null_class(self.net.config.num_class_embeds) {
+                    Some(null) => drop_labels(
+                        given,
+                        self.config.seed,
+                        self.step,
+                        self.config.label_dropout,
+                        null,
+                    ),
+                    None => given.to_vec(),
+                },
             )
         } else {
             None
@@ -255,7 +267,7 @@ impl GpuTrainer {
             &self.params,
             &x_t,
             &t,
-            labels,
+            labels.as_deref(),
             Some(dropout_seed(seed, step)),
             true,
         )?;
@@ -402,6 +414,7 @@ impl TrainEngine for GpuTrainer {
                 self.gpu.clone(),
                 &self.net,
                 opts.batch_size,
+                false,
             )?),
         };
         sampler.load_weights_from_device(self.ema.ptr())?;

@@ -13,7 +13,9 @@
 //! - [`spacing`]: which timesteps a sampler visits (diffusers' spacings and the DDIM reference's);
 //! - [`sampler`]: the reverse process — the DDPM ancestral step through the posterior
 //!   q(x_prev | xₜ, x̂₀) (DDPM eqs. 6–7; with every timestep this is DDPM eq. 11 / Algorithm 2),
-//!   and the DDIM step (DDIM eq. 12 with σ from eq. 16 scaled by η).
+//!   the DDIM step (DDIM eq. 12 with σ from eq. 16 scaled by η) and its inversion, the
+//!   probability-flow ODE (Euler, Heun), the reverse SDE (Euler–Maruyama), DPM-Solver++(2M),
+//!   and classifier-free guidance.
 
 pub mod forward;
 pub mod noise;
@@ -25,8 +27,9 @@ pub mod target;
 pub use forward::{add_noise, training_target};
 pub use noise::{draw_timesteps, fill_normal, stream, NoisePurpose};
 pub use sampler::{
-    apply_step, initial_noise, sample, step_element, ModelFn, SampleOptions, SamplerKind,
-    StepCoeffs, StepInfo,
+    apply_step, apply_update, initial_noise, inversion_evaluations, run_evaluations, sample,
+    step_element, step_element_full, Evaluation, ModelFn, SampleOptions, SamplerKind, SigmaSpacing,
+    StepBuffers, StepCoeffs, StepInfo,
 };
 pub use schedule::{BetaSchedule, Schedule, ScheduleConfig, VarianceType};
 pub use spacing::{step_pairs, timesteps, Spacing, StepPair};

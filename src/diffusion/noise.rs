@@ -38,6 +38,8 @@ pub enum NoisePurpose {
     SampleStep = 4,
     /// Reserved for dropout masks: a = optimizer step, b = call site.
     Dropout = 5,
+    /// Label dropout for classifier-free guidance: a = optimizer step, b = item in the batch.
+    LabelDrop = 6,
 }
 
 /// Bits of the first stream argument (`a`).
@@ -134,6 +136,32 @@ pub fn fill_train_noise(seed: u64, step: u64, first_item: u64, item_len: usize, 
 /// The training timestep of global batch item `item` at optimizer step `step`: uniform on
 /// [0, T), exactly. Lemire's multiply-shift with rejection on words 0, 1, … of the item's own
 /// [`NoisePurpose::TrainTimestep`] stream (a rejection is rarer than T/2³²).
+/// Whether training drops item `item`'s label at `step` (replacing it by the null class), with
+/// probability `p`: one uniform draw from the LabelDrop stream (step, item), compared with p.
+/// Both trainers call this, so the CPU and the GPU drop the same labels.
+pub fn label_dropped(seed: u64, step: u64, item: u64, p: f64) -> bool {
+    p > 0.0 && {
+        let w = philox_word(seed, stream(NoisePurpose::LabelDrop, step, item), 0);
+        (f64::from(w) + 0.5) * TWO_POW_M32 < p
+    }
+}
+
+/// The batch's labels after label dropout (Ho & Salimans 2022, Algorithm 1): each replaced by
+/// `null` with probability `p`.
+pub fn drop_labels(labels: &[u32], seed: u64, step: u64, p: f64, null: u32) -> Vec<u32> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| {
+            if label_dropped(seed, step, i as u64, p) {
+                null
+            } else {
+                y
+            }
+        })
+        .collect()
+}
+
 pub fn timestep_for(seed: u64, step: u64, item: u64, num_timesteps: usize) -> usize {
     assert!(
         num_timesteps > 0 && num_timesteps <= u32::MAX as usize,

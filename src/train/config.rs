@@ -35,6 +35,10 @@ pub struct TrainConfig {
     pub upscale: bool,
     /// Condition on the dataset's class labels.
     pub class_conditional: bool,
+    /// Probability of replacing a label by the null class (the last class embedding) in
+    /// training, so that one model also learns the unconditional output classifier-free
+    /// guidance needs (Ho & Salimans 2022). 0: no null class.
+    pub label_dropout: f64,
     pub batch_size: usize,
     /// Total optimizer steps of the run.
     pub steps: u64,
@@ -69,6 +73,7 @@ impl Default for TrainConfig {
             channels: 3,
             upscale: false,
             class_conditional: false,
+            label_dropout: 0.0,
             batch_size: 32,
             steps: 3000,
             seed: 0,
@@ -100,6 +105,14 @@ pub struct TrainConfigError {
 }
 
 impl TrainConfig {
+    /// The null class of a model trained with label dropout: its last class embedding.
+    pub fn null_class(&self, num_class_embeds: Option<usize>) -> Option<u32> {
+        match num_class_embeds {
+            Some(n) if self.label_dropout > 0.0 && n >= 2 => Some((n - 1) as u32),
+            _ => None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), TrainConfigError> {
         let bad = |field, msg: String| Err(TrainConfigError { field, msg });
         if let Err(e) = self.optimizer.validate() {
@@ -132,6 +145,12 @@ impl TrainConfig {
         }
         if self.image_size < 4 {
             return bad("image_size", format!("{} is below 4", self.image_size));
+        }
+        if !(0.0..1.0).contains(&self.label_dropout) {
+            return bad(
+                "label_dropout",
+                format!("{} is not in [0, 1)", self.label_dropout),
+            );
         }
         if self.grad_clip.is_nan() {
             return bad("grad_clip", "is NaN".into());

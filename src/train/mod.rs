@@ -29,6 +29,7 @@ use anyhow::{Context, Result};
 
 use crate::backend::cpu::Cpu;
 use crate::data::Batch;
+use crate::diffusion::noise::drop_labels;
 use crate::diffusion::noise::{draw_timesteps, fill_train_noise, stream, NoisePurpose};
 use crate::diffusion::{add_noise, training_target, Schedule, ScheduleConfig};
 use crate::nn::{UNet, UNetConfig};
@@ -157,11 +158,22 @@ impl Trainer {
         );
 
         let labels = if self.net.config.num_class_embeds.is_some() {
+            let given = batch
+                .labels
+                .as_deref()
+                .context("the model is class-conditional but the data has no labels")?;
+            // Label dropout: the same draws on the CPU and the GPU.
             Some(
-                batch
-                    .labels
-                    .as_deref()
-                    .context("the model is class-conditional but the data has no labels")?,
+                match self.config.null_class(self.net.config.num_class_embeds) {
+                    Some(null) => drop_labels(
+                        given,
+                        self.config.seed,
+                        self.step,
+                        self.config.label_dropout,
+                        null,
+                    ),
+                    None => given.to_vec(),
+                },
             )
         } else {
             None
@@ -171,9 +183,15 @@ impl Trainer {
         let dropout = Some(dropout_seed(self.config.seed, self.step));
         // The generic entry points take the step's own buffers, so nothing is copied to call them.
         let cpu = &mut Cpu::new();
-        let (out, tape) =
-            self.net
-                .forward_on(cpu, &self.params, &x_t, &t_in, labels, dropout, true)?;
+        let (out, tape) = self.net.forward_on(
+            cpu,
+            &self.params,
+            &x_t,
+            &t_in,
+            labels.as_deref(),
+            dropout,
+            true,
+        )?;
         let tape = tape.expect("the tape was asked for");
         let mut dout = vec![0.0f32; out.len()];
         let loss = match self.config.loss {

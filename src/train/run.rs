@@ -132,7 +132,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                     "class-conditional training needs labels, and {} has none",
                     dataset.name
                 );
-                model.num_class_embeds = Some(dataset.num_classes());
+                // Label dropout adds the null class as the last embedding.
+                let null = usize::from(train.label_dropout > 0.0);
+                model.num_class_embeds = Some(dataset.num_classes() + null);
             }
             let engine: Box<dyn TrainEngine> = match &opts.device {
                 Device::Cpu => Box::new(Trainer::new(model, schedule, train)?),
@@ -176,7 +178,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             (t, dataset)
         }
     };
-    check_data_fits(&dataset, trainer.net())?;
+    check_data_fits(&dataset, trainer.net(), trainer.config())?;
     let dataset = Arc::new(dataset);
     let cfg = trainer.config().clone();
     let out = opts.out;
@@ -369,7 +371,7 @@ fn load_data(cfg: &TrainConfig) -> Result<Dataset> {
 }
 
 /// The data must have the model's geometry, and labels for a class-conditional model.
-fn check_data_fits(ds: &Dataset, net: &UNet) -> Result<()> {
+fn check_data_fits(ds: &Dataset, net: &UNet, cfg: &TrainConfig) -> Result<()> {
     let m = &net.config;
     ensure!(
         ds.size == m.sample_size && ds.channels == m.in_channels,
@@ -387,9 +389,14 @@ fn check_data_fits(ds: &Dataset, net: &UNet) -> Result<()> {
             "the model is class-conditional but {} has no labels",
             ds.name
         );
+        // With label dropout the last embedding is the null class, not a data class.
+        let (usable, null_note) = match cfg.null_class(Some(n)) {
+            Some(_) => (n - 1, " plus the null class of label dropout"),
+            None => (n, ""),
+        };
         ensure!(
-            ds.num_classes() <= n,
-            "{} has {} classes but the model embeds {n}",
+            ds.num_classes() <= usable,
+            "{} has {} classes but the model embeds {usable}{null_note}",
             ds.name,
             ds.num_classes()
         );
@@ -413,11 +420,14 @@ fn sample_grid(t: &mut dyn TrainEngine, path: &Path) -> Result<()> {
     let cfg = t.config().clone();
     let steps = cfg.sample_steps.min(t.schedule().num_timesteps());
     let opts = GenerateOptions {
-        sampler: SampleOptions::new(t.schedule().config(), SamplerKind::Ddim { eta: 0.0 }, steps),
-        num: cfg.sample_count,
-        batch_size: cfg.sample_count,
-        seed: cfg.seed,
-        labels: None,
+        // Cycles through the data classes, leaving out label dropout's null class.
+        null_class: cfg.null_class(t.net().config.num_class_embeds),
+        ..GenerateOptions::new(
+            SampleOptions::new(t.schedule().config(), SamplerKind::Ddim { eta: 0.0 }, steps),
+            cfg.sample_count,
+            cfg.sample_count,
+            cfg.seed,
+        )
     };
     let images = t.generate_ema(&opts)?;
     let (s, channels) = (t.net().config.sample_size, t.net().config.in_channels);

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use ddpm::cuda::device::DeviceMemory;
-use ddpm::cuda::ops::diffusion::{noise_add, sampler_step, NoiseAddArgs, StepNoise};
+use ddpm::cuda::ops::diffusion::{noise_add, sampler_step, NoiseAddArgs, StepNoise, UpdateBuffers};
 use ddpm::cuda::testing::{expect_close, from_device, to_device, zeros_on_device, Case};
 use ddpm::cuda::Gpu;
 use ddpm::diffusion::noise::fill_train_noise;
@@ -307,6 +307,8 @@ fn steps_match_cpu(gpu: &Gpu) -> Result<()> {
             eps_from_clipped_x0: case.eps_from_clipped_x0,
             steps_offset: 0,
             set_alpha_to_one: true,
+            sigmas: None,
+            guidance: None,
         };
         let c = StepCoeffs::for_step(&sched, &opts, pair);
         let stochastic =
@@ -330,19 +332,16 @@ fn steps_match_cpu(gpu: &Gpu) -> Result<()> {
         let out_d = to_device(gpu, &out)?;
         let prev_d = zeros_on_device::<f32>(gpu, n)?;
         let x0_d = zeros_on_device::<f32>(gpu, n)?;
-        sampler_step(
-            gpu,
-            case.kind,
-            &c,
-            noise,
-            ids.len(),
-            item_len,
-            xt_d.ptr(),
-            out_d.ptr(),
-            prev_d.ptr(),
-            x0_d.ptr(),
-            ids_d.ptr(),
-        )?;
+        let bufs = UpdateBuffers {
+            x_t: xt_d.ptr(),
+            out: out_d.ptr(),
+            out_uncond: 0,
+            hist: 0,
+            x_new: prev_d.ptr(),
+            x0: x0_d.ptr(),
+            image_ids: ids_d.ptr(),
+        };
+        sampler_step(gpu, &c, noise, ids.len(), item_len, bufs)?;
         // Same f32 products and sums as step_element (no FMA), z from the same Philox words:
         // bit for bit but for z's rare one-ulp f64 log/cos boundary case, which moves x_prev by
         // σ·ulp(z) ≤ 1.2e-7 relative. 1e-6 allows that and nothing more.
@@ -361,19 +360,12 @@ fn steps_match_cpu(gpu: &Gpu) -> Result<()> {
         );
 
         // In place (x_prev over x_t) and without x̂₀: the same x_prev.
-        sampler_step(
-            gpu,
-            case.kind,
-            &c,
-            noise,
-            ids.len(),
-            item_len,
-            xt_d.ptr(),
-            out_d.ptr(),
-            xt_d.ptr(),
-            0,
-            ids_d.ptr(),
-        )?;
+        let in_place = UpdateBuffers {
+            x_new: xt_d.ptr(),
+            x0: 0,
+            ..bufs
+        };
+        sampler_step(gpu, &c, noise, ids.len(), item_len, in_place)?;
         expect_close(
             &format!("{} in place", case.name),
             &from_device(gpu, &xt_d, n)?,
@@ -384,25 +376,40 @@ fn steps_match_cpu(gpu: &Gpu) -> Result<()> {
     Ok(())
 }
 
-/// A whole `sample` run with a toy model (out = 0.3·x_t + 0.1, evaluated on the host for both
-/// sides) against the same loop on the GPU: checks which stream and step index each step's z
-/// comes from, over every step of a plan.
+/// A whole `sample` run with a toy model (conditional out = 0.3·x_t + 0.1, unconditional
+/// −0.2·x_t + 0.05, evaluated on the host for both sides) against the same loop on the GPU, for
+/// every sampler: checks which stream and step index each evaluation's z comes from, the
+/// history buffer (Heun, DPM-Solver++) and the guidance mix, over every evaluation of a plan.
 fn sample_loop_matches_cpu(gpu: &Gpu) -> Result<()> {
     let (seed, item_len) = (777u64, 33usize);
     let ids: [u64; 3] = [2, 9, 1];
     let n = ids.len() * item_len;
     let toy = |x: &[f32], out: &mut [f32]| {
-        for (o, &v) in out.iter_mut().zip(x) {
+        let (cond, uncond) = out.split_at_mut(x.len());
+        for (o, &v) in cond.iter_mut().zip(x) {
             *o = 0.3 * v + 0.1;
+        }
+        for (o, &v) in uncond.iter_mut().zip(x) {
+            *o = -0.2 * v + 0.05;
         }
     };
     let sched = schedule(PredictionType::Epsilon, VarianceType::FixedSmall)?;
-    for kind in [
-        SamplerKind::Ddpm,
-        SamplerKind::Ddim { eta: 1.0 },
-        SamplerKind::Ddim { eta: 0.0 },
-    ] {
-        let opts = SampleOptions::new(sched.config(), kind, 10);
+    let cases = [
+        (SamplerKind::Ddpm, None),
+        (SamplerKind::Ddim { eta: 1.0 }, None),
+        (SamplerKind::Ddim { eta: 0.0 }, Some(3.0)),
+        (SamplerKind::Euler, None),
+        (SamplerKind::Heun, Some(2.0)),
+        (SamplerKind::EulerMaruyama, None),
+        (SamplerKind::DpmSolver2M, None),
+    ];
+    for (kind, guidance) in cases {
+        let opts = SampleOptions {
+            guidance,
+            ..SampleOptions::new(sched.config(), kind, 10)
+        };
+        let guided = guidance.is_some();
+        let out_len = if guided { 2 * n } else { n };
         let x_init = initial_noise(seed, &ids, item_len)?;
 
         let mut want = x_init.clone();
@@ -413,7 +420,7 @@ fn sample_loop_matches_cpu(gpu: &Gpu) -> Result<()> {
             item_len,
             &ids,
             seed,
-            &mut |x: &[f32], _t: &[usize], out: &mut [f32]| -> Result<()> {
+            &mut |x: &[f32], _t: &[f32], out: &mut [f32]| -> Result<()> {
                 toy(x, out);
                 Ok(())
             },
@@ -421,37 +428,38 @@ fn sample_loop_matches_cpu(gpu: &Gpu) -> Result<()> {
         )?;
 
         let x_d: DeviceMemory = to_device(gpu, &x_init)?;
-        let out_d = zeros_on_device::<f32>(gpu, n)?;
+        let out_d = zeros_on_device::<f32>(gpu, out_len)?;
+        let hist_d = zeros_on_device::<f32>(gpu, n)?;
         let ids_d = to_device(gpu, &ids)?;
         let mut x_host = vec![0.0f32; n];
-        let mut out_host = vec![0.0f32; n];
-        for (k, &pair) in opts.plan(&sched)?.iter().enumerate() {
+        let mut out_host = vec![0.0f32; out_len];
+        for (k, e) in opts.evaluations(&sched)?.iter().enumerate() {
             gpu.download(&mut x_host, x_d.ptr(), "x_t")?;
             toy(&x_host, &mut out_host);
             gpu.upload(out_d.ptr(), &out_host, "model output")?;
-            let c = StepCoeffs::for_step(&sched, &opts, pair);
-            let noise = (c.sigma > 0.0).then_some(StepNoise {
+            let noise = (e.coeffs.sigma > 0.0).then_some(StepNoise {
                 seed,
                 step_index: k as u64,
             });
-            sampler_step(
-                gpu,
-                kind,
-                &c,
-                noise,
-                ids.len(),
-                item_len,
-                x_d.ptr(),
-                out_d.ptr(),
-                x_d.ptr(),
-                0,
-                ids_d.ptr(),
-            )?;
+            let bufs = UpdateBuffers {
+                x_t: x_d.ptr(),
+                out: out_d.ptr(),
+                out_uncond: if guided {
+                    out_d.ptr() + 4 * n as u64
+                } else {
+                    0
+                },
+                hist: hist_d.ptr(),
+                x_new: x_d.ptr(),
+                x0: 0,
+                image_ids: ids_d.ptr(),
+            };
+            sampler_step(gpu, &e.coeffs, noise, ids.len(), item_len, bufs)?;
         }
         // Ten steps of the per-step agreement above; a one-ulp z slip carries forward scaled by
         // the later steps' x_t weights (< 1.2), so 1e-5 bounds it with margin.
         expect_close(
-            &format!("sample {kind:?}"),
+            &format!("sample {kind:?}, guidance {guidance:?}"),
             &from_device(gpu, &x_d, n)?,
             &want,
             1e-5,

@@ -277,20 +277,19 @@ fn sampling_matches(g: &Gpu) -> anyhow::Result<()> {
     let net = ddpm::nn::UNet::new(cfg)?;
     let weights = net.init_params::<f32>(3);
     let schedule = Schedule::new(ScheduleConfig::default())?;
-    let mut sampler = GpuSampler::new(gpu, &net, 4)?;
+    let mut sampler = GpuSampler::new(gpu, &net, 4, false)?;
     sampler.load_weights(weights.values())?;
     for (name, kind, steps) in [
         ("DDPM, 25 steps", SamplerKind::Ddpm, 25),
         ("DDIM eta=0, 10 steps", SamplerKind::Ddim { eta: 0.0 }, 10),
         ("DDIM eta=1, 10 steps", SamplerKind::Ddim { eta: 1.0 }, 10),
+        ("Heun, 5 noise levels", SamplerKind::Heun, 5),
+        ("Euler-Maruyama, 10 steps", SamplerKind::EulerMaruyama, 10),
+        ("DPM-Solver++(2M), 8 steps", SamplerKind::DpmSolver2M, 8),
     ] {
-        let opts = GenerateOptions {
-            sampler: SampleOptions::new(schedule.config(), kind, steps),
-            num: 6, // two batches, the second one short
-            batch_size: 4,
-            seed: 11,
-            labels: None,
-        };
+        // Six images: two batches, the second one short.
+        let opts =
+            GenerateOptions::new(SampleOptions::new(schedule.config(), kind, steps), 6, 4, 11);
         let want = generate(&net, &weights, &schedule, &opts, None, &mut |_, _| {})?;
         let got = sampler.generate(&net, &schedule, &opts, None, &mut |_, _| {})?;
         expect_close(name, &got, &want, 1e-3);

@@ -1,7 +1,7 @@
 //! Launches of `kernels/diffusion.cu`: the fused training noise-add and the sampler steps.
 //! CPU twins: [`crate::diffusion::draw_timesteps`], [`crate::diffusion::noise::fill_train_noise`],
 //! [`crate::diffusion::add_noise`] and [`crate::diffusion::training_target`] (as
-//! `Trainer::train_step` calls them), and [`crate::diffusion::apply_step`] with the noise
+//! `Trainer::train_step` calls them), and [`crate::diffusion::apply_update`] with the noise
 //! [`crate::diffusion::sample`] draws.
 //!
 //! Noise is drawn inside the kernels from the same counter-based streams as the CPU
@@ -12,7 +12,7 @@
 
 use super::super::device::{CudaResult, DevPtr, Gpu, Launch};
 use crate::diffusion::noise::{STREAM_A_BITS, STREAM_B_BITS};
-use crate::diffusion::{stream, NoisePurpose, PredictionType, SamplerKind, StepCoeffs};
+use crate::diffusion::{stream, NoisePurpose, PredictionType, StepCoeffs};
 use crate::kernel_args;
 
 // The kernels place the per-item stream argument with these widths (see kernels/diffusion.cu).
@@ -127,7 +127,7 @@ pub fn noise_add(
 // The kernel reads these structs at these sizes (no implicit padding: both derive `Pod`).
 const _: () = assert!(std::mem::size_of::<NoiseAddParams>() == 56);
 const _: () = assert!(std::mem::size_of::<StepNoiseParams>() == 16);
-const _: () = assert!(std::mem::size_of::<StepCoeffs>() == 28);
+const _: () = assert!(std::mem::size_of::<StepCoeffs>() == 52);
 
 /// Where a stochastic sampler step draws z: the SampleStep stream (image id, `step_index`) of
 /// `seed`, as [`crate::diffusion::sample`] does.
@@ -148,34 +148,42 @@ struct StepNoiseParams {
     stream: u64,
 }
 
-/// One reverse step over `n_items` images of `item_len` elements, elementwise
-/// [`crate::diffusion::step_element`] with `c`'s coefficients (the `#[repr(C)]` [`StepCoeffs`]
-/// is passed as is). `kind` picks the kernel: `ddpm_step_f32` (posterior mean μ̃ of DDPM eq. 7
-/// plus σz; DDPM eq. 11 when every timestep is visited) or `ddim_step_f32` (DDIM eq. 12, σ from
-/// eq. 16 scaled by η); their arithmetic is the same, the coefficients differ.
+/// The device buffers of one sampler update, each (n_items, item_len) f32 unless noted;
+/// `DevPtr` 0 for an absent optional one.
+#[derive(Clone, Copy, Debug)]
+pub struct UpdateBuffers {
+    pub x_t: DevPtr,
+    /// The model output (the conditional one when guided).
+    pub out: DevPtr,
+    /// The unconditional output for classifier-free guidance, or 0.
+    pub out_uncond: DevPtr,
+    /// The history (DPM-Solver++'s previous x̂₀, Heun's partial sum), or 0 when unused.
+    pub hist: DevPtr,
+    pub x_new: DevPtr,
+    /// The clipped x̂₀, or 0 to skip writing it.
+    pub x0: DevPtr,
+    /// (n_items) u64 image ids, each below 2³⁶ (checked on the host where x_T is drawn; an id
+    /// that does not fit makes NaNs).
+    pub image_ids: DevPtr,
+}
+
+/// One sampler update over `n_items` images of `item_len` elements: elementwise
+/// [`crate::diffusion::step_element_full`] with `c`'s coefficients (the `#[repr(C)]`
+/// [`StepCoeffs`] is passed as is), in the kernel `sampler_update_f32`. Every sampler (DDPM,
+/// DDIM and its inversion, Euler, Heun, Euler–Maruyama, DPM-Solver++(2M)) is this one map with
+/// its own coefficients.
 ///
 /// When σ > 0, z for image i is drawn in the kernel from the SampleStep stream
-/// (`image_ids[i]`, `noise.step_index`), exactly the values [`crate::diffusion::sample`] draws
-/// for [`crate::diffusion::apply_step`]; `noise` must then be given (a missing one stops, as
-/// `apply_step` does). With σ = 0 nothing is drawn and `noise` is ignored.
-///
-/// `x_t`, `out` (model output), `x_prev`, `x0` (clipped x̂₀): (n_items, item_len) f32;
-/// `image_ids`: (n_items) u64 on the device, each below 2³⁶ (checked on the host where x_T is
-/// drawn; an id that does not fit makes NaNs). `x0` may be 0 to skip writing x̂₀; `x_prev` may be
-/// `x_t` and `x0` may be `out` (in place).
-#[allow(clippy::too_many_arguments)]
+/// (`image_ids[i]`, `noise.step_index`), exactly the values [`crate::diffusion::sample`] draws;
+/// `noise` must then be given (a missing one stops, as `apply_update` does). With σ = 0 nothing
+/// is drawn and `noise` is ignored. `x_new` may be `x_t` and `x0` may be `out` (in place).
 pub fn sampler_step(
     gpu: &Gpu,
-    kind: SamplerKind,
     c: &StepCoeffs,
     noise: Option<StepNoise>,
     n_items: usize,
     item_len: usize,
-    x_t: DevPtr,
-    out: DevPtr,
-    x_prev: DevPtr,
-    x0: DevPtr,
-    image_ids: DevPtr,
+    b: UpdateBuffers,
 ) -> CudaResult<()> {
     let nz = match (c.sigma > 0.0, noise) {
         (true, Some(nz)) => StepNoiseParams {
@@ -185,16 +193,25 @@ pub fn sampler_step(
         (true, None) => panic!("sampler_step: σ = {} > 0 but no noise given", c.sigma),
         (false, _) => StepNoiseParams { seed: 0, stream: 0 },
     };
-    let kernel = match kind {
-        SamplerKind::Ddpm => "ddpm_step_f32",
-        SamplerKind::Ddim { .. } => "ddim_step_f32",
-    };
+    assert!(
+        b.hist != 0 || !(c.reads_history() || c.writes_history()),
+        "sampler_step: the coefficients use a history buffer, none given"
+    );
     let c = *c;
     let (n64, len64) = (n_items as u64, item_len as u64);
+    let UpdateBuffers {
+        x_t,
+        out,
+        out_uncond,
+        hist,
+        x_new,
+        x0,
+        image_ids,
+    } = b;
     gpu.launch(
-        kernel,
+        "sampler_update_f32",
         Launch::linear(n_items * item_len.div_ceil(2), BLOCK),
-        kernel_args!(c, nz, x_t, out, x_prev, x0, image_ids, n64, len64),
+        kernel_args!(c, nz, x_t, out, out_uncond, hist, x_new, x0, image_ids, n64, len64),
         || format!("x_t ({n_items}, {item_len}), sigma {}", c.sigma),
     )
 }
