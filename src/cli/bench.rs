@@ -1,6 +1,8 @@
-//! `ddpm bench train|sample`: images per second for a preset and batch size, after warm-up.
+//! `ddpm bench train|sample|samplers`: images per second for a preset and batch size, after warm-up.
 //! On the GPU the time is measured on the device (CUDA events around the timed steps, so it
 //! counts every gap the host leaves too); on the CPU it is wall-clock time.
+
+mod sampler_table;
 
 use std::time::Instant;
 
@@ -24,6 +26,9 @@ pub enum BenchCommand {
     Train(BenchArgs),
     /// DDIM sampling: images per second for a batch going through every step.
     Sample(BenchArgs),
+    /// Every sampler × step count on a trained model: sample quality (Fréchet distance of
+    /// pooled pixels to the training images) and time, as a Markdown table.
+    Samplers(Box<sampler_table::SamplerTableArgs>),
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +52,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
     match cmd {
         BenchCommand::Train(a) => bench_train(&a),
         BenchCommand::Sample(a) => bench_sample(&a),
+        BenchCommand::Samplers(a) => sampler_table::run(&a),
     }
 }
 

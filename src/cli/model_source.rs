@@ -25,6 +25,8 @@ pub struct ModelSource {
     /// The class that stands for "no class" in a model trained with label dropout (its last
     /// class embedding); what classifier-free guidance calls for the unconditional output.
     pub null_class: Option<u32>,
+    /// The run's training settings, for a ddpm checkpoint (what data it learned from).
+    pub train: Option<crate::train::TrainConfig>,
     /// Lines worth telling the user about what was read.
     pub notes: Vec<String>,
 }
@@ -97,6 +99,7 @@ impl ModelSource {
     fn from_checkpoint(path: &Path, ck: Checkpoint, ema: bool) -> Self {
         Self {
             null_class: ck.train.null_class(ck.model.num_class_embeds),
+            train: Some(ck.train.clone()),
             weights: if ema { ck.ema } else { ck.weights },
             model: ck.model,
             schedule: ck.schedule,
@@ -152,6 +155,7 @@ impl ModelSource {
             from_diffusers: true,
             ddim_scheduler: ddim,
             null_class: None,
+            train: None,
             notes,
         })
     }
