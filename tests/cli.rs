@@ -542,3 +542,161 @@ fn export_writes_a_pipeline_that_samples_like_its_checkpoint() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Class conditioning with label dropout, guided sampling with every sampler, the progression
+/// strips and the sampler table, end to end through the binary.
+#[test]
+fn guided_sampling_progression_and_the_sampler_table() {
+    let dir = temp_dir("cfg");
+    let model = dir.join("model.json");
+    std::fs::write(&model, SMALL_MODEL).unwrap();
+    let (run, plain) = (dir.join("run"), dir.join("plain"));
+    let train = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--class-cond",
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        ok(&ddpm(&args));
+    };
+    train(&run, &["--label-dropout", "0.5"]);
+    train(&plain, &[]);
+    // The four synthetic shapes plus the null class.
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["model"]["num_class_embeds"], 5, "{config}");
+    assert_eq!(config["train"]["label_dropout"], 0.5, "{config}");
+
+    let sample = |ck: &Path, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--num",
+            "2",
+            "--steps",
+            "3",
+            "--out",
+            out,
+            "-q",
+            "--device",
+            "cpu",
+        ];
+        args.extend_from_slice(extra);
+        ddpm(&args)
+    };
+    for sampler in ["ddpm", "ddim", "euler", "heun", "euler-maruyama", "dpm++2m"] {
+        let out = dir.join(format!("g-{sampler}"));
+        ok(&sample(
+            &run,
+            out.to_str().unwrap(),
+            &[
+                "--sampler",
+                sampler,
+                "--guidance-scale",
+                "3",
+                "--progression",
+                "3",
+            ],
+        ));
+        // One strip per image: 2 rows (xₜ, x̂₀) × 3 columns of 8×8 tiles, enlarged for viewing.
+        for i in 0..2 {
+            let strip = image::open(out.join(format!("progression_{i:05}.png"))).unwrap();
+            let ratio = strip.width() as f64 / strip.height() as f64;
+            assert!(
+                (1.3..1.7).contains(&ratio),
+                "{sampler}: a 3 × 2 strip is {}×{}",
+                strip.width(),
+                strip.height()
+            );
+        }
+    }
+    // The unconditional output (g = 0) and a class.
+    let unc = dir.join("unconditional");
+    ok(&sample(
+        &run,
+        unc.to_str().unwrap(),
+        &["--guidance-scale", "0"],
+    ));
+    ok(&sample(
+        &run,
+        dir.join("class").to_str().unwrap(),
+        &["--class", "3", "--guidance-scale", "2"],
+    ));
+    // The null class is not a class the user picks; a model without dropout cannot be guided.
+    fails_with(
+        &sample(&run, dir.join("x").to_str().unwrap(), &["--class", "4"]),
+        2,
+        "--class 4: the model has 4 classes, 0 to 3",
+    );
+    fails_with(
+        &sample(
+            &plain,
+            dir.join("y").to_str().unwrap(),
+            &["--guidance-scale", "2"],
+        ),
+        2,
+        "not trained with label dropout",
+    );
+    fails_with(
+        &ddpm(&[
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--label-dropout",
+            "0.1",
+            "--out",
+            dir.join("z").to_str().unwrap(),
+        ]),
+        2,
+        "--label-dropout needs a class-conditional model",
+    );
+
+    // The sampler table: one row per sampler and step count, plus the data's own floor.
+    let table = dir.join("table.md");
+    let out = ddpm(&[
+        "bench",
+        "samplers",
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--num",
+        "8",
+        "--steps",
+        "2,3",
+        "--samplers",
+        "ddim,heun,dpm++2m",
+        "--guidance-scale",
+        "2",
+        "--device",
+        "cpu",
+        "-q",
+        "--out",
+        table.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let text = std::fs::read_to_string(&table).unwrap();
+    let rows: Vec<&str> = text.lines().filter(|l| l.starts_with("| ")).collect();
+    // Header, the training-images floor, 3 samplers × 2 step counts.
+    assert_eq!(rows.len(), 8, "{text}");
+    assert!(rows[1].starts_with("| training images"), "{text}");
+    assert!(
+        rows.iter().any(|r| r.starts_with("| heun | 3 | 5 |")),
+        "{text}"
+    );
+    for row in &rows[1..] {
+        let fd: f64 = row.split('|').nth(4).unwrap().trim().parse().unwrap();
+        assert!(fd.is_finite() && fd >= 0.0, "{row}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
