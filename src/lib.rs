@@ -27,6 +27,7 @@ pub mod gradcheck;
 pub mod imaging;
 pub mod info;
 pub mod json_fields;
+pub mod latent;
 pub mod metrics;
 pub mod nn;
 pub mod ops;

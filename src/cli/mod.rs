@@ -2,6 +2,8 @@
 
 mod bench;
 mod export;
+mod interpolate;
+mod invert;
 mod model_source;
 mod output;
 mod sample;
@@ -12,6 +14,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::info::SystemInfo;
 pub use export::ExportArgs;
+pub use interpolate::InterpolateArgs;
+pub use invert::InvertArgs;
 pub use sample::SampleArgs;
 pub use train::TrainArgs;
 
@@ -40,6 +44,14 @@ pub enum Command {
     /// Draw images with DDPM or DDIM from a ddpm checkpoint or a diffusers model directory: one
     /// PNG per image plus a grid.
     Sample(Box<SampleArgs>),
+    /// Invert images to the noise a deterministic DDIM run decodes back to them (DDIM §5.4),
+    /// decode that noise again, and report each image's reconstruction error: writes
+    /// noise.safetensors (for `sample --init-noise`), reconstructions, a comparison grid and
+    /// report.json.
+    Invert(Box<InvertArgs>),
+    /// Decode frames along the great circle between two noises — two seeds' initial noises or
+    /// two images' DDIM inversions — with a deterministic sampler: frame_00.png, … and strip.png.
+    Interpolate(Box<InterpolateArgs>),
     /// Write a checkpoint as a diffusers pipeline directory (UNet2DModel + DDPMScheduler).
     Export(Box<ExportArgs>),
     /// Measure training or sampling throughput (images/s) for a preset and batch size.
@@ -73,6 +85,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Train(args) => train::run(*args)?,
         Command::Sample(args) => sample::run(*args)?,
+        Command::Invert(args) => invert::run(*args)?,
+        Command::Interpolate(args) => interpolate::run(*args)?,
         Command::Export(args) => export::run(*args)?,
         Command::Bench(cmd) => bench::run(cmd)?,
     }

@@ -243,6 +243,24 @@ pub fn load(
             dir: dir.to_path_buf(),
         });
     }
+    let pixels = decode_files(&files, size, channels, upscale)?;
+    let (class_names, labels) = match classes(dir, &files) {
+        Some((names, labels)) => (names, Some(labels)),
+        None => (Vec::new(), None),
+    };
+    Dataset::new(name, channels, size, pixels, labels, class_names)
+}
+
+/// Decodes `files` (in parallel, order kept) into (N, C, S, S) pixels, each resized so its
+/// shorter side is `size` and centre-cropped. Unless `upscale`, an image whose shorter side is
+/// below `size` is an error naming the first such file and how many there are; a file that
+/// cannot be read or decoded is reported first.
+fn decode_files(
+    files: &[PathBuf],
+    size: usize,
+    channels: usize,
+    upscale: bool,
+) -> Result<Vec<u8>, DataError> {
     let decoded: Vec<Result<Decoded, DataError>> = files
         .par_iter()
         .map(|f| {
@@ -285,11 +303,20 @@ pub fn load(
             pixels.extend_from_slice(&planes);
         }
     }
-    let (class_names, labels) = match classes(dir, &files) {
-        Some((names, labels)) => (names, Some(labels)),
-        None => (Vec::new(), None),
-    };
-    Dataset::new(name, channels, size, pixels, labels, class_names)
+    Ok(pixels)
+}
+
+/// Reads the image `files` given one by one (as `ddpm invert` takes them), with the folder
+/// loader's decoding, checks, resizing and cropping; no labels.
+pub fn load_files(
+    name: &str,
+    files: &[PathBuf],
+    size: usize,
+    channels: usize,
+    upscale: bool,
+) -> Result<Dataset, DataError> {
+    let pixels = decode_files(files, size, channels, upscale)?;
+    Dataset::new(name, channels, size, pixels, None, Vec::new())
 }
 
 #[cfg(test)]
