@@ -617,3 +617,261 @@ fn unsupported_pipelines_and_schedulers_are_named() {
     let not = temp_dir("not-a-model");
     assert_names(&load_err(&not), &["not a diffusers directory"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Samplers beyond DDIM, against diffusers running the same committed models (the `samplers`
+// stage of scripts/diffusers_goldens.py, clip_sample = False throughout): EulerDiscreteScheduler
+// and HeunDiscreteScheduler on Karras σ, DPMSolverMultistepScheduler (DPM-Solver++(2M)) on
+// DDIM's timesteps, and DDIMInverseScheduler followed by DDIM η = 0 back.
+
+use ddpm::diffusion::sampler::{
+    inversion_evaluations, run_evaluations, sample as sample_with, sigma_of, ModelFn, SigmaSpacing,
+};
+
+/// The samplers goldens' cases of one kind, with their fixture model loaded.
+fn sampler_cases(g: &Golden, kind: &str) -> Vec<(Value, UNet, ParamArena<f32>)> {
+    let cases: Vec<_> = g
+        .meta("cases")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["kind"] == kind)
+        .map(|c| {
+            let (net, p, _) =
+                load_model(&fixtures().join("models").join(c["model"].as_str().unwrap()));
+            (c.clone(), net, p)
+        })
+        .collect();
+    assert_eq!(cases.len(), 2, "{kind}: one case per model");
+    cases
+}
+
+/// A case's schedule, with clipping off as diffusers ran it.
+fn unclipped_schedule(cfg: &Value) -> (ScheduleConfig, Schedule) {
+    let mut cfg = schedule_config(cfg);
+    cfg.clip_sample = false;
+    let s = Schedule::new(cfg.clone()).unwrap();
+    (cfg, s)
+}
+
+/// The fixture UNet as the sampler's model: [`UNet::predict`] under the case's labels.
+fn unet_model<'a>(
+    net: &'a UNet,
+    p: &'a ParamArena<f32>,
+    labels: Option<&'a [u32]>,
+) -> Box<ModelFn<'a>> {
+    Box::new(move |x, t, out| {
+        out.copy_from_slice(&net.predict(p, x, t, labels)?);
+        Ok(())
+    })
+}
+
+/// max |got − want| / max(|want|, floor) elementwise.
+fn max_rel(got: &[f64], want: &[f32], floor: f64) -> f64 {
+    assert_eq!(got.len(), want.len(), "{got:?} vs {want:?}");
+    got.iter()
+        .zip(want)
+        .map(|(&g, &w)| (g - f64::from(w)).abs() / f64::from(w).abs().max(floor))
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn euler_and_heun_on_karras_sigmas_match_diffusers() {
+    let g = Golden::open("samplers.safetensors");
+    for (tag, kind) in [
+        ("euler_karras", SamplerKind::Euler),
+        ("heun_karras", SamplerKind::Heun),
+    ] {
+        for (case, net, p) in sampler_cases(&g, tag) {
+            let name = case["name"].as_str().unwrap();
+            let get = |n: &str| g.tensor(&format!("{name}.{n}"));
+            let (cfg, s) = unclipped_schedule(&case["config"]);
+            let steps = case["steps"].as_u64().unwrap() as usize;
+            let opts = SampleOptions {
+                sigmas: Some(SigmaSpacing::Karras),
+                ..SampleOptions::new(&cfg, kind, steps)
+            };
+            let nodes = opts.nodes(&s).unwrap();
+            let evals = opts.evaluations(&s).unwrap();
+            assert_eq!(
+                evals.len() as u64,
+                case["nfe"].as_u64().unwrap(),
+                "{name}: evaluations"
+            );
+
+            // diffusers lists Heun's σ once per evaluation: σ₀, σ₁, σ₁, …, σ_{N−1}, σ_{N−1}, 0.
+            let mut sigmas: Vec<f64> = match kind {
+                SamplerKind::Heun => std::iter::once(nodes[0].sigma)
+                    .chain(nodes[1..].iter().flat_map(|n| [n.sigma, n.sigma]))
+                    .collect(),
+                _ => nodes.iter().map(|n| n.sigma).collect(),
+            };
+            sigmas.push(0.0);
+            // diffusers forms σ(0) = √((1 − ᾱ₀)/ᾱ₀) from an f32 ᾱ₀: rounding ᾱ₀ (≤ ε/4, ε the f32
+            // epsilon) moves σ(0) by up to ε/(8(1 − ᾱ₀)) relative, and Karras node σᵢ by
+            // (σ_min/σᵢ)^{1/ρ} times that (eq. 5 interpolates σ^{1/ρ}). The tolerance adds this, ×2.
+            let want_sigmas = get("sigmas");
+            let (s_min, cancel) = (
+                nodes[nodes.len() - 1].sigma,
+                f64::from(f32::EPSILON) / (8.0 * (1.0 - s.alpha_bar(0))),
+            );
+            let tol_sigma = |sg: f64| 1e-5 + 2.0 * (s_min / sg).powf(1.0 / 7.0) * cancel;
+            assert_eq!(sigmas.len(), want_sigmas.len(), "{name}");
+            let mut e_sigma = 0.0f64;
+            for (i, (&got, &want)) in sigmas.iter().zip(&want_sigmas).enumerate() {
+                if got == 0.0 {
+                    assert_eq!(want, 0.0, "{name}: σ[{i}]");
+                    continue;
+                }
+                let err = (got - f64::from(want)).abs() / f64::from(want);
+                let tol = tol_sigma(got);
+                assert!(
+                    err <= tol,
+                    "{name}: σ[{i}] {got:e} vs diffusers {want:e}: {err:.1e} > {tol:.1e}"
+                );
+                e_sigma = e_sigma.max(err);
+            }
+            // Timesteps (fractional, log-σ interpolated as diffusers' `_sigma_to_t`): one per
+            // evaluation, each that of its σ; the σ tolerance carries over through the slope of
+            // ln σ(t) between the training timesteps around it.
+            let want_t = get("timesteps");
+            assert_eq!(want_t.len(), evals.len(), "{name}");
+            let mut e_t = 0.0f64;
+            for (k, (e, &want)) in evals.iter().zip(&want_t).enumerate() {
+                let lo = (e.t.floor() as usize).min(s.num_timesteps() - 2);
+                let slope = (sigma_of(&s, lo + 1) / sigma_of(&s, lo)).ln();
+                let tol = 1e-5 * e.t.max(1.0) + tol_sigma(sigmas[k]) / slope;
+                let err = (e.t - f64::from(want)).abs();
+                assert!(
+                    err <= tol,
+                    "{name}: evaluation {k} at t {} vs diffusers {want}: {err:.1e} > {tol:.1e}",
+                    e.t
+                );
+                e_t = e_t.max(err / e.t.max(1.0));
+            }
+            let init = case["init_noise_sigma"].as_f64().unwrap();
+            let e_init = (nodes[0].sigma - init).abs() / init;
+
+            // diffusers' state is x̃ = xₜ √(1 + σ²), from x̃ = noise · σ_max; ours is xₜ.
+            let smax = nodes[0].sigma;
+            let mut x: Vec<f32> = get("noise")
+                .iter()
+                .map(|&n| (f64::from(n) * smax / (1.0 + smax * smax).sqrt()) as f32)
+                .collect();
+            let labels = labels_of(&case["labels"]);
+            let item = net.input_shape(1).len();
+            let ids: Vec<u64> = (0..(x.len() / item) as u64).collect();
+            let mut model = unet_model(&net, &p, labels.as_deref());
+            sample_with(&s, &opts, &mut x, item, &ids, 0, &mut *model, &mut |_| {}).unwrap();
+            let want = get("sample");
+            let err = rel_err(&x, &want, 1.0);
+            let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            eprintln!(
+                "{name}: σ error {e_sigma:.1e} (σ(0)'s f32 rounding in diffusers: up to \
+                 {cancel:.1e}), init_noise_sigma error {e_init:.1e}, timestep error {e_t:.1e} \
+                 relative to max(t, 1); sample error {err:.1e} relative to max |sample| = \
+                 {scale:.3}"
+            );
+            assert!(e_init <= 1e-5, "{name}: σ_max {e_init:e}");
+            assert!(err <= 1e-3, "{name}: sample {err:e}");
+        }
+    }
+}
+
+#[test]
+fn dpm_solver_2m_matches_diffusers() {
+    let g = Golden::open("samplers.safetensors");
+    for (case, net, p) in sampler_cases(&g, "dpmpp_2m") {
+        let name = case["name"].as_str().unwrap();
+        let get = |n: &str| g.tensor(&format!("{name}.{n}"));
+        // diffusers ran it on the timesteps its DDIMScheduler visits for this config.
+        let (cfg, s) = unclipped_schedule(&case["ddim_config"]);
+        let steps = case["steps"].as_u64().unwrap() as usize;
+        let opts = SampleOptions {
+            sigmas: Some(SigmaSpacing::Timesteps),
+            ..SampleOptions::new(&cfg, SamplerKind::DpmSolver2M, steps)
+        };
+        let t: Vec<f64> = opts.nodes(&s).unwrap().iter().map(|n| n.t).collect();
+        let want_t: Vec<f64> = serde_json::from_value(case["set_timesteps"].clone()).unwrap();
+        assert_eq!(t, want_t, "{name}");
+        assert_eq!(max_rel(&t, &get("timesteps"), 1.0), 0.0, "{name}");
+        let evals = opts.evaluations(&s).unwrap();
+        assert_eq!(evals.len() as u64, case["nfe"].as_u64().unwrap());
+
+        // init_noise_sigma = 1: both states are xₜ.
+        let mut x = get("noise");
+        let labels = labels_of(&case["labels"]);
+        let item = net.input_shape(1).len();
+        let ids: Vec<u64> = (0..(x.len() / item) as u64).collect();
+        let mut model = unet_model(&net, &p, labels.as_deref());
+        sample_with(&s, &opts, &mut x, item, &ids, 0, &mut *model, &mut |_| {}).unwrap();
+        let want = get("sample");
+        let err = rel_err(&x, &want, 1.0);
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        eprintln!("{name}: sample error {err:.1e} relative to max |sample| = {scale:.3}");
+        assert!(err <= 1e-3, "{name}: {err:e}");
+    }
+}
+
+#[test]
+fn ddim_inversion_and_reconstruction_match_diffusers() {
+    let g = Golden::open("samplers.safetensors");
+    for (case, net, p) in sampler_cases(&g, "ddim_inverse") {
+        let name = case["name"].as_str().unwrap();
+        let get = |n: &str| g.tensor(&format!("{name}.{n}"));
+        let labels = labels_of(&case["labels"]);
+        let item = net.input_shape(1).len();
+        let steps = case["steps"].as_u64().unwrap() as usize;
+
+        let (cfg, s) = unclipped_schedule(&case["config"]);
+        let opts = SampleOptions::new(&cfg, SamplerKind::Ddim { eta: 0.0 }, steps);
+        let evals = inversion_evaluations(&s, &opts).unwrap();
+        assert_eq!(evals.len() as u64, case["nfe"].as_u64().unwrap());
+        let t: Vec<f64> = evals.iter().map(|e| e.t).collect();
+        assert_eq!(max_rel(&t, &get("timesteps"), 1.0), 0.0, "{name}: {t:?}");
+        let mut latent = get("image");
+        let ids: Vec<u64> = (0..(latent.len() / item) as u64).collect();
+        let mut model = unet_model(&net, &p, labels.as_deref());
+        run_evaluations(
+            &evals,
+            false,
+            &mut latent,
+            item,
+            &ids,
+            0,
+            &mut *model,
+            &mut |_| {},
+        )
+        .unwrap();
+        let want_latent = get("latent");
+        let e_latent = rel_err(&latent, &want_latent, 1.0);
+
+        // Back with DDIM η = 0 from diffusers' latent, so that the two comparisons are separate.
+        let (cfg, s) = unclipped_schedule(&case["recon_config"]);
+        assert_eq!(case["recon_eta"].as_f64(), Some(0.0));
+        let opts = SampleOptions::new(&cfg, SamplerKind::Ddim { eta: 0.0 }, steps);
+        let mut recon = want_latent.clone();
+        sample_with(
+            &s,
+            &opts,
+            &mut recon,
+            item,
+            &ids,
+            0,
+            &mut *model,
+            &mut |_| {},
+        )
+        .unwrap();
+        let want_recon = get("recon");
+        let e_recon = rel_err(&recon, &want_recon, 1.0);
+        let max = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        eprintln!(
+            "{name}: latent error {e_latent:.1e} (max |latent| {:.3}), reconstruction error \
+             {e_recon:.1e} (max |recon| {:.3})",
+            max(&want_latent),
+            max(&want_recon)
+        );
+        assert!(e_latent <= 1e-3, "{name}: latent {e_latent:e}");
+        assert!(e_recon <= 1e-3, "{name}: reconstruction {e_recon:e}");
+    }
+}
