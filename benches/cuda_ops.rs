@@ -35,7 +35,7 @@ use ddpm::cuda::ops;
 use ddpm::cuda::testing::{to_device, zeros_on_device};
 use ddpm::cuda::{CudaResult, DevPtr, Gpu};
 use ddpm::diffusion::{
-    PredictionType, SamplerKind, Schedule, ScheduleConfig, StepCoeffs, StepPair, VarianceType,
+    PredictionType, Schedule, ScheduleConfig, StepCoeffs, StepPair, VarianceType,
 };
 use ddpm::nn::{UNet, UNetConfig};
 use ddpm::ops::attention::AttentionShape;
@@ -764,7 +764,7 @@ fn optim(bench: &Bench, c: &mut Criterion) -> Result<()> {
 }
 
 fn diffusion(bench: &Bench, c: &mut Criterion) -> Result<()> {
-    use ops::diffusion::{noise_add, sampler_step, NoiseAddArgs, StepNoise};
+    use ops::diffusion::{noise_add, sampler_step, NoiseAddArgs, StepNoise, UpdateBuffers};
     const GROUP: &str = "diffusion";
     let gpu = &bench.gpu;
     let schedule = Schedule::new(ScheduleConfig::default())?;
@@ -852,19 +852,16 @@ fn diffusion(bench: &Bench, c: &mut Criterion) -> Result<()> {
         &format!("ddpm_step_{tag}"),
         Work::mem(bytes, 14 * n as u64),
         move |gpu| {
-            sampler_step(
-                gpu,
-                SamplerKind::Ddpm,
-                &ddpm,
-                noise,
-                SAMPLE_BATCH,
-                item,
-                xsp,
-                mop,
-                xpp,
-                x0hp,
-                idp,
-            )
+            let bufs = UpdateBuffers {
+                x_t: xsp,
+                out: mop,
+                out_uncond: 0,
+                hist: 0,
+                x_new: xpp,
+                x0: x0hp,
+                image_ids: idp,
+            };
+            sampler_step(gpu, &ddpm, noise, SAMPLE_BATCH, item, bufs)
         },
     );
     bench.run(
@@ -873,19 +870,16 @@ fn diffusion(bench: &Bench, c: &mut Criterion) -> Result<()> {
         &format!("ddim_step_{tag}"),
         Work::mem(bytes, 8 * n as u64),
         move |gpu| {
-            sampler_step(
-                gpu,
-                SamplerKind::Ddim { eta: 0.0 },
-                &ddim,
-                None,
-                SAMPLE_BATCH,
-                item,
-                xsp,
-                mop,
-                xpp,
-                x0hp,
-                idp,
-            )
+            let bufs = UpdateBuffers {
+                x_t: xsp,
+                out: mop,
+                out_uncond: 0,
+                hist: 0,
+                x_new: xpp,
+                x0: x0hp,
+                image_ids: idp,
+            };
+            sampler_step(gpu, &ddim, None, SAMPLE_BATCH, item, bufs)
         },
     );
     g.finish();

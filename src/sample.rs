@@ -77,6 +77,9 @@ pub struct Generated {
     pub watch_t: Vec<f64>,
 }
 
+/// Called after each evaluation with its index, and (xₜ, x̂₀) if it is watched.
+pub type OnEval<'a> = dyn FnMut(usize, Option<(&[f32], &[f32])>) + 'a;
+
 /// One batch of evaluations to run.
 pub struct BatchJob<'a> {
     pub evals: &'a [Evaluation],
@@ -92,7 +95,7 @@ pub struct BatchJob<'a> {
     /// Evaluation indices whose (xₜ, x̂₀) `on_eval` receives.
     pub watch: &'a [usize],
     /// Called after each evaluation with its index, and the states if it is watched.
-    pub on_eval: &'a mut dyn FnMut(usize, Option<(&[f32], &[f32])>),
+    pub on_eval: &'a mut OnEval<'a>,
 }
 
 /// Runs evaluation sequences for batches of images: the network plus the sampler update.

@@ -146,7 +146,7 @@ pub fn apply_update(c: &StepCoeffs, b: StepBuffers<'_>) {
         (false, _) => None,
     };
     let needs_h = c.reads_history() || c.writes_history();
-    let mut hist = match (needs_h, b.hist) {
+    let hist = match (needs_h, b.hist) {
         (true, Some(h)) => {
             check("hist", h.len());
             Some(h)
@@ -156,7 +156,7 @@ pub fn apply_update(c: &StepCoeffs, b: StepBuffers<'_>) {
     };
     let (x_t, out, uncond) = (b.x_t, b.out, b.out_uncond);
     let write_h = c.writes_history();
-    let hist_chunks: Vec<Option<&mut [f32]>> = match hist.as_deref_mut() {
+    let hist_chunks: Vec<Option<&mut [f32]>> = match hist {
         Some(h) => h.chunks_mut(CHUNK).map(Some).collect(),
         None => (0..n.div_ceil(CHUNK)).map(|_| None).collect(),
     };
