@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 
+use super::invert::write_tensor;
 use super::output::{check_writable_file, OutputDir};
 use super::sampling::{
     denoiser, open_device, progress_bar, progress_fn, sampler_options, DdimEpsArg, Loaded,
     ModelArgs, SamplerArg, StepArgs,
 };
-use crate::atomic_file::write_atomic;
 use crate::diffusion::sampler::SigmaSpacing;
 use crate::imaging::{save_grid_upscaled, save_png};
 use crate::params::decode_into;
@@ -239,14 +239,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
         }
     }
     if let Some(raw) = &a.save_raw {
-        let view = safetensors::tensor::TensorView::new(
-            safetensors::Dtype::F32,
-            vec![num, c, s, s],
-            bytemuck::cast_slice(images),
-        )?;
         let meta = HashMap::from([("checkpoint".to_string(), src.path.display().to_string())]);
-        let bytes = safetensors::serialize([("sample", view)], Some(meta))?;
-        write_atomic(raw, &bytes).with_context(|| format!("cannot write {}", raw.display()))?;
+        write_tensor(raw, "sample", vec![num, c, s, s], images, meta)?;
     }
     if !a.model.quiet {
         let timesteps: Vec<String> = result.watch_t.iter().map(|t| format!("{t:.0}")).collect();

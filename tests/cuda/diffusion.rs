@@ -9,9 +9,9 @@ use ddpm::cuda::testing::{expect_close, from_device, to_device, zeros_on_device,
 use ddpm::cuda::Gpu;
 use ddpm::diffusion::noise::fill_train_noise;
 use ddpm::diffusion::{
-    add_noise, apply_step, draw_timesteps, fill_normal, initial_noise, sample, step_pairs, stream,
-    training_target, NoisePurpose, PredictionType, SampleOptions, SamplerKind, Schedule,
-    ScheduleConfig, Spacing, StepCoeffs, VarianceType,
+    add_noise, apply_step, draw_timesteps, fill_normal, initial_noise, inversion_evaluations,
+    run_evaluations, step_pairs, stream, training_target, Evaluation, NoisePurpose, PredictionType,
+    SampleOptions, SamplerKind, Schedule, ScheduleConfig, Spacing, StepCoeffs, VarianceType,
 };
 use ddpm::rng::{philox_word, Philox};
 
@@ -403,19 +403,33 @@ fn sample_loop_matches_cpu(gpu: &Gpu) -> Result<()> {
         (SamplerKind::EulerMaruyama, None),
         (SamplerKind::DpmSolver2M, None),
     ];
+    let mut runs: Vec<(String, Vec<Evaluation>, bool)> = Vec::new();
     for (kind, guidance) in cases {
         let opts = SampleOptions {
             guidance,
             ..SampleOptions::new(sched.config(), kind, 10)
         };
-        let guided = guidance.is_some();
+        runs.push((
+            format!("sample {kind:?}, guidance {guidance:?}"),
+            opts.evaluations(&sched)?,
+            guidance.is_some(),
+        ));
+    }
+    // DDIM inversion: the update that reads the model output directly (c_out).
+    let ddim = SampleOptions::new(sched.config(), SamplerKind::Ddim { eta: 0.0 }, 10);
+    runs.push((
+        "DDIM inversion".into(),
+        inversion_evaluations(&sched, &ddim)?,
+        false,
+    ));
+    for (name, evals, guided) in runs {
         let out_len = if guided { 2 * n } else { n };
         let x_init = initial_noise(seed, &ids, item_len)?;
 
         let mut want = x_init.clone();
-        sample(
-            &sched,
-            &opts,
+        run_evaluations(
+            &evals,
+            guided,
             &mut want,
             item_len,
             &ids,
@@ -433,7 +447,7 @@ fn sample_loop_matches_cpu(gpu: &Gpu) -> Result<()> {
         let ids_d = to_device(gpu, &ids)?;
         let mut x_host = vec![0.0f32; n];
         let mut out_host = vec![0.0f32; out_len];
-        for (k, e) in opts.evaluations(&sched)?.iter().enumerate() {
+        for (k, e) in evals.iter().enumerate() {
             gpu.download(&mut x_host, x_d.ptr(), "x_t")?;
             toy(&x_host, &mut out_host);
             gpu.upload(out_d.ptr(), &out_host, "model output")?;
@@ -458,12 +472,7 @@ fn sample_loop_matches_cpu(gpu: &Gpu) -> Result<()> {
         }
         // Ten steps of the per-step agreement above; a one-ulp z slip carries forward scaled by
         // the later steps' x_t weights (< 1.2), so 1e-5 bounds it with margin.
-        expect_close(
-            &format!("sample {kind:?}, guidance {guidance:?}"),
-            &from_device(gpu, &x_d, n)?,
-            &want,
-            1e-5,
-        );
+        expect_close(&name, &from_device(gpu, &x_d, n)?, &want, 1e-5);
     }
     Ok(())
 }
