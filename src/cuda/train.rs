@@ -21,7 +21,6 @@ use super::ops;
 use super::ops::diffusion::NoiseAddArgs;
 use super::sample::GpuSampler;
 use crate::data::Batch;
-use crate::diffusion::noise::drop_labels;
 use crate::diffusion::{Schedule, ScheduleConfig};
 use crate::nn::{UNet, UNetConfig};
 use crate::optim::EmaAction;
@@ -213,27 +212,11 @@ impl GpuTrainer {
             "a batch of {b} images is larger than the planned batch size {}",
             self.config.batch_size
         );
-        let labels = if self.net.config.num_class_embeds.is_some() {
-            let given = batch
-                .labels
-                .as_deref()
-                .context("the model is class-conditional but the data has no labels")?;
-            // Label dropout: the same draws on the CPU and the GPU.
-            Some(
-                match self.config.null_class(self.net.config.num_class_embeds) {
-                    Some(null) => drop_labels(
-                        given,
-                        self.config.seed,
-                        self.step,
-                        self.config.label_dropout,
-                        null,
-                    ),
-                    None => given.to_vec(),
-                },
-            )
-        } else {
-            None
-        };
+        let labels = self.config.step_labels(
+            self.net.config.num_class_embeds,
+            batch.labels.as_deref(),
+            self.step,
+        )?;
         let (seed, step) = (self.config.seed, self.step);
         let n = b * item;
         let g = &*self.gpu;

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::diffusion::noise::drop_labels;
+
 use crate::optim::{AdamWConfig, EmaConfig};
 
 /// The regression loss of DDPM eq. 14 (L2, "simple") or its L1 variant.
@@ -113,6 +115,27 @@ impl TrainConfig {
         }
     }
 
+    /// A step's class labels as the model sees them: none for an unconditional model; for a
+    /// class-conditional one, the batch's labels after label dropout. Both trainers call this,
+    /// so the CPU and the GPU drop the same labels.
+    pub fn step_labels(
+        &self,
+        num_class_embeds: Option<usize>,
+        batch_labels: Option<&[u32]>,
+        step: u64,
+    ) -> anyhow::Result<Option<Vec<u32>>> {
+        if num_class_embeds.is_none() {
+            return Ok(None);
+        }
+        let given = batch_labels.ok_or_else(|| {
+            anyhow::anyhow!("the model is class-conditional but the data has no labels")
+        })?;
+        Ok(Some(match self.null_class(num_class_embeds) {
+            Some(null) => drop_labels(given, self.seed, step, self.label_dropout, null),
+            None => given.to_vec(),
+        }))
+    }
+
     pub fn validate(&self) -> Result<(), TrainConfigError> {
         let bad = |field, msg: String| Err(TrainConfigError { field, msg });
         if let Err(e) = self.optimizer.validate() {
@@ -168,5 +191,52 @@ impl TrainConfig {
             return bad("log_every", "must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_labels_drop_to_the_null_class_at_the_configured_rate() {
+        let cfg = TrainConfig {
+            class_conditional: true,
+            label_dropout: 0.5,
+            ..TrainConfig::default()
+        };
+        let given: Vec<u32> = (0..400).map(|i| i % 4).collect();
+        // Four data classes and the null class 4.
+        let got = cfg.step_labels(Some(5), Some(&given), 7).unwrap().unwrap();
+        let dropped = got.iter().filter(|&&y| y == 4).count();
+        // 400 draws at p = 0.5: 200 ± 5 standard errors (10 each).
+        assert!((150..=250).contains(&dropped), "{dropped} of 400 dropped");
+        for (g, y) in given.iter().zip(&got) {
+            assert!(y == g || *y == 4, "{g} became {y}");
+        }
+        // A pure function of the step; another step drops others.
+        assert_eq!(
+            cfg.step_labels(Some(5), Some(&given), 7).unwrap().unwrap(),
+            got
+        );
+        assert_ne!(
+            cfg.step_labels(Some(5), Some(&given), 8).unwrap().unwrap(),
+            got
+        );
+        // Without dropout the labels pass through; an unconditional model takes none.
+        let plain = TrainConfig {
+            label_dropout: 0.0,
+            ..cfg.clone()
+        };
+        assert_eq!(
+            plain
+                .step_labels(Some(4), Some(&given), 7)
+                .unwrap()
+                .unwrap(),
+            given
+        );
+        assert_eq!(cfg.step_labels(None, Some(&given), 7).unwrap(), None);
+        let err = cfg.step_labels(Some(5), None, 7).unwrap_err().to_string();
+        assert!(err.contains("has no labels"), "{err}");
     }
 }

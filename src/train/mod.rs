@@ -29,7 +29,6 @@ use anyhow::{Context, Result};
 
 use crate::backend::cpu::Cpu;
 use crate::data::Batch;
-use crate::diffusion::noise::drop_labels;
 use crate::diffusion::noise::{draw_timesteps, fill_train_noise, stream, NoisePurpose};
 use crate::diffusion::{add_noise, training_target, Schedule, ScheduleConfig};
 use crate::nn::{UNet, UNetConfig};
@@ -157,27 +156,11 @@ impl Trainer {
             &mut target,
         );
 
-        let labels = if self.net.config.num_class_embeds.is_some() {
-            let given = batch
-                .labels
-                .as_deref()
-                .context("the model is class-conditional but the data has no labels")?;
-            // Label dropout: the same draws on the CPU and the GPU.
-            Some(
-                match self.config.null_class(self.net.config.num_class_embeds) {
-                    Some(null) => drop_labels(
-                        given,
-                        self.config.seed,
-                        self.step,
-                        self.config.label_dropout,
-                        null,
-                    ),
-                    None => given.to_vec(),
-                },
-            )
-        } else {
-            None
-        };
+        let labels = self.config.step_labels(
+            self.net.config.num_class_embeds,
+            batch.labels.as_deref(),
+            self.step,
+        )?;
         let t_in: Vec<f32> = t.iter().map(|&v| v as f32).collect();
         self.params.zero_grads();
         let dropout = Some(dropout_seed(self.config.seed, self.step));
