@@ -184,13 +184,14 @@ pub fn run(a: &SamplerTableArgs) -> Result<()> {
         println!("{line}");
     }
     let batch = (a.batch_size as usize).min(num);
+    // One denoiser (on a GPU: one plan and one upload of the weights) for every row.
+    let mut den = denoiser(&device, &loaded, batch, guidance.is_some())?;
     for opts in rows {
         let evals = opts.num_evaluations(schedule)?;
         let gen = GenerateOptions {
             null_class: src.null_class,
             ..GenerateOptions::new(opts.clone(), num, batch, a.seed)
         };
-        let mut den = denoiser(&device, &loaded, batch, guidance.is_some())?;
         let start = Instant::now();
         let out = generate_with(den.as_mut(), net, schedule, &gen, None, &mut |_, _| {})?;
         let seconds = start.elapsed().as_secs_f64();
