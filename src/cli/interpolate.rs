@@ -9,7 +9,8 @@ use clap::{ArgGroup, Args};
 use super::invert::{parse_spacing, required_class, write_tensor};
 use super::output::{check_writable_file, OutputDir};
 use super::sampling::{
-    denoiser, open_device, progress_bar, sampler_options, Loaded, ModelArgs, SamplerArg, StepArgs,
+    denoiser, flag_error, open_device, progress_bar, sampler_options, Loaded, ModelArgs,
+    SamplerArg, StepArgs,
 };
 use crate::diffusion::sampler::{initial_noise, inversion_evaluations, SigmaSpacing};
 use crate::imaging::{save_grid_upscaled, save_png};
@@ -126,17 +127,8 @@ pub fn run(a: InterpolateArgs) -> Result<()> {
             |v| v as usize,
         );
         let opts = latent::ddim_options(schedule, steps, parse_spacing(a.step.spacing.as_deref())?);
-        let evals = inversion_evaluations(schedule, &opts).map_err(|e| {
-            let flag = match e.field {
-                "steps" => "inversion-steps".to_string(),
-                f => f.replace('_', "-"),
-            };
-            usage(format!(
-                "--{flag}: {} (the schedule has T = {} timesteps)",
-                e.msg,
-                schedule.num_timesteps()
-            ))
-        })?;
+        let evals = inversion_evaluations(schedule, &opts)
+            .map_err(|e| flag_error(schedule, e, Some("inversion-steps")))?;
         Some((steps, evals))
     } else {
         None

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::output::{check_writable_file, OutputDir};
-use super::sampling::{denoiser, open_device, progress_bar, Loaded, ModelArgs};
+use super::sampling::{denoiser, flag_error, open_device, progress_bar, Loaded, ModelArgs};
 use crate::atomic_file::write_atomic;
 use crate::diffusion::sampler::inversion_evaluations;
 use crate::diffusion::Spacing;
@@ -120,14 +120,7 @@ pub fn run(a: InvertArgs) -> Result<()> {
     let item = c * s * s;
     let spacing = parse_spacing(a.spacing.as_deref())?;
     let opts = latent::ddim_options(schedule, a.steps as usize, spacing);
-    let checked = |e: crate::diffusion::DiffusionError| {
-        usage(format!(
-            "--{}: {} (the schedule has T = {} timesteps)",
-            e.field.replace('_', "-"),
-            e.msg,
-            schedule.num_timesteps()
-        ))
-    };
+    let checked = |e| flag_error(schedule, e, None);
     let decode_evals = opts.evaluations(schedule).map_err(checked)?.len();
     let inv = inversion_evaluations(schedule, &opts).map_err(checked)?;
     // Usage first (class), then the files (each error names its file), then the outputs.

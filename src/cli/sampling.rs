@@ -196,15 +196,27 @@ pub fn sampler_options(
     opts.sigmas = sigmas;
     opts.guidance = guidance;
     // Every setting is checked before anything is written or a step is run.
-    opts.evaluations(schedule).map_err(|e| {
-        usage(format!(
-            "--{}: {} (the schedule has T = {} timesteps)",
-            e.field.replace('_', "-"),
-            e.msg,
-            schedule.num_timesteps()
-        ))
-    })?;
+    opts.evaluations(schedule)
+        .map_err(|e| flag_error(schedule, e, None))?;
     Ok(opts)
+}
+
+/// A sampler setting that cannot work, as a usage error naming its flag (`--steps` for the
+/// field `steps`, unless `steps_flag` names another).
+pub fn flag_error(
+    schedule: &Schedule,
+    e: crate::diffusion::DiffusionError,
+    steps_flag: Option<&str>,
+) -> anyhow::Error {
+    let flag = match (e.field, steps_flag) {
+        ("steps", Some(f)) => f.to_string(),
+        (f, _) => f.replace('_', "-"),
+    };
+    usage(format!(
+        "--{flag}: {} (the schedule has T = {} timesteps)",
+        e.msg,
+        schedule.num_timesteps()
+    ))
 }
 
 /// A denoiser for batches of up to `batch` images on `device`.
