@@ -1,13 +1,8 @@
 //! The `ddpm` binary as a user meets it.
 
-use std::process::Command;
+mod common;
 
-fn ddpm(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args(args)
-        .output()
-        .expect("run ddpm")
-}
+use common::{ddpm, fails_with, ok, SMALL_MODEL};
 
 #[test]
 fn info_reports_kernels_driver_and_threads_without_panicking() {
@@ -73,31 +68,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
-/// An 8×8 model small enough to train a few steps in a test.
-const SMALL_MODEL: &str = r#"{
-  "sample_size": 8, "in_channels": 3, "out_channels": 3,
-  "block_out_channels": [8, 16], "layers_per_block": 1,
-  "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-  "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-  "norm_num_groups": 4, "attention_head_dim": null, "dropout": 0.1
-}"#;
-
-fn ok(out: &std::process::Output) {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn fails_with(out: &std::process::Output, code: i32, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(code), "{err}");
-    assert!(err.contains(needle), "expected `{needle}` in:\n{err}");
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 /// Writes an `--init-noise` file: the f32 tensor `noise` of `shape`.

@@ -1,14 +1,17 @@
 //! `ddpm invert` and `ddpm interpolate` through the binary, on a small model trained here.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn ddpm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ddpm"))
-        .args(args)
-        .output()
-        .expect("run ddpm")
+use common::{ddpm, fails_with, ok};
+
+/// The shared small model without dropout, so the inversion tests see a deterministic network.
+fn small_model() -> String {
+    let m = common::SMALL_MODEL.replace(r#""dropout": 0.1"#, r#""dropout": 0.0"#);
+    assert!(m.contains(r#""dropout": 0.0"#), "{m}");
+    m
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -20,27 +23,6 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn fails_with(out: &Output, code: i32, needle: &str) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "expected exit {code}:\n{err}"
-    );
-    assert!(err.contains(needle), "expected `{needle}` in:\n{err}");
-    assert!(!err.contains("panicked"), "{err}");
 }
 
 fn raw_tensor(path: &Path, name: &str) -> (Vec<usize>, Vec<f32>) {
@@ -64,15 +46,6 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// An 8×8 RGB model, as tests/cli.rs's, without dropout.
-const SMALL_MODEL: &str = r#"{
-  "sample_size": 8, "in_channels": 3, "out_channels": 3,
-  "block_out_channels": [8, 16], "layers_per_block": 1,
-  "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-  "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-  "norm_num_groups": 4, "attention_head_dim": null, "dropout": 0.0
-}"#;
-
 const ITEM: usize = 3 * 8 * 8;
 const TRAIN_STEPS: &str = "1000";
 
@@ -82,7 +55,7 @@ fn model() -> &'static Path {
     RUN.get_or_init(|| {
         let dir = temp_dir("model");
         let json = dir.join("model.json");
-        std::fs::write(&json, SMALL_MODEL).unwrap();
+        std::fs::write(&json, small_model()).unwrap();
         let run = dir.join("run");
         ok(&ddpm(&[
             "train",
@@ -559,7 +532,7 @@ fn bad_flags_are_usage_errors_and_nothing_is_written() {
 fn a_class_conditional_model_needs_a_class() {
     let dir = temp_dir("class");
     let json = dir.join("model.json");
-    std::fs::write(&json, SMALL_MODEL).unwrap();
+    std::fs::write(&json, small_model()).unwrap();
     let run = dir.join("run");
     ok(&ddpm(&[
         "train",

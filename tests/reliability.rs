@@ -14,16 +14,10 @@ use ddpm::nn::UNetConfig;
 use ddpm::train::{Checkpoint, TrainConfig, Trainer};
 use safetensors::Dtype;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ddpm");
+mod common;
+use common::{ddpm, fails_with, ok, SMALL_MODEL};
 
-/// An 8×8 model small enough for many short runs.
-const SMALL_MODEL: &str = r#"{
-  "sample_size": 8, "in_channels": 3, "out_channels": 3,
-  "block_out_channels": [8, 16], "layers_per_block": 1,
-  "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-  "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-  "norm_num_groups": 4, "attention_head_dim": null, "dropout": 0.1
-}"#;
+const BIN: &str = env!("CARGO_BIN_EXE_ddpm");
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("ddpm-rel-{name}-{}", std::process::id()));
@@ -32,26 +26,8 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn ddpm(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn ok(out: &Output) {
-    assert!(out.status.success(), "{}", stderr(out));
-}
-
-/// Exit `code`, `needle` in the message, and no sign of a panic.
-fn fails_with(out: &Output, code: i32, needle: &str) {
-    let err = stderr(out);
-    assert_eq!(out.status.code(), Some(code), "{err}");
-    assert!(err.contains(needle), "expected `{needle}` in:\n{err}");
-    for bad in ["panicked", "internal error", "RUST_BACKTRACE"] {
-        assert!(!err.contains(bad), "{err}");
-    }
 }
 
 fn small_model() -> UNetConfig {
