@@ -45,6 +45,7 @@ use ddpm::ops::embedding::TimestepEmbedding;
 use ddpm::ops::groupnorm::GroupNormShape;
 use ddpm::ops::linear::LinearShape;
 use ddpm::optim::AdamWConfig;
+use ddpm::precision::Precision;
 use ddpm::rng::Philox;
 use ddpm::shape::Nchw;
 use ddpm::train::LossKind;
@@ -354,7 +355,19 @@ fn conv2d(bench: &Bench, c: &mut Criterion) -> Result<()> {
             GROUP,
             &format!("fwd_{tag}"),
             Work::gemm(f32s(xl + wl + ch + yl), s.forward_flops()),
-            move |gpu| ops::conv2d::conv2d_forward(gpu, &s, xp, wp, Some(bp), yp, wsp, ws_len),
+            move |gpu| {
+                ops::conv2d::conv2d_forward(
+                    gpu,
+                    Precision::Fp32,
+                    &s,
+                    xp,
+                    wp,
+                    Some(bp),
+                    yp,
+                    wsp,
+                    ws_len,
+                )
+            },
         );
         bench.run(
             &mut g,
@@ -367,6 +380,7 @@ fn conv2d(bench: &Bench, c: &mut Criterion) -> Result<()> {
             move |gpu| {
                 ops::conv2d::conv2d_backward(
                     gpu,
+                    Precision::Fp32,
                     &s,
                     xp,
                     wp,
@@ -411,14 +425,26 @@ fn linear(bench: &Bench, c: &mut Criterion) -> Result<()> {
         GROUP,
         &format!("fwd_{tag}"),
         Work::gemm(f32s(xl + wl + s.d_out + yl), flops),
-        move |gpu| ops::linear::linear_forward(gpu, &s, xp, wp, Some(bp), yp),
+        move |gpu| ops::linear::linear_forward(gpu, Precision::Fp32, &s, xp, wp, Some(bp), yp),
     );
     bench.run(
         &mut g,
         GROUP,
         &format!("bwd_{tag}"),
         Work::gemm(f32s(yl + xl + wl + xl + 2 * (wl + s.d_out)), 2 * flops),
-        move |gpu| ops::linear::linear_backward(gpu, &s, xp, wp, dyp, Some(dxp), dwp, Some(dbp)),
+        move |gpu| {
+            ops::linear::linear_backward(
+                gpu,
+                Precision::Fp32,
+                &s,
+                xp,
+                wp,
+                dyp,
+                Some(dxp),
+                dwp,
+                Some(dbp),
+            )
+        },
     );
     g.finish();
     bench.table(GROUP);
@@ -454,7 +480,7 @@ fn group_norm(bench: &Bench, c: &mut Criterion) -> Result<()> {
     );
     let (dyp, dxp, dgp, dbp) = (dy.ptr(), dx.ptr(), dgamma.ptr(), dbeta.ptr());
     // The backward reads the forward's statistics.
-    ops::groupnorm::group_norm_forward(gpu, &s, xp, gp, bp, yp, mp, rp, sp)?;
+    ops::groupnorm::group_norm_forward(gpu, Precision::Fp32, &s, xp, gp, bp, yp, mp, rp, sp)?;
     let tag = format!("{}_g32", dims(shape));
     let mut g = c.benchmark_group(GROUP);
     // Forward: read x, γ, β; write y, mean, rstd. ~7 FLOP/element (Σx, Σx², normalise, affine).
@@ -463,7 +489,9 @@ fn group_norm(bench: &Bench, c: &mut Criterion) -> Result<()> {
         GROUP,
         &format!("fwd_{tag}"),
         Work::mem(f32s(2 * n + 2 * ch + 2 * stats), 7 * n as u64),
-        move |gpu| ops::groupnorm::group_norm_forward(gpu, &s, xp, gp, bp, yp, mp, rp, sp),
+        move |gpu| {
+            ops::groupnorm::group_norm_forward(gpu, Precision::Fp32, &s, xp, gp, bp, yp, mp, rp, sp)
+        },
     );
     // Backward: read x, dy, γ, mean, rstd; write dx; dγ, dβ accumulate. ~10 FLOP/element.
     bench.run(
@@ -472,7 +500,20 @@ fn group_norm(bench: &Bench, c: &mut Criterion) -> Result<()> {
         &format!("bwd_{tag}"),
         Work::mem(f32s(3 * n + 5 * ch + 2 * stats), 10 * n as u64),
         move |gpu| {
-            ops::groupnorm::group_norm_backward(gpu, &s, xp, gp, mp, rp, dyp, dxp, dgp, dbp, sp)
+            ops::groupnorm::group_norm_backward(
+                gpu,
+                Precision::Fp32,
+                &s,
+                xp,
+                gp,
+                mp,
+                rp,
+                dyp,
+                dxp,
+                dgp,
+                dbp,
+                sp,
+            )
         },
     );
     g.finish();
@@ -501,7 +542,7 @@ fn attention(bench: &Bench, c: &mut Criterion) -> Result<()> {
     let (qp, kp, vp, op, pp) = (q.ptr(), k.ptr(), v.ptr(), out.ptr(), probs.ptr());
     let (dop, dqp, dkp, dvp, wsp) = (dout.ptr(), dq.ptr(), dk.ptr(), dv.ptr(), ws.ptr());
     // The backward reads the forward's probabilities.
-    ops::attention::attention_forward(gpu, &s, qp, kp, vp, op, pp)?;
+    ops::attention::attention_forward(gpu, Precision::Fp32, &s, qp, kp, vp, op, pp)?;
     let gemm = (2 * s.batch * s.len * s.len * s.channels()) as u64; // one (L×L×C) product
     let tag = format!("{}x{}tok_c{}", s.batch, s.len, s.channels());
     let mut g = c.benchmark_group(GROUP);
@@ -512,7 +553,7 @@ fn attention(bench: &Bench, c: &mut Criterion) -> Result<()> {
         GROUP,
         &format!("fwd_{tag}"),
         Work::gemm(f32s(4 * t + p), 2 * gemm + 5 * p as u64),
-        move |gpu| ops::attention::attention_forward(gpu, &s, qp, kp, vp, op, pp),
+        move |gpu| ops::attention::attention_forward(gpu, Precision::Fp32, &s, qp, kp, vp, op, pp),
     );
     // Backward: read q, k, v, dout, P; write dq, dk, dv. Four products, softmax backward.
     bench.run(
@@ -521,7 +562,20 @@ fn attention(bench: &Bench, c: &mut Criterion) -> Result<()> {
         &format!("bwd_{tag}"),
         Work::gemm(f32s(7 * t + p), 4 * gemm + 4 * p as u64),
         move |gpu| {
-            ops::attention::attention_backward(gpu, &s, qp, kp, vp, pp, dop, dqp, dkp, dvp, wsp)
+            ops::attention::attention_backward(
+                gpu,
+                Precision::Fp32,
+                &s,
+                qp,
+                kp,
+                vp,
+                pp,
+                dop,
+                dqp,
+                dkp,
+                dvp,
+                wsp,
+            )
         },
     );
     // The (N, C, H, W) ↔ (N, L, C) transposes around it.
@@ -532,14 +586,14 @@ fn attention(bench: &Bench, c: &mut Criterion) -> Result<()> {
         GROUP,
         &format!("nchw_to_tokens_{tag}"),
         Work::mem(f32s(2 * t), 0),
-        move |gpu| ops::attention::nchw_to_tokens(gpu, shape, qp, op),
+        move |gpu| ops::attention::nchw_to_tokens(gpu, Precision::Fp32, shape, qp, op),
     );
     bench.run(
         &mut g,
         GROUP,
         &format!("tokens_to_nchw_{tag}"),
         Work::mem(f32s(2 * t), 0),
-        move |gpu| ops::attention::tokens_to_nchw(gpu, shape, qp, op),
+        move |gpu| ops::attention::tokens_to_nchw(gpu, Precision::Fp32, shape, qp, op),
     );
     g.finish();
     bench.table(GROUP);
@@ -568,28 +622,28 @@ fn elementwise(bench: &Bench, c: &mut Criterion) -> Result<()> {
     };
     let n64 = n as u64;
     run("silu_fwd", Work::mem(f32s(2 * n), 4 * n64), &|gpu| {
-        ew::silu_forward(gpu, n, ap, yp)
+        ew::silu_forward(gpu, Precision::Fp32, n, ap, yp)
     });
     run("silu_bwd", Work::mem(f32s(3 * n), 8 * n64), &|gpu| {
-        ew::silu_backward(gpu, n, ap, bp, yp)
+        ew::silu_backward(gpu, Precision::Fp32, n, ap, bp, yp)
     });
     run("add", Work::mem(f32s(3 * n), n64), &|gpu| {
-        ew::add(gpu, n, ap, bp, yp)
+        ew::add(gpu, Precision::Fp32, n, ap, bp, yp)
     });
     run("accumulate", Work::mem(f32s(3 * n), n64), &|gpu| {
-        ew::accumulate(gpu, n, accp, ap)
+        ew::accumulate(gpu, Precision::Fp32, n, accp, ap)
     });
     run("dropout_p0.1", Work::mem(f32s(2 * n), n64), &|gpu| {
-        ew::dropout_forward(gpu, n, &dropout, ap, yp)
+        ew::dropout_forward(gpu, Precision::Fp32, n, &dropout, ap, yp)
     });
     // The time embedding added per channel in a residual block, and its gradient.
     run(
         "add_channel_bias",
         Work::mem(f32s(2 * n + nc), n64),
-        &|gpu| ew::add_channel_bias(gpu, shape, ap, biasp, yp),
+        &|gpu| ew::add_channel_bias(gpu, Precision::Fp32, shape, ap, biasp, yp),
     );
     run("sum_spatial", Work::mem(f32s(n + nc), n64), &|gpu| {
-        ew::sum_spatial(gpu, shape, ap, dtp)
+        ew::sum_spatial(gpu, Precision::Fp32, shape, ap, dtp)
     });
 
     // The last up level's skip concatenation: 256 + 128 channels at 32×32.
@@ -605,14 +659,14 @@ fn elementwise(bench: &Bench, c: &mut Criterion) -> Result<()> {
         GROUP,
         &format!("concat_{tag}"),
         Work::mem(f32s(2 * out.len()), 0),
-        move |gpu| ew::concat_channels(gpu, out, pa, ca, pb, cb, pc),
+        move |gpu| ew::concat_channels(gpu, Precision::Fp32, out, pa, ca, pb, cb, pc),
     );
     bench.run(
         &mut g,
         GROUP,
         &format!("split_{tag}"),
         Work::mem(f32s(2 * out.len()), 0),
-        move |gpu| ew::split_channels(gpu, out, pc, pa, ca, pb, cb),
+        move |gpu| ew::split_channels(gpu, Precision::Fp32, out, pc, pa, ca, pb, cb),
     );
     g.finish();
     bench.table(GROUP);
@@ -636,14 +690,14 @@ fn resample(bench: &Bench, c: &mut Criterion) -> Result<()> {
         GROUP,
         &format!("upsample2x_fwd_{tag}"),
         Work::mem(f32s(5 * n), 0),
-        move |gpu| ops::resample::upsample_nearest2x_forward(gpu, xs, xp, yp),
+        move |gpu| ops::resample::upsample_nearest2x_forward(gpu, Precision::Fp32, xs, xp, yp),
     );
     bench.run(
         &mut g,
         GROUP,
         &format!("upsample2x_bwd_{tag}"),
         Work::mem(f32s(5 * n), 3 * n as u64),
-        move |gpu| ops::resample::upsample_nearest2x_backward(gpu, xs, dyp, dxp),
+        move |gpu| ops::resample::upsample_nearest2x_backward(gpu, Precision::Fp32, xs, dyp, dxp),
     );
     g.finish();
     bench.table(GROUP);
@@ -665,7 +719,7 @@ fn embedding(bench: &Bench, c: &mut Criterion) -> Result<()> {
         GROUP,
         &format!("timestep_{BATCH}xd{}", e.dim),
         Work::mem(f32s(BATCH + out), 2 * out as u64),
-        move |gpu| ops::embedding::timestep_embedding(gpu, &e, BATCH, tp, ep),
+        move |gpu| ops::embedding::timestep_embedding(gpu, Precision::Fp32, &e, BATCH, tp, ep),
     );
     g.finish();
     bench.table(GROUP);
@@ -696,8 +750,8 @@ fn loss(bench: &Bench, c: &mut Criterion) -> Result<()> {
         &format!("mse_fwd_bwd_{}", dims(shape)),
         Work::mem(f32s(3 * n), 5 * n as u64),
         move |gpu| {
-            ops::loss::loss_forward(gpu, LossKind::L2, n, pp, tp, lp, sp)?;
-            ops::loss::loss_backward(gpu, LossKind::L2, n, pp, tp, 1.0, dp)
+            ops::loss::loss_forward(gpu, Precision::Fp32, LossKind::L2, n, pp, tp, lp, sp)?;
+            ops::loss::loss_backward(gpu, Precision::Fp32, LossKind::L2, n, pp, tp, 1.0, dp)
         },
     );
     g.finish();
@@ -800,7 +854,7 @@ fn diffusion(bench: &Bench, c: &mut Criterion) -> Result<()> {
         GROUP,
         &format!("noise_add_{}", dims(Nchw::new(BATCH, 3, 32, 32))),
         Work::mem(f32s(3 * n + BATCH), 8 * n as u64),
-        move |gpu| noise_add(gpu, &args, x0p, ap, bp, xtp, tgp, top),
+        move |gpu| noise_add(gpu, Precision::Fp32, &args, x0p, ap, bp, xtp, tgp, top),
     );
 
     // Sampler steps on (256, 3, 32, 32); x_prev and x̂₀ go to their own buffers, so every
@@ -858,10 +912,11 @@ fn diffusion(bench: &Bench, c: &mut Criterion) -> Result<()> {
                 out_uncond: 0,
                 hist: 0,
                 x_new: xpp,
+                x_new_model: 0,
                 x0: x0hp,
                 image_ids: idp,
             };
-            sampler_step(gpu, &ddpm, noise, SAMPLE_BATCH, item, bufs)
+            sampler_step(gpu, Precision::Fp32, &ddpm, noise, SAMPLE_BATCH, item, bufs)
         },
     );
     bench.run(
@@ -876,10 +931,11 @@ fn diffusion(bench: &Bench, c: &mut Criterion) -> Result<()> {
                 out_uncond: 0,
                 hist: 0,
                 x_new: xpp,
+                x_new_model: 0,
                 x0: x0hp,
                 image_ids: idp,
             };
-            sampler_step(gpu, &ddim, None, SAMPLE_BATCH, item, bufs)
+            sampler_step(gpu, Precision::Fp32, &ddim, None, SAMPLE_BATCH, item, bufs)
         },
     );
     g.finish();

@@ -2,6 +2,8 @@
 // and the NCHW <-> token transposes around a spatial attention block. The products themselves
 // (S = Q Kᵀ, O = P V and their gradients) are cuBLAS GEMMs issued by src/cuda/ops/attention.rs.
 // CPU reference: src/ops/attention.rs (softmax_rows, attention_backward), src/ops/layout.rs.
+// Every buffer (scores/probabilities, the dP workspace, tokens) is stored as T (float,
+// __nv_bfloat16 or __half); all arithmetic, the row max and the row sums are fp32.
 #include "common.cuh"
 
 
@@ -90,12 +92,26 @@ __device__ void transpose_items(const T* src, T* dst, size_t items, size_t rows,
     }
 }
 
+// ---- f32: stored as float ----
 extern "C" __global__ void softmax_rows_forward_f32(float* s, size_t rows, size_t len, float scale) { softmax_rows_forward(s, rows, len, scale); }
-
 extern "C" __global__ void softmax_rows_backward_f32(const float* p, float* d, size_t rows, size_t len, size_t rows_per_item, size_t p_item_stride, size_t d_item_stride, float scale) { softmax_rows_backward(p, d, rows, len, rows_per_item, p_item_stride, d_item_stride, scale); }
-
 // x: (N, C, H·W) → tokens: (N, H·W, C)
 extern "C" __global__ void nchw_to_tokens_f32(const float* x, float* tokens, size_t n, size_t c, size_t hw) { transpose_items(x, tokens, n, c, hw); }
-
 // tokens: (N, H·W, C) → x: (N, C, H·W)
 extern "C" __global__ void tokens_to_nchw_f32(const float* tokens, float* x, size_t n, size_t c, size_t hw) { transpose_items(tokens, x, n, hw, c); }
+
+// ---- bf16: stored as __nv_bfloat16 ----
+extern "C" __global__ void softmax_rows_forward_bf16(__nv_bfloat16* s, size_t rows, size_t len, float scale) { softmax_rows_forward(s, rows, len, scale); }
+extern "C" __global__ void softmax_rows_backward_bf16(const __nv_bfloat16* p, __nv_bfloat16* d, size_t rows, size_t len, size_t rows_per_item, size_t p_item_stride, size_t d_item_stride, float scale) { softmax_rows_backward(p, d, rows, len, rows_per_item, p_item_stride, d_item_stride, scale); }
+// x: (N, C, H·W) → tokens: (N, H·W, C)
+extern "C" __global__ void nchw_to_tokens_bf16(const __nv_bfloat16* x, __nv_bfloat16* tokens, size_t n, size_t c, size_t hw) { transpose_items(x, tokens, n, c, hw); }
+// tokens: (N, H·W, C) → x: (N, C, H·W)
+extern "C" __global__ void tokens_to_nchw_bf16(const __nv_bfloat16* tokens, __nv_bfloat16* x, size_t n, size_t c, size_t hw) { transpose_items(tokens, x, n, hw, c); }
+
+// ---- f16: stored as __half ----
+extern "C" __global__ void softmax_rows_forward_f16(__half* s, size_t rows, size_t len, float scale) { softmax_rows_forward(s, rows, len, scale); }
+extern "C" __global__ void softmax_rows_backward_f16(const __half* p, __half* d, size_t rows, size_t len, size_t rows_per_item, size_t p_item_stride, size_t d_item_stride, float scale) { softmax_rows_backward(p, d, rows, len, rows_per_item, p_item_stride, d_item_stride, scale); }
+// x: (N, C, H·W) → tokens: (N, H·W, C)
+extern "C" __global__ void nchw_to_tokens_f16(const __half* x, __half* tokens, size_t n, size_t c, size_t hw) { transpose_items(x, tokens, n, c, hw); }
+// tokens: (N, H·W, C) → x: (N, C, H·W)
+extern "C" __global__ void tokens_to_nchw_f16(const __half* tokens, __half* x, size_t n, size_t c, size_t hw) { transpose_items(tokens, x, n, hw, c); }

@@ -55,9 +55,11 @@ struct NoiseAddParams {
 };
 
 // x_t = a·x0 + b·ε and target = cx·x0 + ce·ε for element k (the CPU's `mix_items`).
-__device__ __forceinline__ void noise_add_element(const float* x0, float* x_t, float* target, size_t k, float eps, float a, float b, float cx, float ce) {
+// x_t is the model's input, stored as T (rounded once from the fp32 value); the target stays fp32.
+template <typename T>
+__device__ __forceinline__ void noise_add_element(const float* x0, T* x_t, float* target, size_t k, float eps, float a, float b, float cx, float ce) {
     const float x = x0[k];
-    x_t[k] = __fadd_rn(__fmul_rn(a, x), __fmul_rn(b, eps));
+    x_t[k] = from_f32<T>(__fadd_rn(__fmul_rn(a, x), __fmul_rn(b, eps)));
     target[k] = __fadd_rn(__fmul_rn(cx, x), __fmul_rn(ce, eps));
 }
 
@@ -68,7 +70,8 @@ __device__ __forceinline__ void noise_add_element(const float* x0, float* x_t, f
 //   target = ε, x0, or v = √ᾱ_t ε − √(1 − ᾱ_t) x0     (`training_target`)
 // and t_i as f32 for the UNet's time embedding. Shapes: x0, x_t, target (B, item_len);
 // sqrt_ab, sqrt_1m_ab (T) f32 tables from `Schedule`; t_out (B).
-extern "C" __global__ void noise_add_f32(const float* x0, const float* sqrt_ab, const float* sqrt_1m_ab, float* x_t, float* target, float* t_out, NoiseAddParams p) {
+template <typename T>
+__device__ void noise_add(const float* x0, const float* sqrt_ab, const float* sqrt_1m_ab, T* x_t, float* target, float* t_out, NoiseAddParams p) {
     const size_t pairs = (size_t)((p.item_len + 1) / 2);
     GRID_STRIDE_LOOP(idx, (size_t)p.batch * pairs) {
         const uint64_t item = idx / pairs, pair = idx % pairs;
@@ -86,6 +89,10 @@ extern "C" __global__ void noise_add_f32(const float* x0, const float* sqrt_ab, 
         if (j + 1 < p.item_len) noise_add_element(x0, x_t, target, k + 1, normal_from_words(w.v[2], w.v[3]), a, b, cx, ce);
     }
 }
+
+extern "C" __global__ void noise_add_f32(const float* x0, const float* sqrt_ab, const float* sqrt_1m_ab, float* x_t, float* target, float* t_out, NoiseAddParams p) { noise_add(x0, sqrt_ab, sqrt_1m_ab, x_t, target, t_out, p); }
+extern "C" __global__ void noise_add_bf16(const float* x0, const float* sqrt_ab, const float* sqrt_1m_ab, __nv_bfloat16* x_t, float* target, float* t_out, NoiseAddParams p) { noise_add(x0, sqrt_ab, sqrt_1m_ab, x_t, target, t_out, p); }
+extern "C" __global__ void noise_add_f16(const float* x0, const float* sqrt_ab, const float* sqrt_1m_ab, __half* x_t, float* target, float* t_out, NoiseAddParams p) { noise_add(x0, sqrt_ab, sqrt_1m_ab, x_t, target, t_out, p); }
 
 // ---- sampler updates (src/diffusion/sampler/coeffs.rs) ---------------------------------------
 // Field for field `StepCoeffs` in src/diffusion/sampler/coeffs.rs.
@@ -112,11 +119,14 @@ struct StepNoiseParams {
 //   o = out (or o_u + g·(o_c − o_u)); raw = x0_x·x_t + x0_out·o; x̂₀ = clamp(raw);
 //   x_new = c_x0·x̂₀ + c_x0_raw·raw + c_xt·x_t [+ c_out·o] [+ c_h·h] [+ σ z];
 //   h_new = d_x0·x̂₀ + d_xt·x_t [+ d_h·h], written when `hist` is given and any d is nonzero.
-__device__ __forceinline__ void step_element(const StepCoeffs& c, const float* x_t, const float* out, const float* out_uncond, float* hist, float* x_new, float* x0, size_t k, float z) {
+// The model output `out` (and `out_uncond`) is T; everything else fp32. `x_model`, when given,
+// receives x_new rounded to T: the next model input.
+template <typename T>
+__device__ __forceinline__ void step_element(const StepCoeffs& c, const float* x_t, const T* out, const T* out_uncond, float* hist, float* x_new, T* x_model, float* x0, size_t k, float z) {
     const float xt = x_t[k];
-    float o = out[k];
+    float o = to_f32(out[k]);
     if (out_uncond != nullptr) {
-        const float u = out_uncond[k];
+        const float u = to_f32(out_uncond[k]);
         o = __fadd_rn(u, __fmul_rn(c.guidance, __fsub_rn(o, u)));
     }
     const float raw = __fadd_rn(__fmul_rn(c.x0_x, xt), __fmul_rn(c.x0_out, o));
@@ -127,7 +137,9 @@ __device__ __forceinline__ void step_element(const StepCoeffs& c, const float* x
     float mean = __fadd_rn(__fadd_rn(__fmul_rn(c.c_x0, x0v), __fmul_rn(c.c_x0_raw, raw)), __fmul_rn(c.c_xt, xt));
     if (c.c_out != 0.0f) mean = __fadd_rn(mean, __fmul_rn(c.c_out, o));
     if (c.c_h != 0.0f) mean = __fadd_rn(mean, __fmul_rn(c.c_h, h));
-    x_new[k] = c.sigma > 0.0f ? __fadd_rn(mean, __fmul_rn(c.sigma, z)) : mean;
+    const float xn = c.sigma > 0.0f ? __fadd_rn(mean, __fmul_rn(c.sigma, z)) : mean;
+    x_new[k] = xn;
+    if (x_model != nullptr) x_model[k] = from_f32<T>(xn);
     if (x0 != nullptr) x0[k] = x0v;
     if (hist != nullptr && (c.d_x0 != 0.0f || c.d_xt != 0.0f || c.d_h != 0.0f)) {
         float hn = __fadd_rn(__fmul_rn(c.d_x0, x0v), __fmul_rn(c.d_xt, xt));
@@ -141,8 +153,10 @@ __device__ __forceinline__ void step_element(const StepCoeffs& c, const float* x
 // coefficients, computed on the host. z of item i, element j is element j of the SampleStep
 // stream (image_ids[i], k), drawn only when σ > 0. An image id that does not fit the stream's
 // 36 bits (the host checks ids when it makes x_T) gives NaN rather than another image's noise.
-// x_new may alias x_t and x0 may alias out: each element is read before it is written.
-extern "C" __global__ void sampler_update_f32(StepCoeffs c, StepNoiseParams nz, const float* x_t, const float* out, const float* out_uncond, float* hist, float* x_new, float* x0, const uint64_t* image_ids, size_t n_items, size_t item_len) {
+// x_new may alias x_t and x0 may alias out (fp32 only): each element is read before it is
+// written. `x_model` (or null) receives x_new in T, the next model input.
+template <typename T>
+__device__ void sampler_update(StepCoeffs c, StepNoiseParams nz, const float* x_t, const T* out, const T* out_uncond, float* hist, float* x_new, T* x_model, float* x0, const uint64_t* image_ids, size_t n_items, size_t item_len) {
     const size_t pairs = (item_len + 1) / 2;
     GRID_STRIDE_LOOP(idx, n_items * pairs) {
         const size_t item = idx / pairs, pair = idx % pairs;
@@ -159,7 +173,11 @@ extern "C" __global__ void sampler_update_f32(StepCoeffs c, StepNoiseParams nz, 
         }
         const size_t j = 2 * pair;
         const size_t k = item * item_len + j;
-        step_element(c, x_t, out, out_uncond, hist, x_new, x0, k, z0);
-        if (j + 1 < item_len) step_element(c, x_t, out, out_uncond, hist, x_new, x0, k + 1, z1);
+        step_element(c, x_t, out, out_uncond, hist, x_new, x_model, x0, k, z0);
+        if (j + 1 < item_len) step_element(c, x_t, out, out_uncond, hist, x_new, x_model, x0, k + 1, z1);
     }
 }
+
+extern "C" __global__ void sampler_update_f32(StepCoeffs c, StepNoiseParams nz, const float* x_t, const float* out, const float* out_uncond, float* hist, float* x_new, float* x_model, float* x0, const uint64_t* image_ids, size_t n_items, size_t item_len) { sampler_update(c, nz, x_t, out, out_uncond, hist, x_new, x_model, x0, image_ids, n_items, item_len); }
+extern "C" __global__ void sampler_update_bf16(StepCoeffs c, StepNoiseParams nz, const float* x_t, const __nv_bfloat16* out, const __nv_bfloat16* out_uncond, float* hist, float* x_new, __nv_bfloat16* x_model, float* x0, const uint64_t* image_ids, size_t n_items, size_t item_len) { sampler_update(c, nz, x_t, out, out_uncond, hist, x_new, x_model, x0, image_ids, n_items, item_len); }
+extern "C" __global__ void sampler_update_f16(StepCoeffs c, StepNoiseParams nz, const float* x_t, const __half* out, const __half* out_uncond, float* hist, float* x_new, __half* x_model, float* x0, const uint64_t* image_ids, size_t n_items, size_t item_len) { sampler_update(c, nz, x_t, out, out_uncond, hist, x_new, x_model, x0, image_ids, n_items, item_len); }

@@ -1,5 +1,7 @@
 // Elementwise kernels: SiLU, residual add, accumulate, scale, per-channel broadcast add and its
-// backward (sum over space), dropout, channel concat/split.
+// backward (sum over space), dropout, channel concat/split, and the fp32 <-> storage casts.
+// Every buffer is the activation type T (fp32 math; sums rounded to T once), except the fp32
+// side of the casts.
 // CPU reference: src/ops/{silu,add,dropout,concat}.rs and nn::layers::accumulate (same names,
 // same formulas).
 #include "common.cuh"
@@ -99,6 +101,18 @@ __device__ void dropout_forward(const T* x, T* y, size_t n, DropoutArgs a) {
     }
 }
 
+// y = x rounded to T (to nearest even): fp32 values into the activation type.
+template <typename T>
+__device__ void cast_from_f32(const float* x, T* y, size_t n) {
+    GRID_STRIDE_LOOP(i, n) { y[i] = from_f32<T>(x[i]); }
+}
+
+// y = x widened to fp32 (exact).
+template <typename T>
+__device__ void cast_to_f32(const T* x, float* y, size_t n) {
+    GRID_STRIDE_LOOP(i, n) { y[i] = to_f32(x[i]); }
+}
+
 extern "C" __global__ void silu_forward_f32(const float* x, float* y, size_t n) { silu_forward(x, y, n); }
 extern "C" __global__ void silu_forward_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, size_t n) { silu_forward(x, y, n); }
 extern "C" __global__ void silu_forward_f16(const __half* x, __half* y, size_t n) { silu_forward(x, y, n); }
@@ -112,6 +126,8 @@ extern "C" __global__ void add_bf16(const __nv_bfloat16* a, const __nv_bfloat16*
 extern "C" __global__ void add_f16(const __half* a, const __half* b, __half* y, size_t n) { add(a, b, y, n); }
 
 extern "C" __global__ void accumulate_f32(float* acc, const float* x, size_t n) { accumulate(acc, x, n); }
+extern "C" __global__ void accumulate_bf16(__nv_bfloat16* acc, const __nv_bfloat16* x, size_t n) { accumulate(acc, x, n); }
+extern "C" __global__ void accumulate_f16(__half* acc, const __half* x, size_t n) { accumulate(acc, x, n); }
 
 extern "C" __global__ void scale_f32(const float* x, float* y, float alpha, size_t n) { scale(x, y, alpha, n); }
 extern "C" __global__ void scale_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, float alpha, size_t n) { scale(x, y, alpha, n); }
@@ -122,12 +138,24 @@ extern "C" __global__ void add_channel_bias_bf16(const __nv_bfloat16* x, const _
 extern "C" __global__ void add_channel_bias_f16(const __half* x, const __half* t, __half* y, size_t bc, size_t hw) { add_channel_bias(x, t, y, bc, hw); }
 
 extern "C" __global__ void sum_spatial_f32(const float* dy, float* dt, size_t bc, size_t hw) { sum_spatial(dy, dt, bc, hw); }
+extern "C" __global__ void sum_spatial_bf16(const __nv_bfloat16* dy, __nv_bfloat16* dt, size_t bc, size_t hw) { sum_spatial(dy, dt, bc, hw); }
+extern "C" __global__ void sum_spatial_f16(const __half* dy, __half* dt, size_t bc, size_t hw) { sum_spatial(dy, dt, bc, hw); }
 
 extern "C" __global__ void concat_channels_f32(const float* a, const float* b, float* y, size_t n, size_t a_len, size_t b_len) { concat_channels(a, b, y, n, a_len, b_len); }
+extern "C" __global__ void concat_channels_bf16(const __nv_bfloat16* a, const __nv_bfloat16* b, __nv_bfloat16* y, size_t n, size_t a_len, size_t b_len) { concat_channels(a, b, y, n, a_len, b_len); }
+extern "C" __global__ void concat_channels_f16(const __half* a, const __half* b, __half* y, size_t n, size_t a_len, size_t b_len) { concat_channels(a, b, y, n, a_len, b_len); }
 
 extern "C" __global__ void split_channels_f32(const float* dy, float* da, float* db, size_t n, size_t a_len, size_t b_len) { split_channels(dy, da, db, n, a_len, b_len); }
+extern "C" __global__ void split_channels_bf16(const __nv_bfloat16* dy, __nv_bfloat16* da, __nv_bfloat16* db, size_t n, size_t a_len, size_t b_len) { split_channels(dy, da, db, n, a_len, b_len); }
+extern "C" __global__ void split_channels_f16(const __half* dy, __half* da, __half* db, size_t n, size_t a_len, size_t b_len) { split_channels(dy, da, db, n, a_len, b_len); }
 
 // The dropout backward is the same masked scaling applied to dy.
 extern "C" __global__ void dropout_forward_f32(const float* x, float* y, size_t n, DropoutArgs a) { dropout_forward(x, y, n, a); }
 extern "C" __global__ void dropout_forward_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, size_t n, DropoutArgs a) { dropout_forward(x, y, n, a); }
 extern "C" __global__ void dropout_forward_f16(const __half* x, __half* y, size_t n, DropoutArgs a) { dropout_forward(x, y, n, a); }
+
+// Storage conversions (no f32 instantiation: in fp32 the glue copies).
+extern "C" __global__ void cast_from_f32_bf16(const float* x, __nv_bfloat16* y, size_t n) { cast_from_f32(x, y, n); }
+extern "C" __global__ void cast_from_f32_f16(const float* x, __half* y, size_t n) { cast_from_f32(x, y, n); }
+extern "C" __global__ void cast_to_f32_bf16(const __nv_bfloat16* x, float* y, size_t n) { cast_to_f32(x, y, n); }
+extern "C" __global__ void cast_to_f32_f16(const __half* x, float* y, size_t n) { cast_to_f32(x, y, n); }

@@ -17,25 +17,31 @@
 //   group_norm_backward_dx     dx = rstd·(γ·dy − m1 − x̂·m2)
 // Every reduction has a fixed shape and order (no atomics), so results are bitwise reproducible.
 // Reductions that use block_sum need blockDim.x to be a multiple of 32; the glue guarantees it.
+//
+// Precision: the activations x, y, dy, dx are stored as T (float, __nv_bfloat16 or __half) and
+// widened on load; γ, β, dγ, dβ, mean, rstd and every partial/scratch value are float, and all
+// arithmetic is fp32. Only the kernels that read or write an activation exist per dtype; the
+// others (combine_stats, backward_coeffs, param_grads) have just the _f32 entry point.
 #include "common.cuh"
 
 
 // One block per group (n <= chunk): mean, then Σ (x − mean)² (two passes over data the block
 // has just read, so no cancellation), then y = (x − μ)·(γ_c·rstd) + β_c.
 // x, y: (B·G, n)  gamma, beta: (C)  mean, rstd: (B·G)
-__device__ void group_norm_forward(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd,
+template <typename T>
+__device__ void group_norm_forward(const T* x, const float* gamma, const float* beta, T* y, float* mean, float* rstd,
                                    size_t groups_total, unsigned groups, unsigned cg, unsigned hw, float eps) {
     __shared__ float buf[33];
     const unsigned n = cg * hw;
     for (size_t bg = blockIdx.x; bg < groups_total; bg += gridDim.x) {
-        const float* xg = x + bg * n;
-        float* yg = y + bg * n;
+        const T* xg = x + bg * n;
+        T* yg = y + bg * n;
         float s = 0.0f;
-        for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += xg[j];
+        for (unsigned j = threadIdx.x; j < n; j += blockDim.x) s += to_f32(xg[j]);
         const float mu = block_sum(s, buf) / (float)n;
         float q = 0.0f;
         for (unsigned j = threadIdx.x; j < n; j += blockDim.x) {
-            const float d = xg[j] - mu;
+            const float d = to_f32(xg[j]) - mu;
             q += d * d;
         }
         const float var = block_sum(q, buf) / (float)n;
@@ -47,7 +53,7 @@ __device__ void group_norm_forward(const float* x, const float* gamma, const flo
         const unsigned first_c = (unsigned)(bg % groups) * cg;
         for (unsigned j = threadIdx.x; j < n; j += blockDim.x) {
             const unsigned c = first_c + j / hw;
-            yg[j] = (xg[j] - mu) * (gamma[c] * r) + beta[c];
+            yg[j] = from_f32<T>((to_f32(xg[j]) - mu) * (gamma[c] * r) + beta[c]);
         }
     }
 }
@@ -55,19 +61,20 @@ __device__ void group_norm_forward(const float* x, const float* gamma, const flo
 // Block `blk` = bg·chunks + k reduces elements [k·chunk, min(n, (k+1)·chunk)) of group bg into
 // partial[2·blk] = chunk mean, partial[2·blk + 1] = Σ (x − chunk mean)².
 // x: (B·G, n)  partial: (B·G, chunks, 2)
-__device__ void group_norm_partial_stats(const float* x, float* partial, size_t groups_total, size_t n, size_t chunk, unsigned chunks) {
+template <typename T>
+__device__ void group_norm_partial_stats(const T* x, float* partial, size_t groups_total, size_t n, size_t chunk, unsigned chunks) {
     __shared__ float buf[33];
     for (size_t blk = blockIdx.x; blk < groups_total * chunks; blk += gridDim.x) {
         const size_t bg = blk / chunks, k = blk % chunks;
         const size_t start = k * chunk;
         const unsigned len = (unsigned)min(chunk, n - start);
-        const float* xc = x + bg * n + start;
+        const T* xc = x + bg * n + start;
         float s = 0.0f;
-        for (unsigned j = threadIdx.x; j < len; j += blockDim.x) s += xc[j];
+        for (unsigned j = threadIdx.x; j < len; j += blockDim.x) s += to_f32(xc[j]);
         const float m = block_sum(s, buf) / (float)len;
         float q = 0.0f;
         for (unsigned j = threadIdx.x; j < len; j += blockDim.x) {
-            const float d = xc[j] - m;
+            const float d = to_f32(xc[j]) - m;
             q += d * d;
         }
         const float m2 = block_sum(q, buf);
@@ -100,15 +107,16 @@ __device__ void group_norm_combine_stats(const float* partial, float* mean, floa
 
 // One block per (image, channel) plane: y = (x − μ)·(γ_c·rstd) + β_c.
 // x, y: (B·C, hw)  mean, rstd: (B·G)
-__device__ void group_norm_apply(const float* x, const float* gamma, const float* beta, const float* mean, const float* rstd, float* y,
+template <typename T>
+__device__ void group_norm_apply(const T* x, const float* gamma, const float* beta, const float* mean, const float* rstd, T* y,
                                  size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) {
     for (size_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
         const unsigned c = (unsigned)(plane % channels);
         const size_t bg = plane / channels * groups + c / cg;
         const float mu = mean[bg], scale = gamma[c] * rstd[bg], shift = beta[c];
-        const float* xp = x + plane * hw;
-        float* yp = y + plane * hw;
-        for (size_t p = threadIdx.x; p < hw; p += blockDim.x) yp[p] = (xp[p] - mu) * scale + shift;
+        const T* xp = x + plane * hw;
+        T* yp = y + plane * hw;
+        for (size_t p = threadIdx.x; p < hw; p += blockDim.x) yp[p] = from_f32<T>((to_f32(xp[p]) - mu) * scale + shift);
     }
 }
 
@@ -116,7 +124,8 @@ __device__ void group_norm_apply(const float* x, const float* gamma, const float
 // (image, channel) plane: partial[2·blk] = Σ dy, partial[2·blk + 1] = Σ dy·x̂ = rstd·Σ dy·(x − μ)
 // (from the saved mean: no cancellation, unlike Σ dy·x − μ·Σ dy).
 // x, dy: (B·C, hw)  mean, rstd: (B·G)  partial: (B·C, chunks, 2)
-__device__ void group_norm_backward_sums(const float* x, const float* dy, const float* mean, const float* rstd, float* partial,
+template <typename T>
+__device__ void group_norm_backward_sums(const T* x, const T* dy, const float* mean, const float* rstd, float* partial,
                                          size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk,
                                          unsigned chunks) {
     __shared__ float buf[33];
@@ -127,13 +136,13 @@ __device__ void group_norm_backward_sums(const float* x, const float* dy, const 
         const float mu = mean[bg];
         const size_t start = k * chunk;
         const unsigned len = (unsigned)min(chunk, hw - start);
-        const float* xc = x + plane * hw + start;
-        const float* gc = dy + plane * hw + start;
+        const T* xc = x + plane * hw + start;
+        const T* gc = dy + plane * hw + start;
         float s1 = 0.0f, s2 = 0.0f;
         for (unsigned j = threadIdx.x; j < len; j += blockDim.x) {
-            const float g = gc[j];
+            const float g = to_f32(gc[j]);
             s1 += g;
-            s2 += g * (xc[j] - mu);
+            s2 += g * (to_f32(xc[j]) - mu);
         }
         s1 = block_sum(s1, buf);
         s2 = block_sum(s2, buf);
@@ -196,26 +205,44 @@ __device__ void group_norm_param_grads(const float* partial, float* dgamma, floa
 
 // One block per (image, channel) plane: dx = rstd·(γ_c·dy − m1 − (x − μ)·rstd·m2), written.
 // x, dy, dx: (B·C, hw)  mean, rstd: (B·G)  coef: (B·G, 2)
-__device__ void group_norm_backward_dx(const float* x, const float* gamma, const float* mean, const float* rstd, const float* coef,
-                                       const float* dy, float* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups,
+template <typename T>
+__device__ void group_norm_backward_dx(const T* x, const float* gamma, const float* mean, const float* rstd, const float* coef,
+                                       const T* dy, T* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups,
                                        size_t hw) {
     for (size_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
         const unsigned c = (unsigned)(plane % channels);
         const size_t bg = plane / channels * groups + c / cg;
         const float mu = mean[bg], r = rstd[bg], gm = gamma[c];
         const float m1 = coef[2 * bg], m2 = coef[2 * bg + 1];
-        const float* xp = x + plane * hw;
-        const float* gp = dy + plane * hw;
-        float* dp = dx + plane * hw;
-        for (size_t p = threadIdx.x; p < hw; p += blockDim.x) dp[p] = r * (gm * gp[p] - m1 - (xp[p] - mu) * r * m2);
+        const T* xp = x + plane * hw;
+        const T* gp = dy + plane * hw;
+        T* dp = dx + plane * hw;
+        for (size_t p = threadIdx.x; p < hw; p += blockDim.x)
+            dp[p] = from_f32<T>(r * (gm * to_f32(gp[p]) - m1 - (to_f32(xp[p]) - mu) * r * m2));
     }
 }
 
+// ---- f32: activations stored as float ----
 extern "C" __global__ void group_norm_forward_f32(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd, size_t groups_total, unsigned groups, unsigned cg, unsigned hw, float eps) { group_norm_forward(x, gamma, beta, y, mean, rstd, groups_total, groups, cg, hw, eps); }
 extern "C" __global__ void group_norm_partial_stats_f32(const float* x, float* partial, size_t groups_total, size_t n, size_t chunk, unsigned chunks) { group_norm_partial_stats(x, partial, groups_total, n, chunk, chunks); }
-extern "C" __global__ void group_norm_combine_stats_f32(const float* partial, float* mean, float* rstd, size_t groups_total, size_t n, size_t chunk, unsigned chunks, float eps) { group_norm_combine_stats(partial, mean, rstd, groups_total, n, chunk, chunks, eps); }
 extern "C" __global__ void group_norm_apply_f32(const float* x, const float* gamma, const float* beta, const float* mean, const float* rstd, float* y, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_apply(x, gamma, beta, mean, rstd, y, planes, channels, cg, groups, hw); }
 extern "C" __global__ void group_norm_backward_sums_f32(const float* x, const float* dy, const float* mean, const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk, unsigned chunks) { group_norm_backward_sums(x, dy, mean, rstd, partial, planes, channels, cg, groups, hw, chunk, chunks); }
+extern "C" __global__ void group_norm_backward_dx_f32(const float* x, const float* gamma, const float* mean, const float* rstd, const float* coef, const float* dy, float* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx(x, gamma, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw); }
+// No activation: fp32 only.
+extern "C" __global__ void group_norm_combine_stats_f32(const float* partial, float* mean, float* rstd, size_t groups_total, size_t n, size_t chunk, unsigned chunks, float eps) { group_norm_combine_stats(partial, mean, rstd, groups_total, n, chunk, chunks, eps); }
 extern "C" __global__ void group_norm_backward_coeffs_f32(const float* gamma, const float* partial, float* coef, size_t groups_total, unsigned channels, unsigned cg, unsigned groups, unsigned chunks, size_t n) { group_norm_backward_coeffs(gamma, partial, coef, groups_total, channels, cg, groups, chunks, n); }
 extern "C" __global__ void group_norm_param_grads_f32(const float* partial, float* dgamma, float* dbeta, size_t batch, unsigned channels, unsigned chunks) { group_norm_param_grads(partial, dgamma, dbeta, batch, channels, chunks); }
-extern "C" __global__ void group_norm_backward_dx_f32(const float* x, const float* gamma, const float* mean, const float* rstd, const float* coef, const float* dy, float* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx(x, gamma, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw); }
+
+// ---- bf16: activations stored as __nv_bfloat16 ----
+extern "C" __global__ void group_norm_forward_bf16(const __nv_bfloat16* x, const float* gamma, const float* beta, __nv_bfloat16* y, float* mean, float* rstd, size_t groups_total, unsigned groups, unsigned cg, unsigned hw, float eps) { group_norm_forward(x, gamma, beta, y, mean, rstd, groups_total, groups, cg, hw, eps); }
+extern "C" __global__ void group_norm_partial_stats_bf16(const __nv_bfloat16* x, float* partial, size_t groups_total, size_t n, size_t chunk, unsigned chunks) { group_norm_partial_stats(x, partial, groups_total, n, chunk, chunks); }
+extern "C" __global__ void group_norm_apply_bf16(const __nv_bfloat16* x, const float* gamma, const float* beta, const float* mean, const float* rstd, __nv_bfloat16* y, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_apply(x, gamma, beta, mean, rstd, y, planes, channels, cg, groups, hw); }
+extern "C" __global__ void group_norm_backward_sums_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* mean, const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk, unsigned chunks) { group_norm_backward_sums(x, dy, mean, rstd, partial, planes, channels, cg, groups, hw, chunk, chunks); }
+extern "C" __global__ void group_norm_backward_dx_bf16(const __nv_bfloat16* x, const float* gamma, const float* mean, const float* rstd, const float* coef, const __nv_bfloat16* dy, __nv_bfloat16* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx(x, gamma, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw); }
+
+// ---- f16: activations stored as __half ----
+extern "C" __global__ void group_norm_forward_f16(const __half* x, const float* gamma, const float* beta, __half* y, float* mean, float* rstd, size_t groups_total, unsigned groups, unsigned cg, unsigned hw, float eps) { group_norm_forward(x, gamma, beta, y, mean, rstd, groups_total, groups, cg, hw, eps); }
+extern "C" __global__ void group_norm_partial_stats_f16(const __half* x, float* partial, size_t groups_total, size_t n, size_t chunk, unsigned chunks) { group_norm_partial_stats(x, partial, groups_total, n, chunk, chunks); }
+extern "C" __global__ void group_norm_apply_f16(const __half* x, const float* gamma, const float* beta, const float* mean, const float* rstd, __half* y, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_apply(x, gamma, beta, mean, rstd, y, planes, channels, cg, groups, hw); }
+extern "C" __global__ void group_norm_backward_sums_f16(const __half* x, const __half* dy, const float* mean, const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk, unsigned chunks) { group_norm_backward_sums(x, dy, mean, rstd, partial, planes, channels, cg, groups, hw, chunk, chunks); }
+extern "C" __global__ void group_norm_backward_dx_f16(const __half* x, const float* gamma, const float* mean, const float* rstd, const float* coef, const __half* dy, __half* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx(x, gamma, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw); }

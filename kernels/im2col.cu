@@ -4,8 +4,11 @@
 //
 // Layouts, per image: x (C_in, H, W); col (K, P) with K = C_in·kh·kw rows ordered (ci, ky, kx)
 // and P = H_out·W_out columns ordered (oy, ox). A chunk of images lies image after image in col,
-// `col_stride` >= K·P floats apart (the glue rounds it up so every image starts equally aligned).
+// `col_stride` >= K·P elements apart (the glue rounds it up so every image starts equally aligned).
 // Nothing here uses atomics: every output element is owned by one thread (or one block).
+//
+// Storage (common.cuh): x, col, dx and y are the activation type T; the bias b and the bias
+// gradient db are fp32 parameters. Every sum is formed in fp32 and rounded to T once.
 #include "common.cuh"
 
 // Geometry of one convolution; field for field the same as `ConvGeom` in src/cuda/ops/conv2d.rs.
@@ -22,8 +25,10 @@ struct ConvGeom {
 // One block per col row (image, ci, ky, kx), threads along the row's P output positions:
 //   col[img, (ci, ky, kx), (oy, ox)] = x[img, ci, oy·sh + ky − pad_top, ox·sw + kx − pad_left]
 // or 0 where that position lies in the padding.
-// x: (images, C_in, H, W)  col: (images, col_stride ≥ K·P)  rows = images·K
-__device__ void im2col(const float* x, float* col, ConvGeom g, size_t rows, size_t col_stride) {
+// x: (images, C_in, H, W)  col: (images, col_stride ≥ K·P)  rows = images·K, both T (a pure
+// copy: the same bits in any storage type)
+template <typename T>
+__device__ void im2col(const T* x, T* col, ConvGeom g, size_t rows, size_t col_stride) {
     const unsigned khw = (unsigned)(g.kh * g.kw);
     const unsigned k = (unsigned)g.c_in * khw;
     const unsigned p_len = (unsigned)(g.out_h * g.out_w);
@@ -33,13 +38,13 @@ __device__ void im2col(const float* x, float* col, ConvGeom g, size_t rows, size
         const unsigned r = (unsigned)(row % k);
         const unsigned ci = r / khw;
         const int ky = (int)((r / g.kw) % g.kh), kx = (int)(r % g.kw);
-        const float* plane = x + (img * g.c_in + ci) * plane_len;
-        float* out = col + img * col_stride + (size_t)r * p_len;
+        const T* plane = x + (img * g.c_in + ci) * plane_len;
+        T* out = col + img * col_stride + (size_t)r * p_len;
         for (unsigned q = threadIdx.x; q < p_len; q += blockDim.x) {
             const int oy = (int)(q / g.out_w), ox = (int)(q % g.out_w);
             const int iy = oy * g.sh + ky - g.pad_top, ix = ox * g.sw + kx - g.pad_left;
             const bool inside = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w;
-            out[q] = inside ? plane[iy * g.w + ix] : 0.0f;
+            out[q] = inside ? plane[iy * g.w + ix] : from_f32<T>(0.0f);
         }
     }
 }
@@ -47,8 +52,10 @@ __device__ void im2col(const float* x, float* col, ConvGeom g, size_t rows, size
 // The adjoint of im2col in gather form: one block per (image, ci) plane, one thread per input
 // position, summing every col entry that im2col read from that position — in (ky, kx) order,
 // the CPU's order — and writing the total (dx is overwritten, no atomics).
-// col: (images, col_stride ≥ K·P)  dx: (images, C_in, H, W)  planes = images·C_in
-__device__ void col2im(const float* col, float* dx, ConvGeom g, size_t planes, size_t col_stride) {
+// col: (images, col_stride ≥ K·P)  dx: (images, C_in, H, W)  planes = images·C_in, both T;
+// the sum is fp32 and rounded to T once.
+template <typename T>
+__device__ void col2im(const T* col, T* dx, ConvGeom g, size_t planes, size_t col_stride) {
     const unsigned khw = (unsigned)(g.kh * g.kw);
     const size_t p_len = (size_t)g.out_h * g.out_w;
     const unsigned plane_len = (unsigned)(g.h * g.w);
@@ -56,8 +63,8 @@ __device__ void col2im(const float* col, float* dx, ConvGeom g, size_t planes, s
         // Rows (ci, 0, 0) .. (ci, kh−1, kw−1) of image img's col: ci·kh·kw onwards.
         const size_t img = plane / (unsigned)g.c_in;
         const unsigned ci = (unsigned)(plane % (unsigned)g.c_in);
-        const float* rows = col + img * col_stride + (size_t)ci * khw * p_len;
-        float* out = dx + plane * plane_len;
+        const T* rows = col + img * col_stride + (size_t)ci * khw * p_len;
+        T* out = dx + plane * plane_len;
         for (unsigned e = threadIdx.x; e < plane_len; e += blockDim.x) {
             const int iy = (int)(e / g.w), ix = (int)(e % g.w);
             float acc = 0.0f;
@@ -70,40 +77,43 @@ __device__ void col2im(const float* col, float* dx, ConvGeom g, size_t planes, s
                     const int tx = ix + g.pad_left - kx;
                     if (tx < 0 || tx % g.sw != 0 || tx / g.sw >= g.out_w) continue;
                     const int ox = tx / g.sw;
-                    acc += rows[(size_t)(ky * g.kw + kx) * p_len + (size_t)(oy * g.out_w + ox)];
+                    acc += to_f32(rows[(size_t)(ky * g.kw + kx) * p_len + (size_t)(oy * g.out_w + ox)]);
                 }
             }
-            out[e] = acc;
+            out[e] = from_f32<T>(acc);
         }
     }
 }
 
 // y[o, c, i] += b[c] over an (outer, C, inner) layout: conv (N, C_out, H_out·W_out) or
-// linear (rows, d_out, 1). Index type I: 32-bit when the sizes allow (cheaper division).
-template <typename I>
-__device__ void bias_add(float* y, const float* b, I total, I channels, I inner) {
-    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) y[i] += b[(i / inner) % channels];
+// linear (rows, d_out, 1). y: T (read, added to in fp32, rounded once), b: float (a parameter).
+// Index type I: 32-bit when the sizes allow (cheaper division).
+template <typename T, typename I>
+__device__ void bias_add(T* y, const float* b, I total, I channels, I inner) {
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) y[i] = from_f32<T>(to_f32(y[i]) + b[(i / inner) % channels]);
 }
 
-__device__ void bias_add_nchw(float* y, const float* b, size_t total, size_t channels, size_t inner) {
+template <typename T>
+__device__ void bias_add_nchw(T* y, const float* b, size_t total, size_t channels, size_t inner) {
     // 32-bit indices only while i + the grid's stride cannot wrap (the grid is below 2^31 threads).
     if (total <= 0x7fffffffu) {
-        bias_add<unsigned>(y, b, (unsigned)total, (unsigned)channels, (unsigned)inner);
+        bias_add<T, unsigned>(y, b, (unsigned)total, (unsigned)channels, (unsigned)inner);
     } else {
-        bias_add<size_t>(y, b, total, channels, inner);
+        bias_add<T, size_t>(y, b, total, channels, inner);
     }
 }
 
 // db[c] += Σ_{o, i} dy[o, c, i] over an (outer, C, inner) layout, one block per channel, threads
 // along `inner` (contiguous): for conv bias gradients, inner = H_out·W_out. Fixed order.
-// dy: (outer, C, inner)  db: (C)
-__device__ void channel_sum_accumulate(const float* dy, float* db, size_t outer, size_t channels, size_t inner) {
+// dy: (outer, C, inner) T  db: (C) float — a parameter gradient: summed and accumulated in fp32.
+template <typename T>
+__device__ void channel_sum_accumulate(const T* dy, float* db, size_t outer, size_t channels, size_t inner) {
     __shared__ float buf[33];
     for (size_t c = blockIdx.x; c < channels; c += gridDim.x) {
         float acc = 0.0f;
         for (size_t o = 0; o < outer; ++o) {
-            const float* row = dy + (o * channels + c) * inner;
-            for (size_t i = threadIdx.x; i < inner; i += blockDim.x) acc += row[i];
+            const T* row = dy + (o * channels + c) * inner;
+            for (size_t i = threadIdx.x; i < inner; i += blockDim.x) acc += to_f32(row[i]);
         }
         acc = block_sum(acc, buf);
         if (threadIdx.x == 0) db[c] += acc;
@@ -114,14 +124,15 @@ __device__ void channel_sum_accumulate(const float* dy, float* db, size_t outer,
 // contiguous axis is the channel one. Block (32, 8): threadIdx.x picks a column of a 32-wide tile
 // (coalesced reads), threadIdx.y one of 8 interleaved row lanes; the 8 lane sums are added in
 // lane order. Fixed order.
-// dy: (rows, C)  db: (C)
-__device__ void column_sum_accumulate(const float* dy, float* db, size_t rows, size_t cols) {
+// dy: (rows, C) T  db: (C) float, summed and accumulated in fp32.
+template <typename T>
+__device__ void column_sum_accumulate(const T* dy, float* db, size_t rows, size_t cols) {
     __shared__ float lanes[8][32];
     for (size_t tile = blockIdx.x; tile * 32 < cols; tile += gridDim.x) {
         const size_t c = tile * 32 + threadIdx.x;
         float acc = 0.0f;
         if (c < cols) {
-            for (size_t r = threadIdx.y; r < rows; r += 8) acc += dy[r * cols + c];
+            for (size_t r = threadIdx.y; r < rows; r += 8) acc += to_f32(dy[r * cols + c]);
         }
         lanes[threadIdx.y][threadIdx.x] = acc;
         __syncthreads();
@@ -135,7 +146,21 @@ __device__ void column_sum_accumulate(const float* dy, float* db, size_t rows, s
 }
 
 extern "C" __global__ void im2col_f32(const float* x, float* col, ConvGeom g, size_t rows, size_t col_stride) { im2col(x, col, g, rows, col_stride); }
+extern "C" __global__ void im2col_bf16(const __nv_bfloat16* x, __nv_bfloat16* col, ConvGeom g, size_t rows, size_t col_stride) { im2col(x, col, g, rows, col_stride); }
+extern "C" __global__ void im2col_f16(const __half* x, __half* col, ConvGeom g, size_t rows, size_t col_stride) { im2col(x, col, g, rows, col_stride); }
+
 extern "C" __global__ void col2im_f32(const float* col, float* dx, ConvGeom g, size_t planes, size_t col_stride) { col2im(col, dx, g, planes, col_stride); }
+extern "C" __global__ void col2im_bf16(const __nv_bfloat16* col, __nv_bfloat16* dx, ConvGeom g, size_t planes, size_t col_stride) { col2im(col, dx, g, planes, col_stride); }
+extern "C" __global__ void col2im_f16(const __half* col, __half* dx, ConvGeom g, size_t planes, size_t col_stride) { col2im(col, dx, g, planes, col_stride); }
+
 extern "C" __global__ void bias_add_nchw_f32(float* y, const float* b, size_t total, size_t channels, size_t inner) { bias_add_nchw(y, b, total, channels, inner); }
+extern "C" __global__ void bias_add_nchw_bf16(__nv_bfloat16* y, const float* b, size_t total, size_t channels, size_t inner) { bias_add_nchw(y, b, total, channels, inner); }
+extern "C" __global__ void bias_add_nchw_f16(__half* y, const float* b, size_t total, size_t channels, size_t inner) { bias_add_nchw(y, b, total, channels, inner); }
+
 extern "C" __global__ void channel_sum_accumulate_f32(const float* dy, float* db, size_t outer, size_t channels, size_t inner) { channel_sum_accumulate(dy, db, outer, channels, inner); }
+extern "C" __global__ void channel_sum_accumulate_bf16(const __nv_bfloat16* dy, float* db, size_t outer, size_t channels, size_t inner) { channel_sum_accumulate(dy, db, outer, channels, inner); }
+extern "C" __global__ void channel_sum_accumulate_f16(const __half* dy, float* db, size_t outer, size_t channels, size_t inner) { channel_sum_accumulate(dy, db, outer, channels, inner); }
+
 extern "C" __global__ void column_sum_accumulate_f32(const float* dy, float* db, size_t rows, size_t cols) { column_sum_accumulate(dy, db, rows, cols); }
+extern "C" __global__ void column_sum_accumulate_bf16(const __nv_bfloat16* dy, float* db, size_t rows, size_t cols) { column_sum_accumulate(dy, db, rows, cols); }
+extern "C" __global__ void column_sum_accumulate_f16(const __half* dy, float* db, size_t rows, size_t cols) { column_sum_accumulate(dy, db, rows, cols); }

@@ -1,5 +1,7 @@
 // The optimizer side of a training step, each one pass over the flat parameter arena:
-// global gradient norm, clipping, AdamW, EMA.
+// global gradient norm, clipping, AdamW, EMA; and the fused pass a training step uses, which
+// unscales and clips the gradient, updates AdamW, the EMA and the low-precision weight copy
+// in one read of the arena (adamw_ema_step).
 // CPU reference: src/optim/{clip,adamw,ema}.rs — same formulas, same operation order, same
 // rounding points. Every product and sum goes through an explicit `__f*_rn` intrinsic so nvcc
 // cannot fuse a multiply and an add into an FMA (Rust never does), which keeps the f32 updates
@@ -84,3 +86,47 @@ extern "C" __global__ void ema_update_f32(float* ema, const float* params, float
         ema[i] = __fadd_rn(e, __fmul_rn(rate, __fsub_rn(params[i], e)));
     }
 }
+
+// ---- the fused optimizer pass ---------------------------------------------------------------
+// Field for field `FusedStep` in src/cuda/ops/optim.rs.
+struct FusedStep {
+    AdamWCoeffs adam;
+    float grad_scale;  // g ← g · grad_scale first (clipping and the loss scale's 1/S); 1: none
+    float ema_rate;    // 1 − decay, as ema_update_f32
+    int32_t ema_mode;  // 0: leave the EMA, 1: average, 2: copy θ
+    uint32_t pad;
+};
+
+// One pass, per parameter i, in the order of the separate kernels (clip_grads_f32, then
+// adamw_step_f32, then ema_update_f32), so in fp32 it gives their bits:
+//   g  = grad · grad_scale                     (clip and loss-scale; skipped when 1)
+//   m, v, θ ← AdamW(θ, g)                     (`adamw_element`)
+//   ema ← ema + rate · (θ − ema)  or  ema ← θ
+//   lowp ← θ rounded to T, the copy the GEMMs read (skipped when lowp is null)
+// The gradient array is read, never written.
+template <typename T>
+__device__ void adamw_ema_step(float* params, const float* grads, float* m, float* v, float* ema, T* lowp, FusedStep s, size_t n) {
+    const AdamWCoeffs c = s.adam;
+    GRID_STRIDE_LOOP(i, n) {
+        float g = grads[i];
+        if (s.grad_scale != 1.0f) g = __fmul_rn(g, s.grad_scale);
+        const float mi = __fadd_rn(__fmul_rn(c.beta1, m[i]), __fmul_rn(c.one_minus_beta1, g));
+        const float vi = __fadd_rn(__fmul_rn(c.beta2, v[i]), __fmul_rn(c.one_minus_beta2, __fmul_rn(g, g)));
+        const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), c.sqrt_bc2), c.eps);
+        const float p = __fsub_rn(__fmul_rn(params[i], c.decay), __fdiv_rn(__fmul_rn(c.step_size, mi), denom));
+        params[i] = p;
+        m[i] = mi;
+        v[i] = vi;
+        if (s.ema_mode == 1) {
+            const float e = ema[i];
+            ema[i] = __fadd_rn(e, __fmul_rn(s.ema_rate, __fsub_rn(p, e)));
+        } else if (s.ema_mode == 2) {
+            ema[i] = p;
+        }
+        if (lowp != nullptr) lowp[i] = from_f32<T>(p);
+    }
+}
+
+extern "C" __global__ void adamw_ema_step_f32(float* params, const float* grads, float* m, float* v, float* ema, float* lowp, FusedStep s, size_t n) { adamw_ema_step(params, grads, m, v, ema, lowp, s, n); }
+extern "C" __global__ void adamw_ema_step_bf16(float* params, const float* grads, float* m, float* v, float* ema, __nv_bfloat16* lowp, FusedStep s, size_t n) { adamw_ema_step(params, grads, m, v, ema, lowp, s, n); }
+extern "C" __global__ void adamw_ema_step_f16(float* params, const float* grads, float* m, float* v, float* ema, __half* lowp, FusedStep s, size_t n) { adamw_ema_step(params, grads, m, v, ema, lowp, s, n); }

@@ -3,6 +3,7 @@
 // right and bottom). CPU reference: src/ops/upsample.rs; the padding has no CPU op of its own
 // (the CPU conv pads inside im2col), so its test carries a small host reference.
 // Every kernel is indexed by the buffer it writes, so writes are coalesced and nothing races.
+// All buffers are the activation type T; the upsample backward sums in fp32 and rounds once.
 #include "common.cuh"
 
 // x: (NC, H, W) → y: (NC, 2H, 2W),  y[p, oy, ox] = x[p, oy / 2, ox / 2]
@@ -48,9 +49,17 @@ __device__ void pad2d_backward(const T* dy, T* dx, size_t nc, size_t h, size_t w
 }
 
 extern "C" __global__ void upsample_nearest2x_forward_f32(const float* x, float* y, size_t nc, size_t h, size_t w) { upsample_nearest2x_forward(x, y, nc, h, w); }
+extern "C" __global__ void upsample_nearest2x_forward_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, size_t nc, size_t h, size_t w) { upsample_nearest2x_forward(x, y, nc, h, w); }
+extern "C" __global__ void upsample_nearest2x_forward_f16(const __half* x, __half* y, size_t nc, size_t h, size_t w) { upsample_nearest2x_forward(x, y, nc, h, w); }
 
 extern "C" __global__ void upsample_nearest2x_backward_f32(const float* dy, float* dx, size_t nc, size_t h, size_t w) { upsample_nearest2x_backward(dy, dx, nc, h, w); }
+extern "C" __global__ void upsample_nearest2x_backward_bf16(const __nv_bfloat16* dy, __nv_bfloat16* dx, size_t nc, size_t h, size_t w) { upsample_nearest2x_backward(dy, dx, nc, h, w); }
+extern "C" __global__ void upsample_nearest2x_backward_f16(const __half* dy, __half* dx, size_t nc, size_t h, size_t w) { upsample_nearest2x_backward(dy, dx, nc, h, w); }
 
 extern "C" __global__ void pad2d_forward_f32(const float* x, float* y, size_t nc, size_t h, size_t w, size_t top, size_t left, size_t oh, size_t ow) { pad2d_forward(x, y, nc, h, w, top, left, oh, ow); }
+extern "C" __global__ void pad2d_forward_bf16(const __nv_bfloat16* x, __nv_bfloat16* y, size_t nc, size_t h, size_t w, size_t top, size_t left, size_t oh, size_t ow) { pad2d_forward(x, y, nc, h, w, top, left, oh, ow); }
+extern "C" __global__ void pad2d_forward_f16(const __half* x, __half* y, size_t nc, size_t h, size_t w, size_t top, size_t left, size_t oh, size_t ow) { pad2d_forward(x, y, nc, h, w, top, left, oh, ow); }
 
 extern "C" __global__ void pad2d_backward_f32(const float* dy, float* dx, size_t nc, size_t h, size_t w, size_t top, size_t left, size_t oh, size_t ow) { pad2d_backward(dy, dx, nc, h, w, top, left, oh, ow); }
+extern "C" __global__ void pad2d_backward_bf16(const __nv_bfloat16* dy, __nv_bfloat16* dx, size_t nc, size_t h, size_t w, size_t top, size_t left, size_t oh, size_t ow) { pad2d_backward(dy, dx, nc, h, w, top, left, oh, ow); }
+extern "C" __global__ void pad2d_backward_f16(const __half* dy, __half* dx, size_t nc, size_t h, size_t w, size_t top, size_t left, size_t oh, size_t ow) { pad2d_backward(dy, dx, nc, h, w, top, left, oh, ow); }

@@ -5,6 +5,7 @@ use std::rc::Rc;
 use std::str::FromStr;
 
 use crate::cuda::{CudaError, Gpu};
+use crate::precision::Precision;
 
 /// What the user asked for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,6 +42,55 @@ impl fmt::Display for DeviceArg {
             Self::Auto => f.write_str("auto"),
             Self::Cpu => f.write_str("cpu"),
             Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// `--precision`: what GPU activations are stored as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PrecisionArg {
+    /// bf16 on a GPU, fp32 on the CPU.
+    #[default]
+    Auto,
+    Fixed(Precision),
+}
+
+impl FromStr for PrecisionArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            _ => s
+                .parse()
+                .map(Self::Fixed)
+                .map_err(|e: String| e.replace("(expected", "(expected auto,")),
+        }
+    }
+}
+
+impl fmt::Display for PrecisionArg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => f.write_str("auto"),
+            Self::Fixed(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+impl PrecisionArg {
+    /// The precision on `device`: the CPU backend computes in fp32 only, so asking it for bf16
+    /// or fp16 is a usage error that says so.
+    pub fn resolve(self, device: &Device) -> anyhow::Result<Precision> {
+        match (self, device) {
+            (Self::Auto, Device::Cpu) => Ok(Precision::Fp32),
+            (Self::Auto, Device::Cuda(_)) => Ok(Precision::Bf16),
+            (Self::Fixed(p), Device::Cpu) if p.is_reduced() => Err(crate::usage_error::usage(
+                format!(
+                    "--precision {p}: the CPU backend computes in fp32 only; use --device cuda for {p}, or --precision fp32"
+                ),
+            )),
+            (Self::Fixed(p), _) => Ok(p),
         }
     }
 }

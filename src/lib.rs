@@ -3,6 +3,7 @@
 //! - [`ops`]: the CPU reference backend, one module per op, each a forward and a hand-written
 //!   backward on NCHW slices, generic over f32/f64 ([`float::Real`]);
 //! - [`params`]: all parameters in one arena with diffusers-named views;
+//! - [`precision`]: the GPU's storage precision (fp32, bf16, fp16);
 //! - [`gradcheck`]: finite-difference checks that every backward is right;
 //! - [`cuda`]: the kernels compiled from `kernels/*.cu` at build time, and the driver probe;
 //! - [`rng`]: Philox4x32-10, shared bit for bit with the kernels;
@@ -33,6 +34,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod params;
+pub mod precision;
 pub mod rng;
 pub mod sample;
 pub mod shape;

@@ -197,6 +197,7 @@ fn resumed_run_repeats_the_straight_run_bit_for_bit() {
     };
     let fresh = |steps: u64, out: &PathBuf| {
         train::run(RunOptions {
+            precision: ddpm::precision::Precision::Fp32,
             device: Device::Cpu,
             start: Start::Fresh {
                 model: model.clone(),
@@ -217,6 +218,7 @@ fn resumed_run_repeats_the_straight_run_bit_for_bit() {
     let split_dir = temp_dir("split");
     let first = fresh(3, &split_dir);
     let second = train::run(RunOptions {
+        precision: ddpm::precision::Precision::Fp32,
         device: Device::Cpu,
         start: Start::Resume {
             checkpoint: split_dir.join("checkpoints/latest.safetensors"),
@@ -262,6 +264,7 @@ fn resumed_run_repeats_the_straight_run_bit_for_bit() {
 fn class_conditional_training_takes_its_classes_from_the_data() {
     let out = temp_dir("class-cond");
     let summary = train::run(RunOptions {
+        precision: ddpm::precision::Precision::Fp32,
         device: Device::Cpu,
         start: Start::Fresh {
             model: UNetConfig {

@@ -39,6 +39,11 @@ pub trait Backend {
     fn alloc(&mut self, len: usize) -> Self::Buf;
     /// A buffer of `len` zeros (for outputs that accumulate).
     fn zeros(&mut self, len: usize) -> Self::Buf;
+    /// A buffer for `len` per-group statistics (group-norm mean and rstd). A device backend
+    /// keeps these in fp32 whatever its activation precision; the CPU's are plain buffers.
+    fn alloc_stats(&mut self, len: usize) -> Self::Buf {
+        self.alloc(len)
+    }
     fn len(buf: &Self::Buf) -> usize;
     /// A new buffer holding a copy of `x`.
     fn copy(&mut self, x: &Self::Buf) -> Self::Buf;

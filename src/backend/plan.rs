@@ -29,6 +29,8 @@ pub struct Planner<T> {
     pub norms: Vec<GroupNormShape>,
     /// The most class labels one op reads.
     pub max_labels: usize,
+    /// Bytes of one stored activation (`T`'s unless planned for a reduced precision).
+    pub storage_bytes: usize,
     _t: PhantomData<T>,
 }
 
@@ -45,14 +47,28 @@ impl<T: Real> Planner<T> {
             attentions: Vec::new(),
             norms: Vec::new(),
             max_labels: 0,
+            storage_bytes: std::mem::size_of::<T>(),
             _t: PhantomData,
         }
     }
 
-    fn take(&mut self, len: usize) -> Planned {
-        self.arena_bytes += arena_bytes(len, std::mem::size_of::<T>());
+    /// A planner for a device that stores activations in `storage_bytes`-byte elements (2 for
+    /// bf16/fp16) and statistics as `T`.
+    pub fn with_storage(storage_bytes: usize) -> Self {
+        Self {
+            storage_bytes,
+            ..Self::new()
+        }
+    }
+
+    fn take_bytes(&mut self, len: usize, elem: usize) -> Planned {
+        self.arena_bytes += arena_bytes(len, elem);
         self.buffers += 1;
         Planned(len)
+    }
+
+    fn take(&mut self, len: usize) -> Planned {
+        self.take_bytes(len, self.storage_bytes)
     }
 
     fn norm(&mut self, g: &GroupNormShape) {
@@ -78,6 +94,9 @@ impl<T: Real> Backend for Planner<T> {
     }
     fn zeros(&mut self, len: usize) -> Planned {
         self.take(len)
+    }
+    fn alloc_stats(&mut self, len: usize) -> Planned {
+        self.take_bytes(len, std::mem::size_of::<T>())
     }
     fn len(buf: &Planned) -> usize {
         buf.0

@@ -12,10 +12,11 @@ use clap::{Args, Subcommand};
 use crate::cuda::sample::GpuSampler;
 use crate::cuda::train::GpuTrainer;
 use crate::data::Batch;
-use crate::device::{Device, DeviceArg};
+use crate::device::{Device, DeviceArg, PrecisionArg};
 use crate::diffusion::sampler::{initial_noise, SampleOptions, SamplerKind};
 use crate::diffusion::{Schedule, ScheduleConfig};
 use crate::nn::{UNet, UNetConfig, PRESETS};
+use crate::precision::Precision;
 use crate::rng::Philox;
 use crate::sample::{generate, BatchJob, Denoiser, GenerateOptions};
 use crate::train::{TrainConfig, Trainer};
@@ -46,6 +47,12 @@ pub struct BenchArgs {
     pub warmup: u64,
     #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda[:N]")]
     pub device: DeviceArg,
+    /// What the GPU stores activations as (bf16 by default on a GPU; the CPU is fp32 only).
+    #[arg(long, default_value = "auto", value_name = "auto|bf16|fp16|fp32")]
+    pub precision: PrecisionArg,
+    /// Also print the result as one JSON object on the last line (for scripts/side_by_side.py).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -62,7 +69,7 @@ enum BenchKind {
     Sample,
 }
 
-fn setup(a: &BenchArgs, kind: BenchKind) -> Result<(UNetConfig, Device)> {
+fn setup(a: &BenchArgs, kind: BenchKind) -> Result<(UNetConfig, Device, Precision)> {
     let model = UNetConfig::preset(&a.preset).ok_or_else(|| {
         crate::usage_error::usage(format!(
             "--preset {}: unknown (presets: {})",
@@ -78,7 +85,8 @@ fn setup(a: &BenchArgs, kind: BenchKind) -> Result<(UNetConfig, Device)> {
         );
     }
     let device = Device::select(a.device, &mut |l| eprintln!("{l}"))?;
-    Ok((model, device))
+    let precision = a.precision.resolve(&device)?;
+    Ok((model, device, precision))
 }
 
 /// Images in [-1, 1] drawn once (the numbers do not matter for speed, only their shape).
@@ -95,7 +103,7 @@ fn random_batch(net: &UNet, batch: usize) -> Batch {
 }
 
 fn bench_train(a: &BenchArgs) -> Result<()> {
-    let (model, device) = setup(a, BenchKind::Train)?;
+    let (model, device, precision) = setup(a, BenchKind::Train)?;
     let b = a.batch_size as usize;
     let steps = a.steps.unwrap_or(20);
     let config = TrainConfig {
@@ -106,7 +114,7 @@ fn bench_train(a: &BenchArgs) -> Result<()> {
     };
     let params = UNet::new(model.clone())?.num_params();
     println!(
-        "bench train: preset {} ({:.2}M parameters), batch {b}, {} warm-up + {steps} timed steps on {}",
+        "bench train: preset {} ({:.2}M parameters), batch {b}, {precision}, {} warm-up + {steps} timed steps on {}",
         a.preset,
         params as f64 / 1e6,
         a.warmup,
@@ -126,7 +134,13 @@ fn bench_train(a: &BenchArgs) -> Result<()> {
             start.elapsed().as_secs_f64()
         }
         Device::Cuda(gpu) => {
-            let mut t = GpuTrainer::new(gpu.clone(), model, ScheduleConfig::default(), config)?;
+            let mut t = GpuTrainer::new(
+                gpu.clone(),
+                model,
+                ScheduleConfig::default(),
+                config,
+                precision,
+            )?;
             let batch = random_batch(&t.net, b);
             for _ in 0..a.warmup {
                 t.train_step(&batch)?;
@@ -153,12 +167,20 @@ fn bench_train(a: &BenchArgs) -> Result<()> {
             f64::from(ms) / 1e3
         }
     };
-    report(steps as f64 * b as f64, steps, seconds, "step");
+    let r = Report {
+        task: "train",
+        images: steps as f64 * b as f64,
+        steps,
+        seconds,
+        params,
+        precision,
+    };
+    r.print(a, &device, "step");
     Ok(())
 }
 
 fn bench_sample(a: &BenchArgs) -> Result<()> {
-    let (model, device) = setup(a, BenchKind::Sample)?;
+    let (model, device, precision) = setup(a, BenchKind::Sample)?;
     let b = a.batch_size as usize;
     let steps = a.steps.unwrap_or(50) as usize;
     let net = UNet::new(model)?;
@@ -171,7 +193,7 @@ fn bench_sample(a: &BenchArgs) -> Result<()> {
         a.warmup.max(1) as usize,
     );
     println!(
-        "bench sample: preset {} ({:.2}M parameters), DDIM-{steps}, batch {b}, on {}",
+        "bench sample: preset {} ({:.2}M parameters), DDIM-{steps}, batch {b}, {precision}, on {}",
         a.preset,
         net.num_params() as f64 / 1e6,
         device.describe()
@@ -208,7 +230,7 @@ fn bench_sample(a: &BenchArgs) -> Result<()> {
             start.elapsed().as_secs_f64()
         }
         Device::Cuda(gpu) => {
-            let mut s = GpuSampler::new(gpu.clone(), &net, b, false)?;
+            let mut s = GpuSampler::new(gpu.clone(), &net, b, false, precision)?;
             s.load_weights(weights.values())?;
             let x_t = initial_noise(0, &ids, item)?;
             let mut x = x_t.clone();
@@ -239,11 +261,48 @@ fn bench_sample(a: &BenchArgs) -> Result<()> {
             f64::from(ms) / 1e3
         }
     };
-    report(b as f64, steps as u64, seconds, "sampling step");
+    let r = Report {
+        task: "sample",
+        images: b as f64,
+        steps: steps as u64,
+        seconds,
+        params: net.num_params(),
+        precision,
+    };
+    r.print(a, &device, "sampling step");
     Ok(())
 }
 
-fn report(images: f64, steps: u64, seconds: f64, what: &str) {
-    println!("time per {what}: {:.3} ms", seconds * 1e3 / steps as f64);
-    println!("images/s: {:.1}", images / seconds);
+/// One timed run.
+struct Report {
+    task: &'static str,
+    images: f64,
+    steps: u64,
+    seconds: f64,
+    params: usize,
+    precision: Precision,
+}
+
+impl Report {
+    fn print(&self, a: &BenchArgs, device: &Device, what: &str) {
+        let ms = self.seconds * 1e3 / self.steps as f64;
+        let per_s = self.images / self.seconds;
+        println!("time per {what}: {ms:.3} ms");
+        println!("images/s: {per_s:.1}");
+        if a.json {
+            let line = serde_json::json!({
+                "task": self.task,
+                "preset": a.preset,
+                "batch": a.batch_size,
+                "precision": self.precision.name(),
+                "device": device.describe(),
+                "steps": self.steps,
+                "seconds": self.seconds,
+                "images_per_s": per_s,
+                "ms_per_step": ms,
+                "params": self.params,
+            });
+            println!("{line}");
+        }
+    }
 }

@@ -163,8 +163,9 @@ pub fn run(a: InterpolateArgs) -> Result<()> {
 
     let bar = progress_bar(a.model.quiet, "evaluations");
     let device = open_device(a.model.device, a.model.quiet)?;
+    let precision = a.model.precision.resolve(&device)?;
     let batch = (a.batch_size as usize).min(frames);
-    let mut den = denoiser(&device, &loaded, batch, false)?;
+    let mut den = denoiser(&device, &loaded, batch, false, precision)?;
     let per_batch = batch.min(den.max_batch()).max(1);
     let inv_total = inversion
         .as_ref()

@@ -136,8 +136,9 @@ pub fn run(a: InvertArgs) -> Result<()> {
 
     let bar = progress_bar(a.model.quiet, "evaluations");
     let device = open_device(a.model.device, a.model.quiet)?;
+    let precision = a.model.precision.resolve(&device)?;
     let batch = (a.batch_size as usize).min(num);
-    let mut den = denoiser(&device, &loaded, batch, false)?;
+    let mut den = denoiser(&device, &loaded, batch, false, precision)?;
     let batches = num.div_ceil(batch.min(den.max_batch()).max(1)) as u64;
     let total = batches * (inv.len() + decode_evals) as u64;
     if let Some(bar) = &bar {

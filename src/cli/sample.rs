@@ -201,9 +201,16 @@ pub fn run(a: SampleArgs) -> Result<()> {
     }
     let bar = progress_bar(a.model.quiet, "evaluations");
     let device = open_device(a.model.device, a.model.quiet)?;
+    let precision = a.model.precision.resolve(&device)?;
     let init = noise.as_ref().map(|(v, _)| v.as_slice());
     let batch = opts.batch_size.min(opts.num);
-    let mut den = denoiser(&device, &loaded, batch, opts.sampler.guidance.is_some())?;
+    let mut den = denoiser(
+        &device,
+        &loaded,
+        batch,
+        opts.sampler.guidance.is_some(),
+        precision,
+    )?;
     let result = generate_with(
         den.as_mut(),
         net,

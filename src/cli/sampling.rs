@@ -10,11 +10,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::model_source::ModelSource;
 use crate::cuda::sample::GpuSampler;
-use crate::device::{Device, DeviceArg};
+use crate::device::{Device, DeviceArg, PrecisionArg};
 use crate::diffusion::sampler::{SampleOptions, SamplerKind, SigmaSpacing};
 use crate::diffusion::{Schedule, Spacing, VarianceType};
 use crate::nn::UNet;
 use crate::params::ParamArena;
+use crate::precision::Precision;
 use crate::sample::{CpuDenoiser, Denoiser};
 use crate::usage_error::usage;
 
@@ -81,6 +82,10 @@ pub struct ModelArgs {
     /// cuda or cuda:N.
     #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda[:N]")]
     pub device: DeviceArg,
+    /// What the GPU stores the model's activations as: bf16 (the default on a GPU), fp16 or
+    /// fp32 (the sampler's own state is fp32 in every case; the CPU computes in fp32 only).
+    #[arg(long, default_value = "auto", value_name = "auto|bf16|fp16|fp32")]
+    pub precision: PrecisionArg,
     /// No progress bar.
     #[arg(long, short)]
     pub quiet: bool,
@@ -219,19 +224,21 @@ pub fn flag_error(
     ))
 }
 
-/// A denoiser for batches of up to `batch` images on `device`.
+/// A denoiser for batches of up to `batch` images on `device`, the model in `precision` on a
+/// GPU.
 pub fn denoiser<'a>(
     device: &Device,
     loaded: &'a Loaded,
     batch: usize,
     guided: bool,
+    precision: Precision,
 ) -> Result<Box<dyn Denoiser + 'a>> {
     Ok(match device {
         Device::Cpu => Box::new(CpuDenoiser {
             params: &loaded.params,
         }),
         Device::Cuda(gpu) => {
-            let mut s = GpuSampler::new(gpu.clone(), &loaded.net, batch, guided)?;
+            let mut s = GpuSampler::new(gpu.clone(), &loaded.net, batch, guided, precision)?;
             s.load_weights(loaded.params.values())?;
             Box::new(s)
         }

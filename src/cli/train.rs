@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::output::OutputDir;
-use crate::device::{Device, DeviceArg};
+use crate::device::{Device, DeviceArg, PrecisionArg};
 use crate::diffusion::{BetaSchedule, PredictionType, ScheduleConfig};
 use crate::nn::{UNetConfig, PRESETS};
 use crate::train::{self, LossKind, RunOptions, Start, TrainConfig};
@@ -140,6 +140,12 @@ pub struct TrainArgs {
     /// cuda or cuda:N.
     #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda[:N]")]
     pub device: DeviceArg,
+    /// What the GPU stores activations as: bf16 (the default on a GPU), fp16 (with dynamic
+    /// loss scaling) or fp32. Master weights, Adam moments, EMA and the loss are fp32 in every
+    /// case, and the CPU computes in fp32 only. Not stored in the checkpoint: a resumed run
+    /// may change it.
+    #[arg(long, default_value = "auto", value_name = "auto|bf16|fp16|fp32")]
+    pub precision: PrecisionArg,
     /// No progress bar or log lines.
     #[arg(long, short)]
     pub quiet: bool,
@@ -285,9 +291,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
             eprintln!("{line}");
         }
     })?;
+    let precision = a.precision.resolve(&device)?;
     train::run(RunOptions {
         start,
         device,
+        precision,
         out,
         verbose: !a.quiet,
     })?;

@@ -6,6 +6,11 @@
 //! sampling step only bumps an offset: no device allocation ever happens inside a step. The
 //! trait's ops cannot return errors (the CPU cannot fail), so the first CUDA error of a pass is
 //! kept, later launches are skipped, and the caller collects it with [`GpuBackend::finish`].
+//!
+//! Precision ([`Precision`], DESIGN.md's policy): every activation buffer of the arena (and its
+//! gradient) is stored as the backend's `dt` — fp32, bf16 or fp16 — and every kernel computes in
+//! fp32. Group-norm statistics stay fp32 ([`Backend::alloc_stats`]); parameters have fp32
+//! master values and gradients, and the GEMMs read a copy of the weights in `dt`.
 
 use std::rc::Rc;
 
@@ -21,6 +26,7 @@ use crate::ops::embedding::TimestepEmbedding;
 use crate::ops::groupnorm::GroupNormShape;
 use crate::ops::linear::LinearShape;
 use crate::params::{ParamArena, ParamId, ParamLayout};
+use crate::precision::Precision;
 use crate::shape::Nchw;
 
 /// A device buffer of f32 (an arena slice, or a view of a longer-lived buffer).
@@ -44,39 +50,58 @@ impl DevBuf {
     }
 }
 
-/// Parameter values and gradients on the device, in the arena's layout (f32).
+/// Parameter values and gradients on the device, in the arena's layout: the fp32 master
+/// values and gradients, and in bf16/fp16 a copy of the values in that precision, which the
+/// GEMMs read (refreshed by [`DeviceParams::refresh_lowp`] and by the fused optimizer pass).
 pub struct DeviceParams {
     pub layout: ParamLayout,
+    /// The activation precision the parameters serve.
+    pub precision: Precision,
     /// (P) f32
     pub values: DeviceMemory,
     /// (P) f32
     pub grads: DeviceMemory,
+    /// (P) in `precision`, or `None` in fp32.
+    pub lowp: Option<DeviceMemory>,
 }
 
 impl DeviceParams {
     /// Uploads `host`'s values; gradients start at zero.
-    pub fn upload(gpu: &Gpu, host: &ParamArena<f32>) -> CudaResult<Self> {
+    pub fn upload(gpu: &Gpu, host: &ParamArena<f32>, precision: Precision) -> CudaResult<Self> {
         let len = host.values().len();
         let values = gpu.alloc(len * 4, "parameters")?;
         let grads = gpu.alloc(len * 4, "parameter gradients")?;
         gpu.upload(values.ptr(), host.values(), "parameters")?;
         gpu.zero(grads.ptr(), grads.bytes(), "parameter gradients")?;
-        Ok(Self {
+        let p = Self {
             layout: host.layout().clone(),
+            precision,
             values,
             grads,
-        })
+            lowp: Self::alloc_lowp(gpu, len, precision)?,
+        };
+        p.refresh_lowp(gpu)?;
+        Ok(p)
     }
 
     /// Device room for weights only (sampling needs no gradients); values are set later.
-    pub fn for_inference(gpu: &Gpu, layout: ParamLayout) -> CudaResult<Self> {
-        let values = gpu.alloc(layout.arena_len() * 4, "parameters")?;
+    pub fn for_inference(gpu: &Gpu, layout: ParamLayout, precision: Precision) -> CudaResult<Self> {
+        let len = layout.arena_len();
+        let values = gpu.alloc(len * 4, "parameters")?;
         let grads = gpu.alloc(0, "no gradients")?;
         Ok(Self {
             layout,
+            precision,
             values,
             grads,
+            lowp: Self::alloc_lowp(gpu, len, precision)?,
         })
+    }
+
+    fn alloc_lowp(gpu: &Gpu, len: usize, p: Precision) -> CudaResult<Option<DeviceMemory>> {
+        p.is_reduced()
+            .then(|| gpu.alloc(len * p.bytes(), "low-precision weights"))
+            .transpose()
     }
 
     pub fn len(&self) -> usize {
@@ -87,18 +112,49 @@ impl DeviceParams {
         self.len() == 0
     }
 
+    /// The fp32 master value of a parameter (biases, norms and embeddings are read in fp32).
     pub fn value(&self, id: ParamId) -> DevPtr {
         self.values.ptr() + 4 * self.layout.spec(id).range().start as u64
+    }
+
+    /// The copy of a weight that matrix products read: in the activation precision.
+    pub fn weight(&self, id: ParamId) -> DevPtr {
+        match &self.lowp {
+            Some(m) => {
+                m.ptr() + (self.precision.bytes() * self.layout.spec(id).range().start) as u64
+            }
+            None => self.value(id),
+        }
     }
 
     pub fn grad(&self, id: ParamId) -> DevPtr {
         self.grads.ptr() + 4 * self.layout.spec(id).range().start as u64
     }
 
+    /// The low-precision copy's pointer, or 0 in fp32 (the fused optimizer pass's `lowp`).
+    pub fn lowp_ptr(&self) -> DevPtr {
+        self.lowp.as_ref().map_or(0, |m| m.ptr())
+    }
+
+    /// Rounds the master values into the low-precision copy (no-op in fp32).
+    pub fn refresh_lowp(&self, gpu: &Gpu) -> CudaResult<()> {
+        match &self.lowp {
+            Some(m) => ops::elementwise::cast_from_f32(
+                gpu,
+                self.precision,
+                self.len(),
+                self.values.ptr(),
+                m.ptr(),
+            ),
+            None => Ok(()),
+        }
+    }
+
     /// Overwrites the values with `host` (same layout).
     pub fn set_values(&self, gpu: &Gpu, host: &[f32]) -> CudaResult<()> {
         assert_eq!(host.len(), self.len(), "parameter count");
-        gpu.upload(self.values.ptr(), host, "parameters")
+        gpu.upload(self.values.ptr(), host, "parameters")?;
+        self.refresh_lowp(gpu)
     }
 
     pub fn zero_grads(&self, gpu: &Gpu) -> CudaResult<()> {
@@ -128,6 +184,9 @@ pub struct Sizing {
 const MAX_CONV_WORKSPACE: usize = 64 << 20;
 
 impl Sizing {
+    /// `plan` from [`crate::nn::UNet::plan_step_stored`] at the backend's precision. The
+    /// workspace is counted in f32 slots whatever the precision (a bf16 im2col chunk then
+    /// unrolls twice the images).
     pub fn from_plan(plan: &Planner<f32>) -> Self {
         let mut ws = 0;
         for g in &plan.convs {
@@ -166,6 +225,8 @@ impl Sizing {
 /// The GPU backend for one planned pass shape.
 pub struct GpuBackend {
     gpu: Rc<Gpu>,
+    /// What activations are stored as.
+    dt: Precision,
     sizing: Sizing,
     arena: DeviceMemory,
     used: usize,
@@ -175,13 +236,15 @@ pub struct GpuBackend {
 }
 
 impl GpuBackend {
-    /// Allocates the arena and workspace for passes no larger than `sizing`.
-    pub fn new(gpu: Rc<Gpu>, sizing: Sizing) -> CudaResult<Self> {
+    /// Allocates the arena and workspace for passes no larger than `sizing` (planned for
+    /// activations stored as `dt`).
+    pub fn new(gpu: Rc<Gpu>, sizing: Sizing, dt: Precision) -> CudaResult<Self> {
         let arena = gpu.alloc(sizing.arena_bytes, "the activation arena")?;
         let workspace = gpu.alloc(sizing.workspace * 4, "the op workspace")?;
         let labels = gpu.alloc(sizing.max_labels * 4, "class labels")?;
         Ok(Self {
             gpu,
+            dt,
             sizing,
             arena,
             used: 0,
@@ -197,6 +260,11 @@ impl GpuBackend {
 
     pub fn sizing(&self) -> Sizing {
         self.sizing
+    }
+
+    /// The activation precision.
+    pub fn precision(&self) -> Precision {
+        self.dt
     }
 
     /// Starts a new pass: every arena buffer of the previous one is dead.
@@ -224,15 +292,24 @@ impl GpuBackend {
     }
 
     /// Runs `f` unless an earlier op of this pass failed.
-    fn run(&mut self, f: impl FnOnce(&Gpu, DevPtr, usize) -> CudaResult<()>) {
+    fn run(&mut self, f: impl FnOnce(&Gpu, Precision, DevPtr, usize) -> CudaResult<()>) {
         if self.error.is_none() {
-            let r = f(&self.gpu, self.workspace.ptr(), self.sizing.workspace);
+            let r = f(
+                &self.gpu,
+                self.dt,
+                self.workspace.ptr(),
+                self.sizing.workspace,
+            );
             self.record(r);
         }
     }
 
     fn take(&mut self, len: usize) -> DevBuf {
-        let bytes = arena_bytes(len, 4);
+        self.take_elems(len, self.dt.bytes())
+    }
+
+    fn take_elems(&mut self, len: usize, elem: usize) -> DevBuf {
+        let bytes = arena_bytes(len, elem);
         if self.used + bytes > self.arena.bytes() {
             self.record(Err(CudaError::new(
                 CudaErrorKind::Driver,
@@ -281,8 +358,13 @@ impl Backend for GpuBackend {
 
     fn zeros(&mut self, len: usize) -> DevBuf {
         let b = self.take(len);
-        self.run(|gpu, _, _| gpu.zero(b.ptr, 4 * len, "zeroed buffer"));
+        let bytes = len * self.dt.bytes();
+        self.run(|gpu, _, _, _| gpu.zero(b.ptr, bytes, "zeroed buffer"));
         b
+    }
+
+    fn alloc_stats(&mut self, len: usize) -> DevBuf {
+        self.take_elems(len, 4)
     }
 
     fn len(buf: &DevBuf) -> usize {
@@ -291,12 +373,13 @@ impl Backend for GpuBackend {
 
     fn copy(&mut self, x: &DevBuf) -> DevBuf {
         let y = self.take(x.len);
-        self.run(|gpu, _, _| gpu.copy(y.ptr, x.ptr, 4 * x.len, "buffer copy"));
+        let bytes = x.len * self.dt.bytes();
+        self.run(|gpu, _, _, _| gpu.copy(y.ptr, x.ptr, bytes, "buffer copy"));
         y
     }
 
     fn accumulate(&mut self, acc: &mut DevBuf, x: &DevBuf) {
-        self.run(|gpu, _, _| ops::elementwise::accumulate(gpu, acc.len, acc.ptr, x.ptr));
+        self.run(|gpu, dt, _, _| ops::elementwise::accumulate(gpu, dt, acc.len, acc.ptr, x.ptr));
     }
 
     fn conv2d_forward(
@@ -308,12 +391,13 @@ impl Backend for GpuBackend {
         b: ParamId,
         y: &mut DevBuf,
     ) {
-        self.run(|gpu, ws, ws_len| {
+        self.run(|gpu, dt, ws, ws_len| {
             ops::conv2d::conv2d_forward(
                 gpu,
+                dt,
                 g,
                 x.ptr,
-                p.value(w),
+                p.weight(w),
                 Some(p.value(b)),
                 y.ptr,
                 ws,
@@ -333,12 +417,13 @@ impl Backend for GpuBackend {
         dx: Option<&mut DevBuf>,
     ) {
         let dx = dx.map(|d| d.ptr);
-        self.run(|gpu, ws, ws_len| {
+        self.run(|gpu, dt, ws, ws_len| {
             ops::conv2d::conv2d_backward(
                 gpu,
+                dt,
                 g,
                 x.ptr,
-                p.value(w),
+                p.weight(w),
                 dy.ptr,
                 dx,
                 p.grad(w),
@@ -358,8 +443,8 @@ impl Backend for GpuBackend {
         b: ParamId,
         y: &mut DevBuf,
     ) {
-        self.run(|gpu, _, _| {
-            ops::linear::linear_forward(gpu, s, x.ptr, p.value(w), Some(p.value(b)), y.ptr)
+        self.run(|gpu, dt, _, _| {
+            ops::linear::linear_forward(gpu, dt, s, x.ptr, p.weight(w), Some(p.value(b)), y.ptr)
         });
     }
 
@@ -374,12 +459,13 @@ impl Backend for GpuBackend {
         dx: Option<&mut DevBuf>,
     ) {
         let dx = dx.map(|d| d.ptr);
-        self.run(|gpu, _, _| {
+        self.run(|gpu, dt, _, _| {
             ops::linear::linear_backward(
                 gpu,
+                dt,
                 s,
                 x.ptr,
-                p.value(w),
+                p.weight(w),
                 dy.ptr,
                 dx,
                 p.grad(w),
@@ -399,9 +485,10 @@ impl Backend for GpuBackend {
         mean: &mut DevBuf,
         rstd: &mut DevBuf,
     ) {
-        self.run(|gpu, ws, _| {
+        self.run(|gpu, dt, ws, _| {
             ops::groupnorm::group_norm_forward(
                 gpu,
+                dt,
                 g,
                 x.ptr,
                 p.value(gamma),
@@ -426,9 +513,10 @@ impl Backend for GpuBackend {
         dy: &DevBuf,
         dx: &mut DevBuf,
     ) {
-        self.run(|gpu, ws, _| {
+        self.run(|gpu, dt, ws, _| {
             ops::groupnorm::group_norm_backward(
                 gpu,
+                dt,
                 g,
                 x.ptr,
                 p.value(gamma),
@@ -453,8 +541,8 @@ impl Backend for GpuBackend {
         let l = self.upload_labels(labels);
         let n = labels.len();
         let width = emb.len / n.max(1);
-        self.run(|gpu, _, _| {
-            ops::embedding::class_embedding_forward(gpu, n, width, l, p.value(table), emb.ptr)
+        self.run(|gpu, dt, _, _| {
+            ops::embedding::class_embedding_forward(gpu, dt, n, width, l, p.value(table), emb.ptr)
         });
     }
 
@@ -469,9 +557,10 @@ impl Backend for GpuBackend {
         let n = labels.len();
         let width = demb.len / n.max(1);
         let classes = p.layout.spec(table).len() / width.max(1);
-        self.run(|gpu, _, _| {
+        self.run(|gpu, dt, _, _| {
             ops::embedding::class_embedding_backward(
                 gpu,
+                dt,
                 n,
                 classes,
                 width,
@@ -483,27 +572,35 @@ impl Backend for GpuBackend {
     }
 
     fn silu_forward(&mut self, x: &DevBuf, y: &mut DevBuf) {
-        self.run(|gpu, _, _| ops::elementwise::silu_forward(gpu, x.len, x.ptr, y.ptr));
+        self.run(|gpu, dt, _, _| ops::elementwise::silu_forward(gpu, dt, x.len, x.ptr, y.ptr));
     }
 
     fn silu_backward(&mut self, x: &DevBuf, dy: &DevBuf, dx: &mut DevBuf) {
-        self.run(|gpu, _, _| ops::elementwise::silu_backward(gpu, x.len, x.ptr, dy.ptr, dx.ptr));
+        self.run(|gpu, dt, _, _| {
+            ops::elementwise::silu_backward(gpu, dt, x.len, x.ptr, dy.ptr, dx.ptr)
+        });
     }
 
     fn add_channel_bias(&mut self, shape: Nchw, x: &DevBuf, t: &DevBuf, y: &mut DevBuf) {
-        self.run(|gpu, _, _| ops::elementwise::add_channel_bias(gpu, shape, x.ptr, t.ptr, y.ptr));
+        self.run(|gpu, dt, _, _| {
+            ops::elementwise::add_channel_bias(gpu, dt, shape, x.ptr, t.ptr, y.ptr)
+        });
     }
 
-    fn sum_spatial(&mut self, shape: Nchw, dy: &DevBuf, dt: &mut DevBuf) {
-        self.run(|gpu, _, _| ops::elementwise::sum_spatial(gpu, shape, dy.ptr, dt.ptr));
+    fn sum_spatial(&mut self, shape: Nchw, dy: &DevBuf, dsum: &mut DevBuf) {
+        self.run(|gpu, dt, _, _| ops::elementwise::sum_spatial(gpu, dt, shape, dy.ptr, dsum.ptr));
     }
 
     fn dropout_forward(&mut self, a: &DropoutArgs, x: &DevBuf, y: &mut DevBuf) {
-        self.run(|gpu, _, _| ops::elementwise::dropout_forward(gpu, x.len, a, x.ptr, y.ptr));
+        self.run(|gpu, dt, _, _| {
+            ops::elementwise::dropout_forward(gpu, dt, x.len, a, x.ptr, y.ptr)
+        });
     }
 
     fn dropout_backward(&mut self, a: &DropoutArgs, dy: &DevBuf, dx: &mut DevBuf) {
-        self.run(|gpu, _, _| ops::elementwise::dropout_backward(gpu, dy.len, a, dy.ptr, dx.ptr));
+        self.run(|gpu, dt, _, _| {
+            ops::elementwise::dropout_backward(gpu, dt, dy.len, a, dy.ptr, dx.ptr)
+        });
     }
 
     fn concat_channels(
@@ -515,8 +612,8 @@ impl Backend for GpuBackend {
         c_b: usize,
         y: &mut DevBuf,
     ) {
-        self.run(|gpu, _, _| {
-            ops::elementwise::concat_channels(gpu, out, a.ptr, c_a, b.ptr, c_b, y.ptr)
+        self.run(|gpu, dt, _, _| {
+            ops::elementwise::concat_channels(gpu, dt, out, a.ptr, c_a, b.ptr, c_b, y.ptr)
         });
     }
 
@@ -529,25 +626,29 @@ impl Backend for GpuBackend {
         db: &mut DevBuf,
         c_b: usize,
     ) {
-        self.run(|gpu, _, _| {
-            ops::elementwise::split_channels(gpu, out, dy.ptr, da.ptr, c_a, db.ptr, c_b)
+        self.run(|gpu, dt, _, _| {
+            ops::elementwise::split_channels(gpu, dt, out, dy.ptr, da.ptr, c_a, db.ptr, c_b)
         });
     }
 
     fn upsample_nearest2x_forward(&mut self, xs: Nchw, x: &DevBuf, y: &mut DevBuf) {
-        self.run(|gpu, _, _| ops::resample::upsample_nearest2x_forward(gpu, xs, x.ptr, y.ptr));
+        self.run(|gpu, dt, _, _| {
+            ops::resample::upsample_nearest2x_forward(gpu, dt, xs, x.ptr, y.ptr)
+        });
     }
 
     fn upsample_nearest2x_backward(&mut self, xs: Nchw, dy: &DevBuf, dx: &mut DevBuf) {
-        self.run(|gpu, _, _| ops::resample::upsample_nearest2x_backward(gpu, xs, dy.ptr, dx.ptr));
+        self.run(|gpu, dt, _, _| {
+            ops::resample::upsample_nearest2x_backward(gpu, dt, xs, dy.ptr, dx.ptr)
+        });
     }
 
     fn nchw_to_tokens(&mut self, shape: Nchw, x: &DevBuf, tokens: &mut DevBuf) {
-        self.run(|gpu, _, _| ops::attention::nchw_to_tokens(gpu, shape, x.ptr, tokens.ptr));
+        self.run(|gpu, dt, _, _| ops::attention::nchw_to_tokens(gpu, dt, shape, x.ptr, tokens.ptr));
     }
 
     fn tokens_to_nchw(&mut self, shape: Nchw, tokens: &DevBuf, x: &mut DevBuf) {
-        self.run(|gpu, _, _| ops::attention::tokens_to_nchw(gpu, shape, tokens.ptr, x.ptr));
+        self.run(|gpu, dt, _, _| ops::attention::tokens_to_nchw(gpu, dt, shape, tokens.ptr, x.ptr));
     }
 
     fn attention_forward(
@@ -559,8 +660,8 @@ impl Backend for GpuBackend {
         out: &mut DevBuf,
         probs: &mut DevBuf,
     ) {
-        self.run(|gpu, _, _| {
-            ops::attention::attention_forward(gpu, g, q.ptr, k.ptr, v.ptr, out.ptr, probs.ptr)
+        self.run(|gpu, dt, _, _| {
+            ops::attention::attention_forward(gpu, dt, g, q.ptr, k.ptr, v.ptr, out.ptr, probs.ptr)
         });
     }
 
@@ -576,15 +677,17 @@ impl Backend for GpuBackend {
         dk: &mut DevBuf,
         dv: &mut DevBuf,
     ) {
-        self.run(|gpu, ws, _| {
+        self.run(|gpu, dt, ws, _| {
             ops::attention::attention_backward(
-                gpu, g, q.ptr, k.ptr, v.ptr, probs.ptr, dout.ptr, dq.ptr, dk.ptr, dv.ptr, ws,
+                gpu, dt, g, q.ptr, k.ptr, v.ptr, probs.ptr, dout.ptr, dq.ptr, dk.ptr, dv.ptr, ws,
             )
         });
     }
 
     fn timestep_embedding(&mut self, e: &TimestepEmbedding, t: &DevBuf, emb: &mut DevBuf) {
-        self.run(|gpu, _, _| ops::embedding::timestep_embedding(gpu, e, t.len, t.ptr, emb.ptr));
+        self.run(|gpu, dt, _, _| {
+            ops::embedding::timestep_embedding(gpu, dt, e, t.len, t.ptr, emb.ptr)
+        });
     }
 }
 
@@ -600,8 +703,19 @@ mod tests {
     fn presets_plan_device_memory_that_fits_an_h100() {
         for (preset, batch) in [("tiny", 32), ("ddpm-cifar10", 128)] {
             let net = UNet::new(UNetConfig::preset(preset).unwrap()).unwrap();
-            let train = Sizing::from_plan(&net.plan_step::<f32>(batch, true).unwrap());
-            let infer = Sizing::from_plan(&net.plan_step::<f32>(batch, false).unwrap());
+            let bf16 = Precision::Bf16.bytes();
+            let train = Sizing::from_plan(&net.plan_step_stored::<f32>(batch, true, bf16).unwrap());
+            let infer =
+                Sizing::from_plan(&net.plan_step_stored::<f32>(batch, false, bf16).unwrap());
+            let fp32 = Sizing::from_plan(&net.plan_step::<f32>(batch, true).unwrap());
+            // Stored in 2 bytes, the activations take about half the arena (the statistics
+            // stay fp32).
+            assert!(
+                train.arena_bytes < fp32.arena_bytes * 11 / 20,
+                "{preset}: bf16 arena {} vs fp32 {}",
+                train.arena_bytes,
+                fp32.arena_bytes
+            );
             let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
             eprintln!(
                 "{preset} batch {batch}: training {:.2} GiB (arena {:.2}, workspace {:.2}), inference {:.2} GiB",

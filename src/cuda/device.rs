@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
+
+use crate::precision::Precision;
 use cudarc::driver::{result, sys};
 
 use super::kernels;
@@ -161,13 +163,15 @@ impl Drop for DeviceMemory {
 }
 
 /// Row-major matrix operand for [`Gpu::gemm`]: leading dimension (elements between rows as
-/// stored), whether to use it transposed, and the stride between batch items.
+/// stored), whether to use it transposed, the stride between batch items, and the element type
+/// (fp32 unless [`Mat::of`] says otherwise).
 #[derive(Clone, Copy, Debug)]
 pub struct Mat {
     pub ptr: DevPtr,
     pub ld: usize,
     pub transposed: bool,
     pub batch_stride: usize,
+    pub dtype: Precision,
 }
 
 impl Mat {
@@ -177,7 +181,13 @@ impl Mat {
             ld,
             transposed: false,
             batch_stride: 0,
+            dtype: Precision::Fp32,
         }
+    }
+    /// The same operand stored as `dtype`.
+    pub fn of(mut self, dtype: Precision) -> Self {
+        self.dtype = dtype;
+        self
     }
     pub fn t(mut self) -> Self {
         self.transposed = !self.transposed;
@@ -465,6 +475,33 @@ impl Gpu {
             .map_err(|e| CudaError::driver(format!("upload {what}"), e))
     }
 
+    /// Uploads f32 host values stored as `dt` (rounded to nearest even) at `dst`.
+    pub fn upload_as(&self, dst: DevPtr, dt: Precision, src: &[f32], what: &str) -> CudaResult<()> {
+        match dt {
+            Precision::Fp32 => self.upload(dst, src, what),
+            _ => self.upload(dst, &dt.encode(src), what),
+        }
+    }
+
+    /// Downloads `dst.len()` values stored as `dt` at `src`, widened to f32.
+    pub fn download_as(
+        &self,
+        dst: &mut [f32],
+        src: DevPtr,
+        dt: Precision,
+        what: &str,
+    ) -> CudaResult<()> {
+        match dt {
+            Precision::Fp32 => self.download(dst, src, what),
+            _ => {
+                let mut raw = vec![0u8; dst.len() * dt.bytes()];
+                self.download(&mut raw, src, what)?;
+                dst.copy_from_slice(&dt.decode(&raw));
+                Ok(())
+            }
+        }
+    }
+
     /// Copies device memory at `src` into `dst`, waiting for the stream.
     pub fn download<T: bytemuck::Pod>(
         &self,
@@ -573,7 +610,10 @@ impl Gpu {
     }
 
     /// Row-major C = α·op(A)·op(B) + β·C, `batch` times with the operands' batch strides.
-    /// C: (m, n), op(A): (m, k), op(B): (k, n), all fp32.
+    /// C: (m, n), op(A): (m, k), op(B): (k, n). All fp32: SGEMM (never TF32, so fp32 mode is
+    /// comparable with the CPU). A and B bf16 or fp16 (the same type): tensor cores with fp32
+    /// accumulation and fp32 α, β (`cublasGemmStridedBatchedEx`, compute type 32F), C of the
+    /// same type or fp32 (weight gradients accumulate in fp32).
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
@@ -607,10 +647,66 @@ impl Gpu {
                 )
             })
         };
+        let mixed = a.dtype != Precision::Fp32 || b.dtype != Precision::Fp32;
+        if mixed
+            && (a.dtype != b.dtype || !matches!(c.dtype, Precision::Fp32) && c.dtype != a.dtype)
+        {
+            return Err(CudaError::new(
+                CudaErrorKind::Blas,
+                format!("{op}: gemm"),
+                format!(
+                    "unsupported operand types A {} B {} C {} (A and B must match; C is theirs or fp32)",
+                    a.dtype, b.dtype, c.dtype
+                ),
+            ));
+        }
+        if !mixed && c.dtype != Precision::Fp32 {
+            return Err(CudaError::new(
+                CudaErrorKind::Blas,
+                format!("{op}: gemm"),
+                format!("fp32 operands with a {} result", c.dtype),
+            ));
+        }
         #[cfg(feature = "cuda-emulator")]
         if self.emulated {
             super::emulator::gemm_rm((m, n, k), alpha, a, b, beta, c, batch);
             return Ok(());
+        }
+        if mixed {
+            let ty = |p: Precision| match p {
+                Precision::Fp32 => cudarc::cublas::sys::cudaDataType::CUDA_R_32F,
+                Precision::Bf16 => cudarc::cublas::sys::cudaDataType::CUDA_R_16BF,
+                Precision::Fp16 => cudarc::cublas::sys::cudaDataType::CUDA_R_16F,
+            };
+            // SAFETY: as below; α and β are f32, as compute type 32F requires.
+            return unsafe {
+                blas::gemm_strided_batched_ex(
+                    self.blas,
+                    flag(b.transposed),
+                    flag(a.transposed),
+                    int(n)?,
+                    int(m)?,
+                    int(k)?,
+                    (&alpha as *const f32).cast(),
+                    b.ptr as *const c_void,
+                    ty(b.dtype),
+                    int(b.ld)?,
+                    b.batch_stride as i64,
+                    a.ptr as *const c_void,
+                    ty(a.dtype),
+                    int(a.ld)?,
+                    a.batch_stride as i64,
+                    (&beta as *const f32).cast(),
+                    c.ptr as *mut c_void,
+                    ty(c.dtype),
+                    int(c.ld)?,
+                    c.batch_stride as i64,
+                    int(batch)?,
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            }
+            .map_err(fail);
         }
         // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: swap the operands and m/n.
         // SAFETY: the caller guarantees the device ranges cover the described matrices.

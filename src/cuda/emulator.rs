@@ -9,6 +9,7 @@ use std::ffi::{c_char, c_void, CString};
 
 use super::device::{CudaError, CudaErrorKind, CudaResult, DevPtr, Launch, Mat};
 use crate::ops::matmul::{gemm, MatMut, MatRef, Threads};
+use crate::precision::Precision;
 
 extern "C" {
     fn ddpm_emu_launch(
@@ -97,7 +98,88 @@ pub fn launch(kernel: &str, cfg: Launch, params: &mut [*mut c_void]) -> CudaResu
     }
 }
 
-/// One operand as a CPU view: `rows × cols` of op(X), from its row-major storage.
+/// Reads element `i` of a stored operand as f32.
+///
+/// # Safety
+/// `base` + `i` elements of `dtype` must lie in an allocation.
+unsafe fn read(base: DevPtr, dtype: Precision, i: usize) -> f32 {
+    match dtype {
+        Precision::Fp32 => *(base as *const f32).add(i),
+        Precision::Bf16 => half::bf16::from_bits(*(base as *const u16).add(i)).to_f32(),
+        Precision::Fp16 => half::f16::from_bits(*(base as *const u16).add(i)).to_f32(),
+    }
+}
+
+/// Writes element `i` of a stored operand, rounded to nearest even from f32.
+///
+/// # Safety
+/// As [`read`].
+unsafe fn write(base: DevPtr, dtype: Precision, i: usize, v: f32) {
+    match dtype {
+        Precision::Fp32 => *(base as *mut f32).add(i) = v,
+        Precision::Bf16 => *(base as *mut u16).add(i) = half::bf16::from_f32(v).to_bits(),
+        Precision::Fp16 => *(base as *mut u16).add(i) = half::f16::from_f32(v).to_bits(),
+    }
+}
+
+/// One batch item of op(X), `rows × cols`, gathered into a dense row-major f32 matrix.
+fn dense(m: &Mat, rows: usize, cols: usize, item: usize) -> Vec<f32> {
+    let (rs, cs) = if m.transposed { (1, m.ld) } else { (m.ld, 1) };
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        for c in 0..cols {
+            // SAFETY: the caller of `Gpu::gemm` guarantees the described matrix lies in an
+            // allocation.
+            out.push(unsafe { read(m.ptr, m.dtype, item * m.batch_stride + r * rs + c * cs) });
+        }
+    }
+    out
+}
+
+/// Row-major C = α·op(A)·op(B) + β·C per batch item, like `Gpu::gemm` on cuBLAS: products
+/// accumulate in f32 whatever the storage type, and C is rounded to its type once at the end.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_rm(
+    (m, n, k): (usize, usize, usize),
+    alpha: f32,
+    a: Mat,
+    b: Mat,
+    beta: f32,
+    c: Mat,
+    batch: usize,
+) {
+    if [a.dtype, b.dtype, c.dtype] == [Precision::Fp32; 3] {
+        return gemm_f32((m, n, k), alpha, a, b, beta, c, batch);
+    }
+    for item in 0..batch {
+        let (ad, bd) = (dense(&a, m, k, item), dense(&b, k, n, item));
+        let mut cd = if beta != 0.0 {
+            dense(&c, m, n, item)
+        } else {
+            vec![0.0; m * n]
+        };
+        if beta != 0.0 && beta != 1.0 {
+            cd.iter_mut().for_each(|v| *v *= beta);
+        }
+        gemm(
+            MatMut::strided(&mut cd, m, n, n, 1),
+            MatRef::strided(&ad, m, k, k, 1),
+            MatRef::strided(&bd, k, n, n, 1),
+            alpha,
+            beta != 0.0,
+            Threads::Pool,
+        );
+        for r in 0..m {
+            for col in 0..n {
+                let i = item * c.batch_stride + r * c.ld + col;
+                // SAFETY: as in `dense`; C never overlaps A or B in our calls.
+                unsafe { write(c.ptr, c.dtype, i, cd[r * n + col]) };
+            }
+        }
+    }
+}
+
+/// One operand as a CPU view: `rows × cols` of op(X), from its row-major f32 storage.
 fn view<'a>(m: &Mat, rows: usize, cols: usize, item: usize) -> MatRef<'a, f32> {
     let (rs, cs) = if m.transposed { (1, m.ld) } else { (m.ld, 1) };
     let span = if rows == 0 || cols == 0 {
@@ -111,9 +193,9 @@ fn view<'a>(m: &Mat, rows: usize, cols: usize, item: usize) -> MatRef<'a, f32> {
     MatRef::strided(data, rows, cols, rs, cs)
 }
 
-/// Row-major C = α·op(A)·op(B) + β·C per batch item, like `Gpu::gemm` on cuBLAS.
+/// The all-fp32 GEMM straight on the operands' storage (no gathering).
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_rm(
+fn gemm_f32(
     (m, n, k): (usize, usize, usize),
     alpha: f32,
     a: Mat,

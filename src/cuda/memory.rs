@@ -11,6 +11,7 @@ use super::backend::Sizing;
 use super::device::{CudaError, Gpu};
 use super::CudaErrorKind;
 use crate::nn::UNet;
+use crate::precision::Precision;
 
 /// Room left for the CUDA context, cuBLAS and allocation rounding.
 pub const MARGIN: usize = 512 << 20;
@@ -21,15 +22,24 @@ pub enum Job {
     /// Training steps, plus the sampler that draws the sample grids (`grid` images a batch).
     Train {
         grid: usize,
+        precision: Precision,
     },
-    Sample,
+    Sample {
+        precision: Precision,
+    },
 }
 
 impl Job {
     fn verb(self) -> &'static str {
         match self {
             Job::Train { .. } => "training",
-            Job::Sample => "sampling",
+            Job::Sample { .. } => "sampling",
+        }
+    }
+
+    fn precision(self) -> Precision {
+        match self {
+            Job::Train { precision, .. } | Job::Sample { precision } => precision,
         }
     }
 }
@@ -39,18 +49,33 @@ pub fn bytes_needed(net: &UNet, job: Job, batch: usize) -> Result<usize> {
     let p = net.layout.arena_len();
     let item = net.input_shape(1).len();
     let train = matches!(job, Job::Train { .. });
-    let arena = Sizing::from_plan(&net.plan_step::<f32>(batch, train)?).total_bytes();
+    let dt = job.precision();
+    let plan = net.plan_step_stored::<f32>(batch, train, dt.bytes())?;
+    let arena = Sizing::from_plan(&plan).total_bytes();
+    // The weights the GEMMs read, in bf16/fp16.
+    let lowp = if dt.is_reduced() { dt.bytes() * p } else { 0 };
     Ok(match job {
-        // Weights, gradients, two Adam moments and the EMA; x₀, x_t, targets and t; and the
-        // sampler of the grids, with its own copy of the weights. (The √ᾱ tables are in MARGIN.)
-        Job::Train { grid } => {
+        // Weights, gradients, two Adam moments and the EMA; x₀, targets, x_t (in `dt`) and t;
+        // and the sampler of the grids, with its own copy of the weights. (The √ᾱ tables are
+        // in MARGIN.)
+        Job::Train { grid, precision } => {
             4 * 5 * p
-                + 4 * (3 * batch * item + batch)
+                + lowp
+                + 4 * (2 * batch * item + batch)
+                + dt.bytes() * batch * item
                 + arena
-                + bytes_needed(net, Job::Sample, grid)?
+                + bytes_needed(net, Job::Sample { precision }, grid)?
         }
-        // Weights; x_t, x_prev, x̂₀, t and the image ids.
-        Job::Sample => 4 * p + 4 * (3 * batch * item + batch) + 8 * batch + arena,
+        // Weights; x_t, x_prev, x̂₀, the history, the model input (in `dt`), t and the image
+        // ids.
+        Job::Sample { .. } => {
+            4 * p
+                + lowp
+                + 4 * (4 * batch * item + batch)
+                + dt.bytes() * batch * item
+                + 8 * batch
+                + arena
+        }
     })
 }
 
@@ -137,7 +162,14 @@ mod tests {
     #[test]
     fn the_suggested_batch_is_the_largest_that_fits() {
         let net = UNet::new(UNetConfig::preset("tiny").unwrap()).unwrap();
-        for job in [Job::Train { grid: 16 }, Job::Sample] {
+        let precision = Precision::Bf16;
+        for job in [
+            Job::Train {
+                grid: 16,
+                precision,
+            },
+            Job::Sample { precision },
+        ] {
             let need = |b| bytes_needed(&net, job, b).unwrap();
             assert!(need(2) > need(1) && need(64) > need(32), "{job:?}");
             // Activations dominate: 64 images need well over twice what 16 do, above the fixed
@@ -162,9 +194,56 @@ mod tests {
     fn training_needs_the_optimizer_state_and_the_grid_sampler() {
         let net = UNet::new(UNetConfig::preset("tiny").unwrap()).unwrap();
         let p = net.layout.arena_len();
-        let train = bytes_needed(&net, Job::Train { grid: 16 }, 32).unwrap();
-        let sample = bytes_needed(&net, Job::Sample, 32).unwrap();
+        let precision = Precision::Fp32;
+        let train = bytes_needed(
+            &net,
+            Job::Train {
+                grid: 16,
+                precision,
+            },
+            32,
+        )
+        .unwrap();
+        let sample = bytes_needed(&net, Job::Sample { precision }, 32).unwrap();
         // Five parameter-sized arrays against one, and the tape of the backward pass.
         assert!(train > sample + 4 * 4 * p, "{train} vs {sample}");
+    }
+}
+
+#[cfg(test)]
+mod precision_tests {
+    use super::*;
+    use crate::nn::UNetConfig;
+
+    /// bf16 stores activations in half the bytes: the same job needs clearly less memory.
+    #[test]
+    fn reduced_precision_needs_less_memory() {
+        let net = UNet::new(UNetConfig::preset("tiny").unwrap()).unwrap();
+        for (a, b) in [
+            (
+                Job::Train {
+                    grid: 16,
+                    precision: Precision::Fp32,
+                },
+                Job::Train {
+                    grid: 16,
+                    precision: Precision::Bf16,
+                },
+            ),
+            (
+                Job::Sample {
+                    precision: Precision::Fp32,
+                },
+                Job::Sample {
+                    precision: Precision::Fp16,
+                },
+            ),
+        ] {
+            let (full, half) = (
+                bytes_needed(&net, a, 64).unwrap(),
+                bytes_needed(&net, b, 64).unwrap(),
+            );
+            assert!(half < full * 3 / 4, "{a:?}: {full}, {b:?}: {half}");
+        }
     }
 }

@@ -3,9 +3,14 @@
 //!
 //! ```text
 //! upload x₀ → noise_add (draws t, ε; writes x_t, target, t)        DDPM eq. 4
-//! UNet forward → loss → UNet backward                              DDPM eq. 14
-//! grad norm → clip → AdamW (fp32 master weights, m, v) → EMA
+//! UNet forward → loss (× S in fp16) → UNet backward                DDPM eq. 14
+//! grad norm → one fused pass: unscale + clip, AdamW (fp32 master weights, m, v), EMA, and the
+//!             low-precision weight copy
 //! ```
+//! In bf16 and fp16 ([`Precision`]) activations are stored in 2 bytes and the GEMMs read a
+//! 2-byte copy of the weights; the master weights, gradients, Adam moments, EMA, the loss and
+//! the targets stay fp32. fp16 multiplies the loss gradient by a [`LossScaler`]'s S and skips
+//! (and backs off) a step whose scaled gradients overflow.
 //! Weights, gradients, Adam moments and the EMA live on the device for the whole run; the host
 //! sees only the loss and the gradient norm each step, and everything at a checkpoint.
 //! Activations come from an arena planned once from the network and the batch size.
@@ -23,8 +28,9 @@ use super::sample::GpuSampler;
 use crate::data::Batch;
 use crate::diffusion::{Schedule, ScheduleConfig};
 use crate::nn::{UNet, UNetConfig};
-use crate::optim::EmaAction;
+use crate::optim::LossScaler;
 use crate::params::ParamArena;
+use crate::precision::Precision;
 use crate::sample::GenerateOptions;
 use crate::train::{dropout_seed, Checkpoint, RngState, StepStats, TrainConfig, TrainEngine};
 
@@ -39,6 +45,10 @@ pub struct GpuTrainer {
     /// Of those, steps skipped for a non-finite loss or gradient (AdamW has made
     /// `step - skipped` updates).
     pub skipped: u64,
+    /// What activations are stored as.
+    pub precision: Precision,
+    /// fp16's loss scale (none in fp32 and bf16).
+    pub scaler: Option<LossScaler>,
     params: DeviceParams,
     /// Adam moments and the EMA weights, (P) f32 each.
     adam_m: DeviceMemory,
@@ -47,7 +57,7 @@ pub struct GpuTrainer {
     /// √ᾱ_t and √(1 − ᾱ_t), (T) f32 each.
     sqrt_ab: DeviceMemory,
     sqrt_1m_ab: DeviceMemory,
-    /// (B, C, H, W) each.
+    /// (B, C, H, W) each; x_t in `precision`, the others f32.
     x0: DeviceMemory,
     x_t: DeviceMemory,
     target: DeviceMemory,
@@ -69,16 +79,18 @@ impl GpuTrainer {
         model: UNetConfig,
         schedule: ScheduleConfig,
         config: TrainConfig,
+        precision: Precision,
     ) -> Result<Self> {
         config.validate()?;
         let net = UNet::new(model)?;
         let schedule = Schedule::new(schedule)?;
         let host = net.init_params::<f32>(config.seed);
-        Self::build(gpu, net, schedule, config, &host)
+        Self::build(gpu, net, schedule, config, &host, precision)
     }
 
-    /// Continues from a checkpoint exactly where it stopped.
-    pub fn from_checkpoint(gpu: Rc<Gpu>, ck: Checkpoint) -> Result<Self> {
+    /// Continues from a checkpoint exactly where it stopped (in any precision: the checkpoint
+    /// holds the fp32 master state; an fp16 loss scale starts again from its initial value).
+    pub fn from_checkpoint(gpu: Rc<Gpu>, ck: Checkpoint, precision: Precision) -> Result<Self> {
         ck.train.validate()?;
         let net = UNet::new(ck.model.clone())?;
         let schedule = Schedule::new(ck.schedule.clone())?;
@@ -102,7 +114,7 @@ impl GpuTrainer {
                 ck.weights.len()
             );
         }
-        let mut t = Self::build(gpu, net, schedule, ck.train.clone(), &host)?;
+        let mut t = Self::build(gpu, net, schedule, ck.train.clone(), &host, precision)?;
         let g = &t.gpu;
         g.upload(t.adam_m.ptr(), &ck.adam_m, "Adam first moments")?;
         g.upload(t.adam_v.ptr(), &ck.adam_v, "Adam second moments")?;
@@ -118,17 +130,19 @@ impl GpuTrainer {
         schedule: Schedule,
         config: TrainConfig,
         host: &ParamArena<f32>,
+        precision: Precision,
     ) -> Result<Self> {
         let b = config.batch_size;
         let item = net.input_shape(1).len();
         let job = Job::Train {
             grid: config.sample_count,
+            precision,
         };
         check_fits(&gpu, &net, job, b)?;
-        let sizing = Sizing::from_plan(&net.plan_step::<f32>(b, true)?);
+        let sizing = Sizing::from_plan(&net.plan_step_stored::<f32>(b, true, precision.bytes())?);
         let g = &*gpu;
         let n = host.values().len();
-        let params = DeviceParams::upload(g, host).context("uploading the weights")?;
+        let params = DeviceParams::upload(g, host, precision).context("uploading the weights")?;
         let f32s = |len: usize, what: &str| g.alloc(4 * len, what);
         let adam_m = f32s(n, "Adam first moments")?;
         let adam_v = f32s(n, "Adam second moments")?;
@@ -147,7 +161,7 @@ impl GpuTrainer {
             "√(1−ᾱ) table",
         )?;
         let x0 = f32s(b * item, "x₀ batch")?;
-        let x_t = f32s(b * item, "x_t batch")?;
+        let x_t = g.alloc(precision.bytes() * b * item, "x_t batch")?;
         let target = f32s(b * item, "training targets")?;
         let t = f32s(b, "timesteps")?;
         let scalars = f32s(2, "loss and norm")?;
@@ -155,8 +169,8 @@ impl GpuTrainer {
             ops::loss::REDUCE_SCRATCH.max(ops::optim::REDUCE_SCRATCH),
             "reduction partials",
         )?;
-        let backend =
-            GpuBackend::new(gpu.clone(), sizing).map_err(|e| oom_hint(e, &gpu, &net, job, b))?;
+        let backend = GpuBackend::new(gpu.clone(), sizing, precision)
+            .map_err(|e| oom_hint(e, &gpu, &net, job, b))?;
         gpu.synchronize("setting up training")?;
         Ok(Self {
             gpu,
@@ -165,6 +179,8 @@ impl GpuTrainer {
             config,
             step: 0,
             skipped: 0,
+            precision,
+            scaler: precision.needs_loss_scaling().then(LossScaler::new),
             params,
             adam_m,
             adam_v,
@@ -229,8 +245,10 @@ impl GpuTrainer {
             num_timesteps: self.schedule.num_timesteps(),
             prediction: self.schedule.config().prediction_type,
         };
+        let dt = self.precision;
         ops::diffusion::noise_add(
             g,
+            dt,
             &args,
             self.x0.ptr(),
             self.sqrt_ab.ptr(),
@@ -259,8 +277,10 @@ impl GpuTrainer {
         let dout = crate::backend::Backend::alloc(be, n);
         be.finish()?; // an arena that ran out would hand back a null buffer
         let loss_ptr = self.scalars.ptr();
+        let loss_scale = self.scaler.as_ref().map_or(1.0, LossScaler::scale);
         ops::loss::loss_forward(
             g,
+            dt,
             self.config.loss,
             n,
             out.ptr,
@@ -270,11 +290,12 @@ impl GpuTrainer {
         )?;
         ops::loss::loss_backward(
             g,
+            dt,
             self.config.loss,
             n,
             out.ptr,
             self.target.ptr(),
-            1.0,
+            loss_scale,
             dout.ptr,
         )?;
         self.net.backward_on(be, &mut self.params, &tape, &dout);
@@ -285,56 +306,57 @@ impl GpuTrainer {
         ops::optim::grad_norm(g, p, self.params.grads.ptr(), norm_ptr, self.scratch.ptr())?;
         let mut scalars = [0.0f32; 2];
         g.download(&mut scalars, self.scalars.ptr(), "training step")?;
-        let [loss, grad_norm] = scalars;
-        // As on the CPU: a non-finite loss or norm consumes the batch and changes nothing.
+        let [loss, scaled_norm] = scalars;
+        // The gradients carry the loss scale S: their true norm is the measured one over S.
+        let grad_norm = f64::from(scaled_norm) / f64::from(loss_scale);
         let t = self.step - self.skipped + 1; // AdamW update number
-        if !(loss.is_finite() && grad_norm.is_finite()) {
+                                              // fp16: non-finite scaled gradients with a finite loss are the scale's fault (while it
+                                              // can still shrink): skip the update, halve S, and say so (not a divergence).
+        let overflow = loss.is_finite()
+            && !scaled_norm.is_finite()
+            && self.scaler.as_ref().is_some_and(LossScaler::can_back_off);
+        if let (Some(s), true) = (&mut self.scaler, loss.is_finite()) {
+            s.update(scaled_norm.is_finite());
+        }
+        // As on the CPU: a non-finite loss or norm consumes the batch and changes nothing.
+        if !(loss.is_finite() && scaled_norm.is_finite()) {
             self.step += 1;
             self.skipped += 1;
             return Ok(StepStats {
                 step: self.step,
                 loss,
-                grad_norm: f64::from(grad_norm),
+                grad_norm,
                 lr: self.config.optimizer.lr_at(t),
                 skipped: true,
+                overflow,
             });
         }
-        ops::optim::clip_grads(
-            g,
-            p,
-            self.params.grads.ptr(),
-            norm_ptr,
-            self.config.grad_clip,
-        )?;
+        let factor = ops::optim::grad_factor(scaled_norm, loss_scale, self.config.grad_clip);
         let h = self.config.optimizer.coeffs(t);
-        ops::optim::adamw_step(
+        ops::optim::adamw_ema_step(
             g,
+            dt,
             p,
-            self.params.values.ptr(),
-            self.params.grads.ptr(),
-            self.adam_m.ptr(),
-            self.adam_v.ptr(),
+            ops::optim::OptimBuffers {
+                params: self.params.values.ptr(),
+                grads: self.params.grads.ptr(),
+                m: self.adam_m.ptr(),
+                v: self.adam_v.ptr(),
+                ema: self.ema.ptr(),
+                lowp: self.params.lowp_ptr(),
+            },
             &h,
+            factor,
+            self.config.ema.action(t),
         )?;
         self.step += 1;
-        match self.config.ema.action(t) {
-            EmaAction::Copy => g.copy(
-                self.ema.ptr(),
-                self.params.values.ptr(),
-                4 * p,
-                "EMA weights",
-            )?,
-            EmaAction::Skip => {}
-            EmaAction::Average { rate } => {
-                ops::optim::ema_update(g, p, self.ema.ptr(), self.params.values.ptr(), rate)?
-            }
-        }
         Ok(StepStats {
             step: self.step,
             loss,
-            grad_norm: f64::from(grad_norm),
+            grad_norm,
             lr: self.config.optimizer.lr_at(t),
             skipped: false,
+            overflow: false,
         })
     }
 
@@ -398,12 +420,16 @@ impl TrainEngine for GpuTrainer {
                 &self.net,
                 opts.batch_size,
                 false,
+                self.precision,
             )?),
         };
         sampler.load_weights_from_device(self.ema.ptr())?;
         sampler.generate(&self.net, &self.schedule, opts, None, &mut |_, _| {})
     }
     fn device(&self) -> String {
-        format!("cuda:{} ({})", self.gpu.ordinal, self.gpu.name)
+        format!(
+            "cuda:{} ({}), {}",
+            self.gpu.ordinal, self.gpu.name, self.precision
+        )
     }
 }

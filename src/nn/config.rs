@@ -197,7 +197,7 @@ fn err(field: &str, msg: impl Into<String>) -> ConfigError {
 }
 
 /// The built-in model presets.
-pub const PRESETS: [&str; 3] = ["tiny", "ddpm-cifar10", "ref-32x32"];
+pub const PRESETS: [&str; 4] = ["tiny", "ddpm-cifar10", "cifar10-small", "ref-32x32"];
 
 impl UNetConfig {
     /// A built-in preset by name:
@@ -205,6 +205,8 @@ impl UNetConfig {
     ///   the middle; trains on two CPU cores in minutes.
     /// - `ddpm-cifar10`: Ho et al.'s CIFAR-10 model (ch 128, mult 1,2,2,2, 2 residual blocks,
     ///   attention at 16×16, dropout 0.1; 35.7M parameters), as `google/ddpm-cifar10-32`.
+    /// - `cifar10-small`: `ddpm-cifar10` at half the width (ch 64, mult 1,2,2,2): the small
+    ///   configuration of the speed comparison with PyTorch.
     /// - `ref-32x32`: the 32×32, 32-base-channel model of the reference write-ups (mult
     ///   1,2,4,8, attention at 16×16, dropout 0.1).
     pub fn preset(name: &str) -> Option<Self> {
@@ -237,6 +239,10 @@ impl UNetConfig {
                 norm_num_groups: 32,
                 dropout: 0.1,
                 ..ddpm_style
+            }),
+            "cifar10-small" => Some(Self {
+                block_out_channels: vec![64, 128, 128, 128],
+                ..Self::preset("ddpm-cifar10")?
             }),
             "ref-32x32" => Some(Self {
                 sample_size: 32,

@@ -249,8 +249,8 @@ impl GroupNorm {
         let g = self.geometry(xs);
         let mut y = be.alloc(B::len(x));
         let mut st = GroupStats {
-            mean: be.alloc(g.stats_len()),
-            rstd: be.alloc(g.stats_len()),
+            mean: be.alloc_stats(g.stats_len()),
+            rstd: be.alloc_stats(g.stats_len()),
         };
         be.group_norm_forward(
             p,

@@ -683,7 +683,18 @@ impl UNet {
         batch: usize,
         training: bool,
     ) -> Result<Planner<T>, ShapeError> {
-        let mut plan = Planner::new();
+        self.plan_step_stored(batch, training, std::mem::size_of::<T>())
+    }
+
+    /// [`Self::plan_step`] for a device storing activations in `storage_bytes`-byte elements
+    /// (the GPU's bf16 and fp16 take 2; statistics stay `T`).
+    pub fn plan_step_stored<T: Real>(
+        &self,
+        batch: usize,
+        training: bool,
+        storage_bytes: usize,
+    ) -> Result<Planner<T>, ShapeError> {
+        let mut plan = Planner::with_storage(storage_bytes);
         let x = plan.alloc(self.input_shape(batch).len()); // (B, C, S, S)
         let t = plan.alloc(batch); // (B)
         let labels = self.config.num_class_embeds.map(|_| vec![0u32; batch]);

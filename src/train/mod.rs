@@ -49,6 +49,9 @@ pub struct StepStats {
     pub lr: f64,
     /// The loss or the gradient norm was NaN or infinite: nothing was updated.
     pub skipped: bool,
+    /// Of skipped steps, those whose fp16 loss-scaled gradients overflowed while the loss was
+    /// finite: the scale was halved. Not a sign of divergence.
+    pub overflow: bool,
 }
 
 /// Seed of the dropout masks at one step (each residual block adds its own stream); the same on
@@ -211,6 +214,7 @@ impl Trainer {
             grad_norm,
             lr,
             skipped: false,
+            overflow: false,
         })
     }
 
@@ -225,6 +229,7 @@ impl Trainer {
             grad_norm,
             lr: self.optimizer.lr_at(self.optimizer.step() + 1),
             skipped: true,
+            overflow: false,
         }
     }
 }

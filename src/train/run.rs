@@ -33,6 +33,7 @@ use crate::diffusion::sampler::{SampleOptions, SamplerKind};
 use crate::diffusion::ScheduleConfig;
 use crate::imaging::{save_grid_upscaled, save_loss_curve};
 use crate::nn::{UNet, UNetConfig};
+use crate::precision::Precision;
 use crate::sample::GenerateOptions;
 
 /// How to start: a fresh run from configs, or a checkpoint to continue. (Built once per run,
@@ -58,6 +59,8 @@ pub struct RunOptions {
     pub start: Start,
     /// Where the steps run.
     pub device: Device,
+    /// What the GPU stores activations as (the CPU computes in fp32 whatever this says).
+    pub precision: Precision,
     pub out: PathBuf,
     /// Console output: a progress bar on a terminal, plain lines otherwise; `false` is silent.
     pub verbose: bool,
@@ -138,9 +141,13 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             }
             let engine: Box<dyn TrainEngine> = match &opts.device {
                 Device::Cpu => Box::new(Trainer::new(model, schedule, train)?),
-                Device::Cuda(gpu) => {
-                    Box::new(GpuTrainer::new(gpu.clone(), model, schedule, train)?)
-                }
+                Device::Cuda(gpu) => Box::new(GpuTrainer::new(
+                    gpu.clone(),
+                    model,
+                    schedule,
+                    train,
+                    opts.precision,
+                )?),
             };
             (engine, dataset)
         }
@@ -173,7 +180,11 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             let dataset = load_data(&ck.train)?;
             let t: Box<dyn TrainEngine> = match &opts.device {
                 Device::Cpu => Box::new(Trainer::from_checkpoint(ck)?),
-                Device::Cuda(gpu) => Box::new(GpuTrainer::from_checkpoint(gpu.clone(), ck)?),
+                Device::Cuda(gpu) => Box::new(GpuTrainer::from_checkpoint(
+                    gpu.clone(),
+                    ck,
+                    opts.precision,
+                )?),
             };
             (t, dataset)
         }
@@ -251,7 +262,16 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         let stats = trainer.train_step(&batch)?;
         window.add(&stats, cfg.batch_size);
         let s = stats.step;
-        if stats.skipped {
+        if stats.overflow {
+            // fp16's loss scale was too large: halved, the step skipped, not a divergence.
+            let line = format!(
+                "step {s}: fp16 gradients overflowed at this loss scale: step skipped, scale halved"
+            );
+            match &bar {
+                Some(bar) => bar.println(line),
+                None => say(line),
+            }
+        } else if stats.skipped {
             nonfinite_in_a_row += 1;
             let line = format!(
                 "step {s}: loss {}, gradient norm {}: not finite, step skipped ({nonfinite_in_a_row} in a row, {} in all)",

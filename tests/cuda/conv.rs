@@ -13,20 +13,28 @@
 //! Written outputs (y, dx) start as NaN, so a kernel that reads them or skips an element fails;
 //! parameter gradients start at random values, so `+=` is checked against the reference's `+=`.
 
+use ddpm::cuda::device::DeviceMemory;
 use ddpm::cuda::ops::conv2d::{
     conv2d_backward, conv2d_forward, conv2d_workspace_for, conv2d_workspace_len,
 };
 use ddpm::cuda::ops::linear::{linear_backward, linear_forward};
-use ddpm::cuda::testing::{expect_close, from_device, to_device, zeros_on_device, Case};
+use ddpm::cuda::testing::{expect_close, expect_within, zeros_on_device, Case};
 use ddpm::cuda::Gpu;
 use ddpm::ops::conv2d::{self as cpu_conv, Conv2dShape, Padding};
 use ddpm::ops::linear::{self as cpu_linear, LinearShape};
+use ddpm::precision::Precision;
 use ddpm::rng::Philox;
 use ddpm::shape::Nchw;
 
 const TOL: f64 = 3e-4;
 
 pub fn cases() -> Vec<Case> {
+    let mut cases = fp32_cases();
+    cases.extend(mixed_cases());
+    cases
+}
+
+fn fp32_cases() -> Vec<Case> {
     vec![
         Case {
             name: "conv2d_3x3_pad1_odd_5x7_rgb",
@@ -185,6 +193,22 @@ impl Outputs {
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
     }
+
+    /// Two identical runs must agree bit for bit.
+    fn expect_same_bits(&self, again: &Outputs) -> anyhow::Result<()> {
+        for (a, b, what) in [
+            (&self.y, &again.y, "y"),
+            (&self.dx, &again.dx, "dx"),
+            (&self.dw, &again.dw, "dw"),
+            (&self.db, &again.db, "db"),
+        ] {
+            anyhow::ensure!(
+                Outputs::bits(a) == Outputs::bits(b),
+                "two identical runs give different {what}: not deterministic"
+            );
+        }
+        Ok(())
+    }
 }
 
 fn conv_reference(g: &Conv2dShape, i: &Inputs, opts: Options) -> Outputs {
@@ -212,27 +236,60 @@ fn conv_reference(g: &Conv2dShape, i: &Inputs, opts: Options) -> Outputs {
     }
 }
 
+/// `values` on the device stored as `dt` (rounded to nearest even).
+fn upload(gpu: &Gpu, dt: Precision, values: &[f32]) -> anyhow::Result<DeviceMemory> {
+    let mem = gpu.alloc(values.len() * dt.bytes(), "test input")?;
+    gpu.upload_as(mem.ptr(), dt, values, "test input")?;
+    Ok(mem)
+}
+
+/// The first `len` elements of `mem`, stored as `dt`, widened to f32.
+fn download(gpu: &Gpu, dt: Precision, mem: &DeviceMemory, len: usize) -> anyhow::Result<Vec<f32>> {
+    assert!(
+        len * dt.bytes() <= mem.bytes(),
+        "reading past a device buffer"
+    );
+    let mut out = vec![0.0f32; len];
+    gpu.download_as(&mut out, mem.ptr(), dt, "test output")?;
+    Ok(out)
+}
+
+/// One forward and backward with x, w, dy, y and dx stored as `dt` (w is the low-precision
+/// weight copy the GEMMs read), the bias and dw, db fp32.
 fn run_conv(
     gpu: &Gpu,
+    dt: Precision,
     g: &Conv2dShape,
     i: &Inputs,
     opts: Options,
     ws_len: usize,
 ) -> anyhow::Result<Outputs> {
     let (x_len, y_len) = (g.input.len(), g.output().len());
-    let x = to_device(gpu, &i.x)?;
-    let w = to_device(gpu, &i.w)?;
-    let b = to_device(gpu, &i.b)?;
-    let dy = to_device(gpu, &i.dy)?;
-    let y = to_device(gpu, &vec![f32::NAN; y_len])?;
-    let dx = to_device(gpu, &vec![f32::NAN; x_len])?;
-    let dw = to_device(gpu, &i.dw0)?;
-    let db = to_device(gpu, &i.db0)?;
+    let f32 = Precision::Fp32;
+    let x = upload(gpu, dt, &i.x)?;
+    let w = upload(gpu, dt, &i.w)?;
+    let b = upload(gpu, f32, &i.b)?;
+    let dy = upload(gpu, dt, &i.dy)?;
+    let y = upload(gpu, dt, &vec![f32::NAN; y_len])?;
+    let dx = upload(gpu, dt, &vec![f32::NAN; x_len])?;
+    let dw = upload(gpu, f32, &i.dw0)?;
+    let db = upload(gpu, f32, &i.db0)?;
     let ws = zeros_on_device::<f32>(gpu, ws_len)?;
     let b_ptr = opts.bias.then(|| b.ptr());
-    conv2d_forward(gpu, g, x.ptr(), w.ptr(), b_ptr, y.ptr(), ws.ptr(), ws_len)?;
+    conv2d_forward(
+        gpu,
+        dt,
+        g,
+        x.ptr(),
+        w.ptr(),
+        b_ptr,
+        y.ptr(),
+        ws.ptr(),
+        ws_len,
+    )?;
     conv2d_backward(
         gpu,
+        dt,
         g,
         x.ptr(),
         w.ptr(),
@@ -244,15 +301,15 @@ fn run_conv(
         ws_len,
     )?;
     Ok(Outputs {
-        y: from_device(gpu, &y, y_len)?,
+        y: download(gpu, dt, &y, y_len)?,
         dx: if opts.dx {
-            from_device(gpu, &dx, x_len)?
+            download(gpu, dt, &dx, x_len)?
         } else {
             vec![]
         },
-        dw: from_device(gpu, &dw, i.dw0.len())?,
+        dw: download(gpu, f32, &dw, i.dw0.len())?,
         db: if opts.bias {
-            from_device(gpu, &db, i.db0.len())?
+            download(gpu, f32, &db, i.db0.len())?
         } else {
             vec![]
         },
@@ -275,23 +332,20 @@ fn check_conv(gpu: &Gpu, g: &Conv2dShape, opts: Options, seed: u64) -> anyhow::R
     let inputs = conv_inputs(g, seed);
     let want = conv_reference(g, &inputs, opts);
     let min_ws = conv2d_workspace_len(g);
-    let one = run_conv(gpu, g, &inputs, opts, min_ws)?;
+    let fp32 = Precision::Fp32;
+    let one = run_conv(gpu, fp32, g, &inputs, opts, min_ws)?;
     one.compare(&want, "min workspace:");
-    let all = run_conv(gpu, g, &inputs, opts, conv2d_workspace_for(g, g.input.n))?;
+    let all = run_conv(
+        gpu,
+        fp32,
+        g,
+        &inputs,
+        opts,
+        conv2d_workspace_for(g, g.input.n),
+    )?;
     all.compare(&want, "whole-batch workspace:");
-    let again = run_conv(gpu, g, &inputs, opts, min_ws)?;
-    for (a, b, what) in [
-        (&one.y, &again.y, "y"),
-        (&one.dx, &again.dx, "dx"),
-        (&one.dw, &again.dw, "dw"),
-        (&one.db, &again.db, "db"),
-    ] {
-        anyhow::ensure!(
-            Outputs::bits(a) == Outputs::bits(b),
-            "two identical runs give different {what}: not deterministic"
-        );
-    }
-    Ok(())
+    let again = run_conv(gpu, fp32, g, &inputs, opts, min_ws)?;
+    one.expect_same_bits(&again)
 }
 
 /// Five images, workspaces for one image (five chunks), for two and a bit (chunks of 2, 2, 1),
@@ -310,7 +364,7 @@ fn workspace_chunks_agree(gpu: &Gpu) -> anyhow::Result<()> {
         (conv2d_workspace_for(&g, 5), "one chunk:"),
         (conv2d_workspace_for(&g, 9), "oversized:"),
     ] {
-        let got = run_conv(gpu, &g, &inputs, Options::ALL, ws_len)?;
+        let got = run_conv(gpu, Precision::Fp32, &g, &inputs, Options::ALL, ws_len)?;
         got.compare(&want, what);
         runs.push(got);
     }
@@ -328,45 +382,65 @@ fn workspace_chunks_agree(gpu: &Gpu) -> anyhow::Result<()> {
 }
 
 fn check_linear(gpu: &Gpu, s: LinearShape, opts: Options, seed: u64) -> anyhow::Result<()> {
+    let i = linear_inputs(&s, seed);
+    let want = linear_reference(&s, &i, opts);
+    let got = run_linear(gpu, Precision::Fp32, &s, &i, opts)?;
+    got.compare(&want, "linear");
+    Ok(())
+}
+
+fn linear_inputs(s: &LinearShape, seed: u64) -> Inputs {
     let (x_len, w_len, y_len) = (s.rows * s.d_in, s.d_out * s.d_in, s.rows * s.d_out);
-    let i = Inputs::random(seed, x_len, w_len, s.d_out, y_len);
+    Inputs::random(seed, x_len, w_len, s.d_out, y_len)
+}
 
-    let want = {
-        let (x, w, dy) = (widen(&i.x), widen(&i.w), widen(&i.dy));
-        let b = opts.bias.then(|| widen(&i.b));
-        let mut y = vec![0.0; y_len];
-        cpu_linear::linear_forward(&s, &x, &w, b.as_deref(), &mut y);
-        let mut dx = vec![0.0; if opts.dx { x_len } else { 0 }];
-        let mut dw = widen(&i.dw0);
-        let mut db = if opts.bias { widen(&i.db0) } else { vec![] };
-        cpu_linear::linear_backward(
-            &s,
-            &x,
-            &w,
-            &dy,
-            opts.dx.then_some(&mut dx[..]),
-            &mut dw,
-            opts.bias.then_some(&mut db[..]),
-        );
-        Outputs {
-            y: narrow(&y),
-            dx: narrow(&dx),
-            dw: narrow(&dw),
-            db: narrow(&db),
-        }
-    };
+fn linear_reference(s: &LinearShape, i: &Inputs, opts: Options) -> Outputs {
+    let (x, w, dy) = (widen(&i.x), widen(&i.w), widen(&i.dy));
+    let b = opts.bias.then(|| widen(&i.b));
+    let mut y = vec![0.0; s.rows * s.d_out];
+    cpu_linear::linear_forward(s, &x, &w, b.as_deref(), &mut y);
+    let mut dx = vec![0.0; if opts.dx { x.len() } else { 0 }];
+    let mut dw = widen(&i.dw0);
+    let mut db = if opts.bias { widen(&i.db0) } else { vec![] };
+    cpu_linear::linear_backward(
+        s,
+        &x,
+        &w,
+        &dy,
+        opts.dx.then_some(&mut dx[..]),
+        &mut dw,
+        opts.bias.then_some(&mut db[..]),
+    );
+    Outputs {
+        y: narrow(&y),
+        dx: narrow(&dx),
+        dw: narrow(&dw),
+        db: narrow(&db),
+    }
+}
 
-    let x = to_device(gpu, &i.x)?;
-    let w = to_device(gpu, &i.w)?;
-    let b = to_device(gpu, &i.b)?;
-    let dy = to_device(gpu, &i.dy)?;
-    let y = to_device(gpu, &vec![f32::NAN; y_len])?;
-    let dx = to_device(gpu, &vec![f32::NAN; x_len])?;
-    let dw = to_device(gpu, &i.dw0)?;
-    let db = to_device(gpu, &i.db0)?;
+/// One forward and backward with x, w, dy, y and dx stored as `dt`, the bias and dw, db fp32.
+fn run_linear(
+    gpu: &Gpu,
+    dt: Precision,
+    s: &LinearShape,
+    i: &Inputs,
+    opts: Options,
+) -> anyhow::Result<Outputs> {
+    let (x_len, y_len) = (s.rows * s.d_in, s.rows * s.d_out);
+    let f32 = Precision::Fp32;
+    let x = upload(gpu, dt, &i.x)?;
+    let w = upload(gpu, dt, &i.w)?;
+    let b = upload(gpu, f32, &i.b)?;
+    let dy = upload(gpu, dt, &i.dy)?;
+    let y = upload(gpu, dt, &vec![f32::NAN; y_len])?;
+    let dx = upload(gpu, dt, &vec![f32::NAN; x_len])?;
+    let dw = upload(gpu, f32, &i.dw0)?;
+    let db = upload(gpu, f32, &i.db0)?;
     linear_forward(
         gpu,
-        &s,
+        dt,
+        s,
         x.ptr(),
         w.ptr(),
         opts.bias.then(|| b.ptr()),
@@ -374,7 +448,8 @@ fn check_linear(gpu: &Gpu, s: LinearShape, opts: Options, seed: u64) -> anyhow::
     )?;
     linear_backward(
         gpu,
-        &s,
+        dt,
+        s,
         x.ptr(),
         w.ptr(),
         dy.ptr(),
@@ -382,20 +457,268 @@ fn check_linear(gpu: &Gpu, s: LinearShape, opts: Options, seed: u64) -> anyhow::
         dw.ptr(),
         opts.bias.then(|| db.ptr()),
     )?;
-    let got = Outputs {
-        y: from_device(gpu, &y, y_len)?,
+    Ok(Outputs {
+        y: download(gpu, dt, &y, y_len)?,
         dx: if opts.dx {
-            from_device(gpu, &dx, x_len)?
+            download(gpu, dt, &dx, x_len)?
         } else {
             vec![]
         },
-        dw: from_device(gpu, &dw, w_len)?,
+        dw: download(gpu, f32, &dw, i.dw0.len())?,
         db: if opts.bias {
-            from_device(gpu, &db, s.d_out)?
+            download(gpu, f32, &db, s.d_out)?
         } else {
             vec![]
+        },
+    })
+}
+
+// ---- bf16 and fp16 ----------------------------------------------------------------------------
+//
+// x, w (the low-precision weight copy), dy, y and dx are stored in the format; the bias and the
+// parameter gradients dW, db are fp32 and accumulate onto nonzero fp32 starting values. The
+// reference is the f64 CPU op on the SAME inputs rounded to the format, so what is measured is
+// the GPU's own error: the roundings of what it stores in the format and its fp32 sums.
+//
+// Each output is held to an absolute bound built from the format (see `bound`):
+//   r · u · M + FP32_SLACK · (k + 1) · 2⁻²⁴ · M
+// where u is the format's unit roundoff, r the number of times the output's path rounds to the
+// format, k the number of terms of its fp32 sum and M the largest Σ|term| over the output's
+// elements — the reference run on the absolute values of the inputs (so M bounds every partial
+// sum and every value stored on the way; the "+ 1" covers the reference's own narrowing to f32).
+// The first part is one rounding error (≤ u·|v|) per stored value; the second Higham's worst-case
+// γ_k bound for a sum of k terms in any order, FMA or not. dW and db are never rounded (r = 0), so
+// storing or accumulating them in the format, an error of u·|dW| ≫ k·2⁻²⁴·M here, fails; so does
+// a dropped bias or a wrong index (O(1) errors).
+
+/// Margin over γ_k for the GEMMs' fp32 accumulation: the emulator adds in IEEE fp32, and tensor
+/// cores, which align the products of a step to the largest and truncate, stay within about 2u
+/// per addition; 4 leaves room for both.
+const FP32_SLACK: f64 = 4.0;
+
+/// The absolute error bound above for an output whose elements' Σ|term| are `mag`.
+fn bound(dt: Precision, roundings: u32, terms: usize, mag: &[f32]) -> f64 {
+    let m = mag.iter().fold(0.0f64, |a, &v| a.max(f64::from(v).abs()));
+    let fp32_sum = FP32_SLACK * (terms + 1) as f64 * f64::powi(2.0, -24);
+    (f64::from(roundings) * dt.unit_roundoff() + fp32_sum) * m
+}
+
+/// What an output's path does: how often it rounds to the format, and the terms of its fp32 sum.
+#[derive(Clone, Copy)]
+struct Path {
+    roundings: u32,
+    terms: usize,
+}
+
+/// The paths of y, dx, dW and db of one layer.
+struct Paths {
+    y: Path,
+    dx: Path,
+    dw: Path,
+    db: Path,
+}
+
+impl Inputs {
+    /// The inputs as the GPU holds them in `dt`: activations, weights and dy rounded; the bias
+    /// and the starting parameter gradients stay fp32.
+    fn rounded(&self, dt: Precision) -> Inputs {
+        let r = |v: &[f32]| v.iter().map(|&x| dt.round(x)).collect::<Vec<_>>();
+        Inputs {
+            x: r(&self.x),
+            w: r(&self.w),
+            b: self.b.clone(),
+            dy: r(&self.dy),
+            dw0: self.dw0.clone(),
+            db0: self.db0.clone(),
+        }
+    }
+
+    /// Every input's absolute value: the reference run on these gives each output's Σ|term|.
+    fn magnitudes(&self) -> Inputs {
+        let a = |v: &[f32]| v.iter().map(|x| x.abs()).collect::<Vec<_>>();
+        Inputs {
+            x: a(&self.x),
+            w: a(&self.w),
+            b: a(&self.b),
+            dy: a(&self.dy),
+            dw0: a(&self.dw0),
+            db0: a(&self.db0),
+        }
+    }
+}
+
+impl Outputs {
+    fn expect_within_bounds(
+        &self,
+        want: &Outputs,
+        mag: &Outputs,
+        dt: Precision,
+        p: &Paths,
+        what: &str,
+    ) {
+        for (got, want, mag, path, name) in [
+            (&self.y, &want.y, &mag.y, p.y, "y"),
+            (&self.dx, &want.dx, &mag.dx, p.dx, "dx"),
+            (&self.dw, &want.dw, &mag.dw, p.dw, "dw (fp32, accumulated)"),
+            (&self.db, &want.db, &mag.db, p.db, "db (fp32, accumulated)"),
+        ] {
+            let tol = bound(dt, path.roundings, path.terms, mag);
+            expect_within(&format!("{what} {dt} {name}"), got, want, tol);
+        }
+    }
+}
+
+/// A convolution with everything (bias, dx) in `dt`, with the minimum and a whole-batch
+/// workspace, then once more for determinism.
+fn check_conv_mixed(gpu: &Gpu, dt: Precision, g: &Conv2dShape, seed: u64) -> anyhow::Result<()> {
+    let opts = Options::ALL;
+    let inputs = conv_inputs(g, seed);
+    let stored = inputs.rounded(dt);
+    let want = conv_reference(g, &stored, opts);
+    let mag = conv_reference(g, &stored.magnitudes(), opts);
+    let (kh, kw) = g.kernel;
+    let pointwise = g.kernel == (1, 1) && g.stride == (1, 1) && g.pad == Padding::default();
+    let per_image = g.output().hw() * g.input.n;
+    let paths = Paths {
+        // The GEMM rounds W·col to the format, the bias add rounds again; K products + the bias.
+        y: Path {
+            roundings: 2,
+            terms: g.patch_len() + 1,
+        },
+        // The Wᵀ·dY GEMM rounds each patch-matrix entry, col2im sums up to kh·kw of them in fp32
+        // and rounds again; a pointwise convolution writes the GEMM's output straight to dx.
+        dx: if pointwise {
+            Path {
+                roundings: 1,
+                terms: g.c_out,
+            }
+        } else {
+            Path {
+                roundings: 2,
+                terms: g.c_out + kh * kw,
+            }
+        },
+        // N·P products added onto dW₀ (one fp32 GEMM per image), never rounded to the format.
+        dw: Path {
+            roundings: 0,
+            terms: per_image,
+        },
+        // N·P values of dy added onto db₀ in fp32.
+        db: Path {
+            roundings: 0,
+            terms: per_image,
         },
     };
-    got.compare(&want, "linear");
-    Ok(())
+    let min_ws = conv2d_workspace_len(g);
+    let one = run_conv(gpu, dt, g, &inputs, opts, min_ws)?;
+    one.expect_within_bounds(&want, &mag, dt, &paths, "min workspace:");
+    let all = run_conv(
+        gpu,
+        dt,
+        g,
+        &inputs,
+        opts,
+        conv2d_workspace_for(g, g.input.n),
+    )?;
+    all.expect_within_bounds(&want, &mag, dt, &paths, "whole batch:");
+    let again = run_conv(gpu, dt, g, &inputs, opts, min_ws)?;
+    one.expect_same_bits(&again)
+}
+
+/// A linear layer with everything (bias, dx) in `dt`.
+fn check_linear_mixed(gpu: &Gpu, dt: Precision, s: LinearShape, seed: u64) -> anyhow::Result<()> {
+    let opts = Options::ALL;
+    let inputs = linear_inputs(&s, seed);
+    let stored = inputs.rounded(dt);
+    let want = linear_reference(&s, &stored, opts);
+    let mag = linear_reference(&s, &stored.magnitudes(), opts);
+    let paths = Paths {
+        // The GEMM rounds x·Wᵀ to the format, the bias add rounds again.
+        y: Path {
+            roundings: 2,
+            terms: s.d_in + 1,
+        },
+        // dy·W, one GEMM, rounded once.
+        dx: Path {
+            roundings: 1,
+            terms: s.d_out,
+        },
+        // rows products (dW) or values (db) added onto the fp32 starting value.
+        dw: Path {
+            roundings: 0,
+            terms: s.rows,
+        },
+        db: Path {
+            roundings: 0,
+            terms: s.rows,
+        },
+    };
+    let got = run_linear(gpu, dt, &s, &inputs, opts)?;
+    got.expect_within_bounds(&want, &mag, dt, &paths, "linear");
+    let again = run_linear(gpu, dt, &s, &inputs, opts)?;
+    got.expect_same_bits(&again)
+}
+
+/// The conv geometries of the fp32 cases, in each reduced format.
+fn conv_3x3_pad1() -> Conv2dShape {
+    conv(Nchw::new(2, 3, 5, 7), 4, (3, 3), (1, 1), Padding::same(1))
+}
+
+fn conv_3x3_stride2() -> Conv2dShape {
+    conv(
+        Nchw::new(3, 4, 8, 9),
+        5,
+        (3, 3),
+        (2, 2),
+        Padding::bottom_right(1),
+    )
+}
+
+fn conv_1x1() -> Conv2dShape {
+    conv(Nchw::new(2, 6, 5, 4), 3, (1, 1), (1, 1), Padding::default())
+}
+
+fn mixed_cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "conv2d_3x3_pad1_bf16",
+            run: |gpu| check_conv_mixed(gpu, Precision::Bf16, &conv_3x3_pad1(), 31),
+        },
+        Case {
+            name: "conv2d_3x3_pad1_fp16",
+            run: |gpu| check_conv_mixed(gpu, Precision::Fp16, &conv_3x3_pad1(), 31),
+        },
+        Case {
+            name: "conv2d_3x3_stride2_bf16",
+            run: |gpu| check_conv_mixed(gpu, Precision::Bf16, &conv_3x3_stride2(), 32),
+        },
+        Case {
+            name: "conv2d_3x3_stride2_fp16",
+            run: |gpu| check_conv_mixed(gpu, Precision::Fp16, &conv_3x3_stride2(), 32),
+        },
+        Case {
+            name: "conv2d_1x1_shortcut_bf16",
+            run: |gpu| check_conv_mixed(gpu, Precision::Bf16, &conv_1x1(), 33),
+        },
+        Case {
+            name: "conv2d_1x1_shortcut_fp16",
+            run: |gpu| check_conv_mixed(gpu, Precision::Fp16, &conv_1x1(), 33),
+        },
+        Case {
+            name: "linear_odd_sizes_bf16",
+            run: |gpu| check_linear_mixed(gpu, Precision::Bf16, LinearShape::new(7, 5, 3), 41),
+        },
+        Case {
+            name: "linear_odd_sizes_fp16",
+            run: |gpu| check_linear_mixed(gpu, Precision::Fp16, LinearShape::new(7, 5, 3), 41),
+        },
+        Case {
+            name: "linear_wide_bf16",
+            run: |gpu| check_linear_mixed(gpu, Precision::Bf16, LinearShape::new(33, 64, 70), 42),
+        },
+        Case {
+            name: "linear_wide_fp16",
+            run: |gpu| check_linear_mixed(gpu, Precision::Fp16, LinearShape::new(33, 64, 70), 42),
+        },
+    ]
 }

@@ -13,6 +13,7 @@ use ddpm::diffusion::{
     run_evaluations, step_pairs, stream, training_target, Evaluation, NoisePurpose, PredictionType,
     SampleOptions, SamplerKind, Schedule, ScheduleConfig, Spacing, StepCoeffs, VarianceType,
 };
+use ddpm::precision::Precision;
 use ddpm::rng::{philox_word, Philox};
 
 pub fn cases() -> Vec<Case> {
@@ -26,8 +27,16 @@ pub fn cases() -> Vec<Case> {
             run: noise_add_rejection,
         },
         Case {
+            name: "diffusion_noise_add_bf16_fp16_round_x_t_once",
+            run: noise_add_reduced_precision,
+        },
+        Case {
             name: "diffusion_sampler_steps_match_apply_step",
             run: steps_match_cpu,
+        },
+        Case {
+            name: "diffusion_sampler_steps_bf16_fp16_model_side",
+            run: steps_reduced_precision,
         },
         Case {
             name: "diffusion_sample_loop_matches_cpu",
@@ -44,9 +53,10 @@ fn schedule(prediction: PredictionType, variance: VarianceType) -> Result<Schedu
     })?)
 }
 
-/// Runs `noise_add` and returns (x_t, target, t) from the device.
+/// Runs `noise_add` (x_t stored as `dt`) and returns (x_t, target, t) from the device.
 fn run_noise_add(
     gpu: &Gpu,
+    dt: Precision,
     a: &NoiseAddArgs,
     x0: &[f32],
     sqrt_ab: &[f32],
@@ -61,6 +71,7 @@ fn run_noise_add(
     let t = zeros_on_device::<f32>(gpu, a.batch)?;
     noise_add(
         gpu,
+        dt,
         a,
         x0_d.ptr(),
         sa.ptr(),
@@ -69,8 +80,10 @@ fn run_noise_add(
         target.ptr(),
         t.ptr(),
     )?;
+    let mut xt = vec![0.0f32; len];
+    gpu.download_as(&mut xt, x_t.ptr(), dt, "x_t")?;
     Ok((
-        from_device(gpu, &x_t, len)?,
+        xt,
         from_device(gpu, &target, len)?,
         from_device(gpu, &t, a.batch)?,
     ))
@@ -126,6 +139,7 @@ fn noise_add_matches_cpu(gpu: &Gpu) -> Result<()> {
             };
             let (xt, target, t_got) = run_noise_add(
                 gpu,
+                Precision::Fp32,
                 &a,
                 &x0,
                 sched.sqrt_alphas_cumprod(),
@@ -185,7 +199,7 @@ fn noise_add_rejection(gpu: &Gpu) -> Result<()> {
         num_timesteps: num_t,
         prediction: PredictionType::Epsilon,
     };
-    let (xt, target, t_got) = run_noise_add(gpu, &a, &x0, &sqrt_ab, &sqrt_1m_ab)?;
+    let (xt, target, t_got) = run_noise_add(gpu, Precision::Fp32, &a, &x0, &sqrt_ab, &sqrt_1m_ab)?;
     assert_timesteps(&format!("t (step {step})"), &t_got, &t);
     // As in noise_add_matches_cpu: one-ulp slips of ε at most.
     expect_close("rejection eps", &target, &eps, 1e-6);
@@ -338,10 +352,11 @@ fn steps_match_cpu(gpu: &Gpu) -> Result<()> {
             out_uncond: 0,
             hist: 0,
             x_new: prev_d.ptr(),
+            x_new_model: 0,
             x0: x0_d.ptr(),
             image_ids: ids_d.ptr(),
         };
-        sampler_step(gpu, &c, noise, ids.len(), item_len, bufs)?;
+        sampler_step(gpu, Precision::Fp32, &c, noise, ids.len(), item_len, bufs)?;
         // Same f32 products and sums as step_element (no FMA), z from the same Philox words:
         // bit for bit but for z's rare one-ulp f64 log/cos boundary case, which moves x_prev by
         // σ·ulp(z) ≤ 1.2e-7 relative. 1e-6 allows that and nothing more.
@@ -365,7 +380,15 @@ fn steps_match_cpu(gpu: &Gpu) -> Result<()> {
             x0: 0,
             ..bufs
         };
-        sampler_step(gpu, &c, noise, ids.len(), item_len, in_place)?;
+        sampler_step(
+            gpu,
+            Precision::Fp32,
+            &c,
+            noise,
+            ids.len(),
+            item_len,
+            in_place,
+        )?;
         expect_close(
             &format!("{} in place", case.name),
             &from_device(gpu, &xt_d, n)?,
@@ -465,14 +488,146 @@ fn sample_loop_matches_cpu(gpu: &Gpu) -> Result<()> {
                 },
                 hist: hist_d.ptr(),
                 x_new: x_d.ptr(),
+                x_new_model: 0,
                 x0: 0,
                 image_ids: ids_d.ptr(),
             };
-            sampler_step(gpu, &e.coeffs, noise, ids.len(), item_len, bufs)?;
+            sampler_step(
+                gpu,
+                Precision::Fp32,
+                &e.coeffs,
+                noise,
+                ids.len(),
+                item_len,
+                bufs,
+            )?;
         }
         // Ten steps of the per-step agreement above; a one-ulp z slip carries forward scaled by
         // the later steps' x_t weights (< 1.2), so 1e-5 bounds it with margin.
         expect_close(&name, &from_device(gpu, &x_d, n)?, &want, 1e-5);
+    }
+    Ok(())
+}
+
+/// bf16 and fp16 training: the kernel forms x_t in fp32 exactly as in fp32 mode and stores it
+/// (the model's input) rounded once; the target and t stay fp32. So x_t is the CPU's x_t
+/// rounded to the format: within one rounding (u), plus the rare one-ulp f32 slip of ε that
+/// can carry a value across a rounding boundary (another u at most).
+fn noise_add_reduced_precision(gpu: &Gpu) -> Result<()> {
+    let (seed, batch, item_len, step) = (99u64, 3usize, 2 * 8 * 8 + 1, 12u64);
+    let sched = schedule(PredictionType::VPrediction, VarianceType::FixedSmall)?;
+    let num_t = sched.num_timesteps();
+    let len = batch * item_len;
+    let x0: Vec<f32> = Philox::new(3).uniform_vec(len, -1.0, 1.0);
+    let t = draw_timesteps(seed, step, batch, num_t);
+    let mut eps = vec![0.0f32; len];
+    fill_train_noise(seed, step, 0, item_len, &mut eps);
+    let mut want_xt = vec![0.0f32; len];
+    add_noise(&sched, &x0, &eps, &t, item_len, &mut want_xt);
+    let mut want_target = vec![0.0f32; len];
+    training_target(
+        &sched,
+        PredictionType::VPrediction,
+        &x0,
+        &eps,
+        &t,
+        item_len,
+        &mut want_target,
+    );
+    let a = NoiseAddArgs {
+        seed,
+        step,
+        batch,
+        item_len,
+        num_timesteps: num_t,
+        prediction: PredictionType::VPrediction,
+    };
+    for dt in [Precision::Bf16, Precision::Fp16] {
+        let (xt, target, t_got) = run_noise_add(
+            gpu,
+            dt,
+            &a,
+            &x0,
+            sched.sqrt_alphas_cumprod(),
+            sched.sqrt_one_minus_alphas_cumprod(),
+        )?;
+        assert_timesteps(&format!("t {dt}"), &t_got, &t);
+        let rounded: Vec<f32> = want_xt.iter().map(|&v| dt.round(v)).collect();
+        expect_close(
+            &format!("x_t {dt}"),
+            &xt,
+            &rounded,
+            2.0 * dt.unit_roundoff(),
+        );
+        // Stored in the format: every value is representable in it.
+        assert!(
+            xt.iter().all(|&v| dt.round(v) == v),
+            "x_t {dt} holds values the format cannot"
+        );
+        expect_close(&format!("target {dt}"), &target, &want_target, 1e-6);
+    }
+    Ok(())
+}
+
+/// The sampler update reads the model output in bf16/fp16 and keeps x_t, x̂₀ and x_new in fp32;
+/// it also writes x_new rounded to the format as the next model input. Against `apply_step` on
+/// the same (rounded) output: x_new and x̂₀ as in fp32 (1e-6, the z slip), the model copy
+/// within one rounding of the fp32 x_new (plus the slip).
+fn steps_reduced_precision(gpu: &Gpu) -> Result<()> {
+    let seed = 777u64;
+    let ids: [u64; 3] = [5, 1, 900];
+    let item_len = 51;
+    let n = ids.len() * item_len;
+    let ids_d = to_device(gpu, &ids)?;
+    let sched = schedule(PredictionType::Epsilon, VarianceType::FixedSmall)?;
+    let plan = step_pairs(Spacing::Leading, sched.num_timesteps(), 50, 0)?;
+    let k = 10;
+    let opts = SampleOptions::new(sched.config(), SamplerKind::Ddim { eta: 0.7 }, 50);
+    let c = StepCoeffs::for_step(&sched, &opts, plan[k]);
+    assert!(c.sigma > 0.0, "the case should draw noise");
+    let mut rng = Philox::new(17);
+    let x_t: Vec<f32> = rng.normal_vec(n, 1.0);
+    let out_full: Vec<f32> = rng.normal_vec(n, 1.0);
+    let z = cpu_step_noise(seed, &ids, k as u64, item_len);
+    for dt in [Precision::Bf16, Precision::Fp16] {
+        let out: Vec<f32> = out_full.iter().map(|&v| dt.round(v)).collect();
+        let mut want_prev = vec![0.0f32; n];
+        let mut want_x0 = vec![0.0f32; n];
+        apply_step(&c, &x_t, &out, Some(&z), &mut want_prev, &mut want_x0);
+        let xt_d = to_device(gpu, &x_t)?;
+        let out_d = gpu.alloc(n * dt.bytes(), "out")?;
+        gpu.upload_as(out_d.ptr(), dt, &out_full, "out")?;
+        let prev_d = zeros_on_device::<f32>(gpu, n)?;
+        let model_d = gpu.alloc(n * dt.bytes(), "model input")?;
+        let x0_d = zeros_on_device::<f32>(gpu, n)?;
+        let bufs = UpdateBuffers {
+            x_t: xt_d.ptr(),
+            out: out_d.ptr(),
+            out_uncond: 0,
+            hist: 0,
+            x_new: prev_d.ptr(),
+            x_new_model: model_d.ptr(),
+            x0: x0_d.ptr(),
+            image_ids: ids_d.ptr(),
+        };
+        let noise = Some(StepNoise {
+            seed,
+            step_index: k as u64,
+        });
+        sampler_step(gpu, dt, &c, noise, ids.len(), item_len, bufs)?;
+        let prev = from_device(gpu, &prev_d, n)?;
+        expect_close(&format!("{dt} x_prev"), &prev, &want_prev, 1e-6);
+        expect_close(
+            &format!("{dt} x0"),
+            &from_device(gpu, &x0_d, n)?,
+            &want_x0,
+            0.0,
+        );
+        let mut model = vec![0.0f32; n];
+        gpu.download_as(&mut model, model_d.ptr(), dt, "model input")?;
+        let rounded: Vec<f32> = prev.iter().map(|&v| dt.round(v)).collect();
+        // Exactly the device's own x_new rounded once.
+        expect_close(&format!("{dt} model input"), &model, &rounded, 0.0);
     }
     Ok(())
 }

@@ -1,8 +1,11 @@
-//! Group norm on the GPU against the CPU reference, forward and backward.
+//! Group norm on the GPU against the CPU reference, forward and backward, with the activations
+//! (x, y, dy, dx) stored as fp32, bf16 or fp16; γ, β, dγ, dβ, mean and rstd are fp32 always.
 //!
-//! The reference runs in f64 on the same f32 inputs, so the measured error is the GPU's alone.
+//! The reference runs in f64 on the same inputs the GPU sees — in bf16/fp16 the inputs x and dy
+//! are rounded to the storage type first (`Precision::round`, which is what `upload_as` stores) —
+//! so the measured error is the GPU's alone.
 //! Tolerances (relative, `expect_close`'s metric, where values below 1e-3·max|want| are measured
-//! against that floor):
+//! against that floor), for fp32:
 //! - mean, rstd: 1e-5. fp32 sums of at most 34k values in a fixed tree (per-thread runs of ≤ 64,
 //!   then warp and block trees, then an in-order merge of chunks): a few f32 roundings, ~1e-7.
 //! - y: 2e-4. Elementwise after the statistics, but where y crosses zero the floor turns the check
@@ -12,14 +15,27 @@
 //! - dx: 2e-4, the same argument; dx = rstd·(γ·dy − m1 − x̂·m2) also cancels (emulated: 2e-5).
 //! - dγ, dβ: 1e-4: sums over B·H·W of products with only f32 accumulation (emulated: 6e-6).
 //!
+//! In bf16/fp16 every kernel still computes in fp32 from the (exactly representable) stored
+//! inputs; the only new error is the single rounding of each y and dx element to the storage type
+//! when it is stored: |round(v) − v| ≤ u·|v| (u = `unit_roundoff`, 2⁻⁸ bf16, 2⁻¹¹ fp16; round
+//! to nearest), on top of the fp32 error bounded above. So y and dx get u + 2e-4 (the fp32
+//! tolerance plus one rounding: 4.1e-3 in bf16, 6.9e-4 in fp16), and the statistics and the
+//! parameter gradients, which are fp32 sums of the same inputs and never stored narrow, keep
+//! their fp32 tolerances. The fp32-tolerance part is still ≥ 0.4·u in fp16, so a value stored
+//! through a coarser type (bf16's 8u_fp16) or a dropped term fails; the cases include a group of
+//! 34 060 elements, so the chunked forward (partial stats → combine → apply) and the chunked
+//! backward sums run in every precision.
+//!
 //! Outputs that must be written start as NaN, so a kernel that reads them (or skips an element)
 //! fails; parameter gradients start at random values, so `+=` is checked against the reference's
 //! `+=`. Every case also runs twice and must give bitwise the same results (no atomics).
 
+use ddpm::cuda::device::DeviceMemory;
 use ddpm::cuda::ops::groupnorm::{group_norm_backward, group_norm_forward, group_norm_scratch_len};
 use ddpm::cuda::testing::{expect_close, from_device, to_device, zeros_on_device, Case};
 use ddpm::cuda::Gpu;
 use ddpm::ops::groupnorm::{self as cpu, Affine, GroupNormShape};
+use ddpm::precision::Precision;
 use ddpm::rng::Philox;
 use ddpm::shape::Nchw;
 
@@ -27,34 +43,60 @@ pub fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "groupnorm_one_group_odd_5x7",
-            run: |gpu| check(gpu, Nchw::new(2, 6, 5, 7), 1, 1),
+            run: |gpu| check(gpu, Precision::Fp32, Nchw::new(2, 6, 5, 7), 1, 1),
         },
         Case {
             name: "groupnorm_group_per_channel",
-            run: |gpu| check(gpu, Nchw::new(3, 8, 4, 4), 8, 2),
+            run: |gpu| check(gpu, Precision::Fp32, Nchw::new(3, 8, 4, 4), 8, 2),
         },
         Case {
             name: "groupnorm_unet_like_32_groups",
-            run: |gpu| check(gpu, Nchw::new(2, 64, 8, 8), 32, 3),
+            run: |gpu| check(gpu, Precision::Fp32, Nchw::new(2, 64, 8, 8), 32, 3),
         },
         Case {
             name: "groupnorm_odd_channels_per_group",
-            run: |gpu| check(gpu, Nchw::new(3, 6, 7, 5), 3, 4),
+            run: |gpu| check(gpu, Precision::Fp32, Nchw::new(3, 6, 7, 5), 3, 4),
         },
         Case {
             name: "groupnorm_1x1_spatial",
-            run: |gpu| check(gpu, Nchw::new(4, 12, 1, 1), 4, 5),
+            run: |gpu| check(gpu, Precision::Fp32, Nchw::new(4, 12, 1, 1), 4, 5),
         },
         // 4·64·65 = 16 640 elements per group: two chunks in the forward, the last one short.
         Case {
             name: "groupnorm_big_group_two_chunks",
-            run: |gpu| check(gpu, Nchw::new(2, 8, 64, 65), 2, 6),
+            run: |gpu| check(gpu, Precision::Fp32, Nchw::new(2, 8, 64, 65), 2, 6),
         },
         // One group of 2·130·131 = 34 060 elements (three forward chunks) and planes of 17 030
         // (two backward chunks each), with B·G = 1: all the parallelism comes from the split.
         Case {
             name: "groupnorm_single_huge_group",
-            run: |gpu| check(gpu, Nchw::new(1, 2, 130, 131), 1, 7),
+            run: |gpu| check(gpu, Precision::Fp32, Nchw::new(1, 2, 130, 131), 1, 7),
+        },
+        // The same kernels instantiated for bf16 and fp16 activations: the U-Net's shape, odd
+        // channels per group, and the chunked paths (forward: 3 chunks; backward: 2 per plane).
+        Case {
+            name: "groupnorm_bf16_unet_like_32_groups",
+            run: |gpu| check(gpu, Precision::Bf16, Nchw::new(2, 64, 8, 8), 32, 13),
+        },
+        Case {
+            name: "groupnorm_fp16_unet_like_32_groups",
+            run: |gpu| check(gpu, Precision::Fp16, Nchw::new(2, 64, 8, 8), 32, 23),
+        },
+        Case {
+            name: "groupnorm_bf16_odd_channels_per_group",
+            run: |gpu| check(gpu, Precision::Bf16, Nchw::new(3, 6, 7, 5), 3, 14),
+        },
+        Case {
+            name: "groupnorm_fp16_odd_channels_per_group",
+            run: |gpu| check(gpu, Precision::Fp16, Nchw::new(3, 6, 7, 5), 3, 24),
+        },
+        Case {
+            name: "groupnorm_bf16_single_huge_group",
+            run: |gpu| check(gpu, Precision::Bf16, Nchw::new(1, 2, 130, 131), 1, 17),
+        },
+        Case {
+            name: "groupnorm_fp16_single_huge_group",
+            run: |gpu| check(gpu, Precision::Fp16, Nchw::new(1, 2, 130, 131), 1, 27),
         },
     ]
 }
@@ -104,21 +146,46 @@ struct Inputs {
     dbeta0: Vec<f32>,
 }
 
-fn run_gpu(gpu: &Gpu, g: &GroupNormShape, i: &Inputs) -> anyhow::Result<Outputs> {
+/// Device memory holding `data` stored as `dt` (rounded to nearest even).
+fn to_device_as(gpu: &Gpu, dt: Precision, data: &[f32]) -> anyhow::Result<DeviceMemory> {
+    let mem = gpu.alloc(data.len() * dt.bytes(), "test input")?;
+    gpu.upload_as(mem.ptr(), dt, data, "test input")?;
+    Ok(mem)
+}
+
+/// The first `len` values of device memory stored as `dt`, widened to f32.
+fn from_device_as(
+    gpu: &Gpu,
+    dt: Precision,
+    mem: &DeviceMemory,
+    len: usize,
+) -> anyhow::Result<Vec<f32>> {
+    anyhow::ensure!(
+        len * dt.bytes() <= mem.bytes(),
+        "reading past a device buffer"
+    );
+    let mut out = vec![0.0f32; len];
+    gpu.download_as(&mut out, mem.ptr(), dt, "test output")?;
+    Ok(out)
+}
+
+/// Runs forward and backward with x, y, dy, dx stored as `dt`; everything else is f32.
+fn run_gpu(gpu: &Gpu, dt: Precision, g: &GroupNormShape, i: &Inputs) -> anyhow::Result<Outputs> {
     let (len, stats, c) = (g.x.len(), g.stats_len(), g.x.c);
-    let x = to_device(gpu, &i.x)?;
+    let x = to_device_as(gpu, dt, &i.x)?;
     let gamma = to_device(gpu, &i.gamma)?;
     let beta = to_device(gpu, &i.beta)?;
-    let dy = to_device(gpu, &i.dy)?;
-    let y = to_device(gpu, &vec![f32::NAN; len])?;
+    let dy = to_device_as(gpu, dt, &i.dy)?;
+    let y = to_device_as(gpu, dt, &vec![f32::NAN; len])?;
     let mean = to_device(gpu, &vec![f32::NAN; stats])?;
     let rstd = to_device(gpu, &vec![f32::NAN; stats])?;
-    let dx = to_device(gpu, &vec![f32::NAN; len])?;
+    let dx = to_device_as(gpu, dt, &vec![f32::NAN; len])?;
     let dgamma = to_device(gpu, &i.dgamma0)?;
     let dbeta = to_device(gpu, &i.dbeta0)?;
     let scratch = zeros_on_device::<f32>(gpu, group_norm_scratch_len(g))?;
     group_norm_forward(
         gpu,
+        dt,
         g,
         x.ptr(),
         gamma.ptr(),
@@ -130,6 +197,7 @@ fn run_gpu(gpu: &Gpu, g: &GroupNormShape, i: &Inputs) -> anyhow::Result<Outputs>
     )?;
     group_norm_backward(
         gpu,
+        dt,
         g,
         x.ptr(),
         gamma.ptr(),
@@ -142,25 +210,38 @@ fn run_gpu(gpu: &Gpu, g: &GroupNormShape, i: &Inputs) -> anyhow::Result<Outputs>
         scratch.ptr(),
     )?;
     Ok(Outputs {
-        y: from_device(gpu, &y, len)?,
+        y: from_device_as(gpu, dt, &y, len)?,
         mean: from_device(gpu, &mean, stats)?,
         rstd: from_device(gpu, &rstd, stats)?,
-        dx: from_device(gpu, &dx, len)?,
+        dx: from_device_as(gpu, dt, &dx, len)?,
         dgamma: from_device(gpu, &dgamma, c)?,
         dbeta: from_device(gpu, &dbeta, c)?,
     })
 }
 
-fn check(gpu: &Gpu, shape: Nchw, groups: usize, seed: u64) -> anyhow::Result<()> {
+/// Tolerance of y and dx: the fp32 one (see the module comment), plus one rounding to the
+/// storage type when it is narrower than fp32.
+fn stored_tol(dt: Precision) -> f64 {
+    let rounding = if dt.is_reduced() {
+        dt.unit_roundoff()
+    } else {
+        0.0
+    };
+    2e-4 + rounding
+}
+
+fn check(gpu: &Gpu, dt: Precision, shape: Nchw, groups: usize, seed: u64) -> anyhow::Result<()> {
     let g = GroupNormShape::new(shape, groups, EPS)?;
     let (len, stats, c) = (shape.len(), g.stats_len(), shape.c);
     let mut rng = Philox::new(seed);
-    // x off-centre (mean 0.5) so the statistics are exercised away from zero.
+    // x off-centre (mean 0.5) so the statistics are exercised away from zero. x and dy are
+    // rounded to the storage type here, so the reference sees exactly what the GPU reads.
+    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| dt.round(x)).collect() };
     let inputs = Inputs {
-        x: rng.uniform_vec(len, -0.5, 1.5),
+        x: round(rng.uniform_vec(len, -0.5, 1.5)),
         gamma: rng.uniform_vec(c, 0.5, 1.5),
         beta: rng.uniform_vec(c, -0.5, 0.5),
-        dy: rng.uniform_vec(len, -1.0, 1.0),
+        dy: round(rng.uniform_vec(len, -1.0, 1.0)),
         dgamma0: rng.uniform_vec(c, -1.0, 1.0),
         dbeta0: rng.uniform_vec(c, -1.0, 1.0),
     };
@@ -186,11 +267,16 @@ fn check(gpu: &Gpu, shape: Nchw, groups: usize, seed: u64) -> anyhow::Result<()>
         Some((&mut dgamma64, &mut dbeta64)),
     );
 
-    let got = run_gpu(gpu, &g, &inputs)?;
+    let got = run_gpu(gpu, dt, &g, &inputs)?;
     expect_close("mean", &got.mean, &narrow(&mean64), 1e-5);
     expect_close("rstd", &got.rstd, &narrow(&rstd64), 1e-5);
-    expect_close("y", &got.y, &narrow(&y64), 2e-4);
-    expect_close("dx", &got.dx, &narrow(&dx64), 2e-4);
+    expect_close(&format!("y ({dt})"), &got.y, &narrow(&y64), stored_tol(dt));
+    expect_close(
+        &format!("dx ({dt})"),
+        &got.dx,
+        &narrow(&dx64),
+        stored_tol(dt),
+    );
     expect_close(
         "dgamma (accumulated)",
         &got.dgamma,
@@ -199,7 +285,7 @@ fn check(gpu: &Gpu, shape: Nchw, groups: usize, seed: u64) -> anyhow::Result<()>
     );
     expect_close("dbeta (accumulated)", &got.dbeta, &narrow(&dbeta64), 1e-4);
 
-    let again = run_gpu(gpu, &g, &inputs)?;
+    let again = run_gpu(gpu, dt, &g, &inputs)?;
     anyhow::ensure!(
         got.bits() == again.bits(),
         "two runs on the same inputs differ: the kernels are not deterministic"

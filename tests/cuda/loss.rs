@@ -5,6 +5,7 @@ use ddpm::cuda::ops::loss::{loss_backward, loss_forward, LOSS_BLOCKS, REDUCE_SCR
 use ddpm::cuda::testing::{expect_close, from_device, to_device, zeros_on_device, Case};
 use ddpm::cuda::Gpu;
 use ddpm::ops::loss::{l1_backward, l1_forward, mse_backward, mse_forward};
+use ddpm::precision::Precision;
 use ddpm::rng::Philox;
 use ddpm::train::LossKind;
 
@@ -21,6 +22,22 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "loss_forward_is_deterministic",
             run: deterministic,
+        },
+        Case {
+            name: "loss_mse_bf16_matches_cpu",
+            run: |gpu| check_reduced(gpu, LossKind::L2, Precision::Bf16),
+        },
+        Case {
+            name: "loss_mse_fp16_matches_cpu",
+            run: |gpu| check_reduced(gpu, LossKind::L2, Precision::Fp16),
+        },
+        Case {
+            name: "loss_l1_bf16_matches_cpu",
+            run: |gpu| check_reduced(gpu, LossKind::L1, Precision::Bf16),
+        },
+        Case {
+            name: "loss_l1_fp16_matches_cpu",
+            run: |gpu| check_reduced(gpu, LossKind::L1, Precision::Fp16),
         },
     ]
 }
@@ -64,8 +81,18 @@ fn check_kind(gpu: &Gpu, kind: LossKind) -> Result<()> {
         let loss = zeros_on_device::<f32>(gpu, 1)?;
         let scratch = zeros_on_device::<f32>(gpu, REDUCE_SCRATCH)?;
         let grad = zeros_on_device::<f32>(gpu, n)?;
-        loss_forward(gpu, kind, n, p.ptr(), t.ptr(), loss.ptr(), scratch.ptr())?;
-        loss_backward(gpu, kind, n, p.ptr(), t.ptr(), dloss, grad.ptr())?;
+        let fp32 = Precision::Fp32;
+        loss_forward(
+            gpu,
+            fp32,
+            kind,
+            n,
+            p.ptr(),
+            t.ptr(),
+            loss.ptr(),
+            scratch.ptr(),
+        )?;
+        loss_backward(gpu, fp32, kind, n, p.ptr(), t.ptr(), dloss, grad.ptr())?;
         let got_loss: Vec<f32> = from_device(gpu, &loss, 1)?;
         let got_grad: Vec<f32> = from_device(gpu, &grad, n)?;
 
@@ -98,7 +125,17 @@ fn deterministic(gpu: &Gpu) -> Result<()> {
     for kind in [LossKind::L2, LossKind::L1] {
         let mut seen: Option<u32> = None;
         for _ in 0..3 {
-            loss_forward(gpu, kind, n, p.ptr(), t.ptr(), loss.ptr(), scratch.ptr())?;
+            let fp32 = Precision::Fp32;
+            loss_forward(
+                gpu,
+                fp32,
+                kind,
+                n,
+                p.ptr(),
+                t.ptr(),
+                loss.ptr(),
+                scratch.ptr(),
+            )?;
             let bits = from_device::<f32>(gpu, &loss, 1)?[0].to_bits();
             if let Some(first) = seen {
                 assert_eq!(
@@ -108,6 +145,80 @@ fn deterministic(gpu: &Gpu) -> Result<()> {
             }
             seen = Some(bits);
         }
+    }
+    Ok(())
+}
+
+/// pred (and dpred) stored as `dt`, the target fp32, against the CPU on the same rounded pred.
+/// The kernels widen pred exactly and then do what the fp32 kernels do, so the loss keeps the
+/// fp32 test's 1e-6 (f64 sums in another order) and dpred — the CPU's f32 value, bit for bit,
+/// rounded once to the format — is exactly dt.round of the CPU's dpred (also where fp16's tiny
+/// k = 2·dloss/N makes it subnormal: both sides round to nearest even).
+fn check_reduced(gpu: &Gpu, kind: LossKind, dt: Precision) -> Result<()> {
+    for (case, &n) in SIZES.iter().enumerate() {
+        let mut rng = Philox::new(200 + case as u64);
+        let pred: Vec<f32> = rng
+            .normal_vec(n, 1.0)
+            .into_iter()
+            .map(|v: f32| dt.round(v))
+            .collect();
+        let mut target: Vec<f32> = rng.normal_vec(n, 0.5);
+        for i in (0..n).step_by(7) {
+            target[i] = pred[i];
+        }
+        // A loss scale, as fp16 training passes in dloss.
+        let dloss = if dt == Precision::Fp16 {
+            1024.0
+        } else {
+            0.7f32
+        };
+        let mut want_grad = vec![0.0f32; n];
+        let want_loss = match kind {
+            LossKind::L2 => {
+                mse_backward(&pred, &target, dloss, &mut want_grad);
+                mse_forward(&pred, &target)
+            }
+            LossKind::L1 => {
+                l1_backward(&pred, &target, dloss, &mut want_grad);
+                l1_forward(&pred, &target)
+            }
+        };
+        let want_grad: Vec<f32> = want_grad.iter().map(|&v| dt.round(v)).collect();
+
+        let p = gpu.alloc(n * dt.bytes(), "pred")?;
+        gpu.upload_as(p.ptr(), dt, &pred, "pred")?;
+        let t = to_device(gpu, &target)?;
+        let loss = zeros_on_device::<f32>(gpu, 1)?;
+        let scratch = zeros_on_device::<f32>(gpu, REDUCE_SCRATCH)?;
+        let grad = gpu.alloc(n * dt.bytes(), "dpred")?;
+        gpu.upload_as(grad.ptr(), dt, &vec![f32::NAN; n], "dpred")?;
+        loss_forward(
+            gpu,
+            dt,
+            kind,
+            n,
+            p.ptr(),
+            t.ptr(),
+            loss.ptr(),
+            scratch.ptr(),
+        )?;
+        loss_backward(gpu, dt, kind, n, p.ptr(), t.ptr(), dloss, grad.ptr())?;
+        let got_loss: Vec<f32> = from_device(gpu, &loss, 1)?;
+        let mut got_grad = vec![0.0f32; n];
+        gpu.download_as(&mut got_grad, grad.ptr(), dt, "dpred")?;
+
+        expect_close(
+            &format!("{kind:?} {dt} loss n={n}"),
+            &got_loss,
+            &[want_loss],
+            1e-6,
+        );
+        expect_close(
+            &format!("{kind:?} {dt} dpred n={n}"),
+            &got_grad,
+            &want_grad,
+            0.0,
+        );
     }
     Ok(())
 }

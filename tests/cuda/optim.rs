@@ -2,13 +2,15 @@
 
 use anyhow::Result;
 use ddpm::cuda::ops::optim::{
-    adamw_step, clip_grads, ema_update, grad_norm, NORM_BLOCKS, REDUCE_SCRATCH,
+    adamw_ema_step, adamw_step, clip_grads, ema_update, grad_factor, grad_norm, OptimBuffers,
+    NORM_BLOCKS, REDUCE_SCRATCH,
 };
 use ddpm::cuda::testing::{expect_close, from_device, to_device, zeros_on_device, Case};
 use ddpm::cuda::Gpu;
 use ddpm::optim::{
     clip_grad_norm, global_grad_norm, AdamW, AdamWConfig, Ema, EmaAction, EmaConfig,
 };
+use ddpm::precision::Precision;
 use ddpm::rng::Philox;
 
 pub fn cases() -> Vec<Case> {
@@ -32,6 +34,10 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "optim_ema_matches_cpu",
             run: ema_matches_cpu,
+        },
+        Case {
+            name: "optim_fused_step_is_clip_adamw_ema_bit_for_bit",
+            run: fused_step_matches_cpu,
         },
     ]
 }
@@ -244,6 +250,98 @@ fn ema_matches_cpu(gpu: &Gpu) -> Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// The fused pass (unscale + clip, AdamW, EMA, low-precision copy) against the CPU's separate
+/// clip_grad_norm → AdamW::update → Ema::update, over steps where clipping is on and off and
+/// the EMA copies, skips and averages. The gradients reach the GPU multiplied by a loss scale S
+/// (a power of two, as the scaler's always is), so the fused pass must also divide it out:
+/// multiplying by S and by f32(c/S) is exact, so the result must be the CPU's bit for bit, in
+/// every precision (the low-precision copy must be the new weights rounded once).
+fn fused_step_matches_cpu(gpu: &Gpu) -> Result<()> {
+    let n = 70_001;
+    let cfg = AdamWConfig {
+        lr: 1e-3,
+        weight_decay: 0.01,
+        ..AdamWConfig::default()
+    };
+    let ema_cfg = EmaConfig {
+        decay: 0.99,
+        start_step: 2,
+        update_every: 2,
+        warmup: false,
+    };
+    for (dt, loss_scale) in [
+        (Precision::Fp32, 1.0f32),
+        (Precision::Bf16, 1.0),
+        (Precision::Fp16, 1024.0),
+    ] {
+        let mut rng = Philox::new(5);
+        let init: Vec<f32> = rng.normal_vec(n, 0.5);
+        let mut want_p = init.clone();
+        let mut cpu = AdamW::new(cfg.clone(), n)?;
+        let mut cpu_ema = Ema::new(ema_cfg.clone(), &init)?;
+        let p = to_device(gpu, &init)?;
+        let ema = to_device(gpu, &init)?;
+        let g = zeros_on_device::<f32>(gpu, n)?;
+        let m = zeros_on_device::<f32>(gpu, n)?;
+        let v = zeros_on_device::<f32>(gpu, n)?;
+        let lowp = gpu.alloc(n * dt.bytes(), "lowp")?;
+        let norm_d = zeros_on_device::<f32>(gpu, 1)?;
+        let scratch = zeros_on_device::<f32>(gpu, REDUCE_SCRATCH)?;
+        for t in 1..=6u64 {
+            let grads = gradients(300 + t, n);
+            // Clip on at odd steps (the bound below the norm), off at even ones.
+            let norm = global_grad_norm(&grads);
+            let max_norm = if t % 2 == 1 { 0.5 * norm } else { 2.0 * norm };
+            let scaled: Vec<f32> = grads.iter().map(|&x| x * loss_scale).collect();
+            gpu.upload(g.ptr(), &scaled, "grads")?;
+            grad_norm(gpu, n, g.ptr(), norm_d.ptr(), scratch.ptr())?;
+            let scaled_norm = from_device::<f32>(gpu, &norm_d, 1)?[0];
+            // The CPU's clipping, with the norm the GPU measured (f32, S divided out exactly):
+            // clip_grad_norm's scale formula from the f64 norm would differ in the last bit.
+            let measured = f64::from(scaled_norm) / f64::from(loss_scale);
+            let mut clipped = grads.clone();
+            if measured > max_norm {
+                let c = (max_norm / (measured + 1e-6)) as f32;
+                clipped.iter_mut().for_each(|x| *x *= c);
+            }
+            cpu.update(&mut want_p, &clipped);
+            cpu_ema.update(t, &want_p);
+            let bufs = OptimBuffers {
+                params: p.ptr(),
+                grads: g.ptr(),
+                m: m.ptr(),
+                v: v.ptr(),
+                ema: ema.ptr(),
+                lowp: if dt.is_reduced() { lowp.ptr() } else { 0 },
+            };
+            let factor = grad_factor(scaled_norm, loss_scale, max_norm);
+            adamw_ema_step(gpu, dt, n, bufs, &cfg.coeffs(t), factor, ema_cfg.action(t))?;
+            let what = |s: &str| format!("fused {dt} S={loss_scale} t={t} {s}");
+            let got_p = from_device(gpu, &p, n)?;
+            assert_bits_eq(&what("params"), &got_p, &want_p);
+            assert_bits_eq(&what("ema"), &from_device(gpu, &ema, n)?, cpu_ema.weights());
+            let (_, want_m, want_v) = cpu.state();
+            assert_bits_eq(&what("m"), &from_device(gpu, &m, n)?, want_m);
+            assert_bits_eq(&what("v"), &from_device(gpu, &v, n)?, want_v);
+            // The gradient is read, never written.
+            assert_bits_eq(&what("grads"), &from_device(gpu, &g, n)?, &scaled);
+            if dt.is_reduced() {
+                let mut copy = vec![0.0f32; n];
+                gpu.download_as(&mut copy, lowp.ptr(), dt, "lowp")?;
+                let rounded: Vec<f32> = got_p.iter().map(|&x| dt.round(x)).collect();
+                assert_bits_eq(&what("low-precision copy"), &copy, &rounded);
+            }
+        }
+        expect_close(
+            &format!("fused {dt} params after 6 steps"),
+            &from_device(gpu, &p, n)?,
+            &want_p,
+            0.0,
+        );
     }
     Ok(())
 }

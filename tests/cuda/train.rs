@@ -24,6 +24,7 @@ use ddpm::diffusion::sampler::{SampleOptions, SamplerKind};
 use ddpm::diffusion::{PredictionType, Schedule, ScheduleConfig};
 use ddpm::nn::{DownBlockType::*, UNetConfig, UpBlockType::*};
 use ddpm::optim::{AdamW, AdamWConfig, EmaConfig};
+use ddpm::precision::Precision;
 use ddpm::rng::Philox;
 use ddpm::sample::{generate, GenerateOptions};
 use ddpm::train::{LossKind, TrainConfig, TrainEngine, Trainer};
@@ -127,7 +128,7 @@ fn train_step_matches(g: &Gpu, variant: bool) -> anyhow::Result<()> {
     // Clipping off, so the gradients compared are the raw ones.
     let cfg = train_config(5, loss, 0.0);
     let mut cpu = Trainer::new(model(variant), schedule.clone(), cfg.clone())?;
-    let mut dev = GpuTrainer::new(gpu, model(variant), schedule, cfg)?;
+    let mut dev = GpuTrainer::new(gpu, model(variant), schedule, cfg, Precision::Fp32)?;
     let data = batch(5, 0, variant);
     let a = cpu.train_step(&data)?;
     let b = dev.train_step(&data)?;
@@ -160,7 +161,13 @@ fn several_steps_match(g: &Gpu) -> anyhow::Result<()> {
     let gpu = open(g);
     let cfg = train_config(4, LossKind::L2, 1.0);
     let mut cpu = Trainer::new(model(false), ScheduleConfig::default(), cfg.clone())?;
-    let mut dev = GpuTrainer::new(gpu.clone(), model(false), ScheduleConfig::default(), cfg)?;
+    let mut dev = GpuTrainer::new(
+        gpu.clone(),
+        model(false),
+        ScheduleConfig::default(),
+        cfg,
+        Precision::Fp32,
+    )?;
     let mut allocations = None;
     for step in 0..5 {
         let data = batch(4, step, false);
@@ -198,13 +205,19 @@ fn several_steps_match(g: &Gpu) -> anyhow::Result<()> {
 fn checkpoint_crosses_devices(g: &Gpu) -> anyhow::Result<()> {
     let gpu = open(g);
     let cfg = train_config(3, LossKind::L2, 1.0);
-    let mut dev = GpuTrainer::new(gpu.clone(), model(false), ScheduleConfig::default(), cfg)?;
+    let mut dev = GpuTrainer::new(
+        gpu.clone(),
+        model(false),
+        ScheduleConfig::default(),
+        cfg,
+        Precision::Fp32,
+    )?;
     for step in 0..2 {
         dev.train_step(&batch(3, step, false))?;
     }
     let ck = dev.checkpoint()?;
     let mut cpu = Trainer::from_checkpoint(ck.clone())?;
-    let mut back = GpuTrainer::from_checkpoint(gpu, ck)?;
+    let mut back = GpuTrainer::from_checkpoint(gpu, ck, Precision::Fp32)?;
     let data = batch(3, 2, false);
     let a = cpu.train_step(&data)?;
     let b = back.train_step(&data)?;
@@ -225,7 +238,13 @@ fn non_finite_step_is_skipped(g: &Gpu) -> anyhow::Result<()> {
     let gpu = open(g);
     let mut cfg = train_config(3, LossKind::L2, 1.0);
     cfg.optimizer.warmup_steps = 10; // lr_at(t) = 1e-4·t tells which t an update used
-    let mut dev = GpuTrainer::new(gpu, model(false), ScheduleConfig::default(), cfg.clone())?;
+    let mut dev = GpuTrainer::new(
+        gpu,
+        model(false),
+        ScheduleConfig::default(),
+        cfg.clone(),
+        Precision::Fp32,
+    )?;
     let mut cpu = Trainer::new(model(false), ScheduleConfig::default(), cfg)?;
     let first = batch(3, 0, false);
     dev.train_step(&first)?;
@@ -277,7 +296,7 @@ fn sampling_matches(g: &Gpu) -> anyhow::Result<()> {
     let net = ddpm::nn::UNet::new(cfg)?;
     let weights = net.init_params::<f32>(3);
     let schedule = Schedule::new(ScheduleConfig::default())?;
-    let mut sampler = GpuSampler::new(gpu, &net, 4, false)?;
+    let mut sampler = GpuSampler::new(gpu, &net, 4, false, Precision::Fp32)?;
     sampler.load_weights(weights.values())?;
     for (name, kind, steps) in [
         ("DDPM, 25 steps", SamplerKind::Ddpm, 25),

@@ -152,6 +152,7 @@ pub fn run(a: &SamplerTableArgs) -> Result<()> {
         usage(format!("--grid {grid}: larger than the {s}-pixel images"))
     );
     let device = open_device(a.model.device, a.model.quiet)?;
+    let precision = a.model.precision.resolve(&device)?;
     let mut order: Vec<usize> = (0..images_in_data).collect();
     let mut rng = Philox::new(a.seed ^ 0x5eed);
     for i in (1..order.len()).rev() {
@@ -185,7 +186,7 @@ pub fn run(a: &SamplerTableArgs) -> Result<()> {
     }
     let batch = (a.batch_size as usize).min(num);
     // One denoiser (on a GPU: one plan and one upload of the weights) for every row.
-    let mut den = denoiser(&device, &loaded, batch, guidance.is_some())?;
+    let mut den = denoiser(&device, &loaded, batch, guidance.is_some(), precision)?;
     for opts in rows {
         let evals = opts.num_evaluations(schedule)?;
         let gen = GenerateOptions {

@@ -1,4 +1,5 @@
-//! Multi-head attention on the GPU, fp32: the matrix products are cuBLAS strided-batched GEMMs
+//! Multi-head attention on the GPU, every tensor (probabilities and workspace included) stored
+//! in the activation precision `dt`, the softmax and its backward computed in fp32: the matrix products are cuBLAS strided-batched GEMMs
 //! (one call per head, batched over the B items), the row softmax and its backward are the
 //! kernels in kernels/attention.cu. CPU twin: [`crate::ops::attention`] (same shapes, same saved
 //! probabilities); the layout transposes' twin is [`crate::ops::layout`].
@@ -13,14 +14,15 @@
 use crate::cuda::{CudaResult, DevPtr, Gpu, Launch, Mat};
 use crate::kernel_args;
 use crate::ops::attention::AttentionShape;
+use crate::precision::Precision;
 use crate::shape::Nchw;
 
 /// Threads per block of the one-warp-per-row kernels (8 rows per block).
 const ROW_BLOCK: u32 = 256;
 
-/// `p` advanced by `elems` f32 values.
-fn at(p: DevPtr, elems: usize) -> DevPtr {
-    p + (elems * std::mem::size_of::<f32>()) as u64
+/// `p` advanced by `elems` values of `dt`.
+fn at(dt: Precision, p: DevPtr, elems: usize) -> DevPtr {
+    p + (elems * dt.bytes()) as u64
 }
 
 /// Blocks for `rows` rows at one warp per row, capped (the kernels loop over rows).
@@ -33,33 +35,39 @@ fn softmax_scale(g: &AttentionShape) -> f32 {
     (1.0 / (g.head_dim as f64).sqrt()) as f32
 }
 
-/// f32 elements of the workspace [`attention_backward`] needs: one head's dP (then dS) for every
+/// Elements (f32-sized slots, so any precision fits) of the workspace [`attention_backward`] needs: one head's dP (then dS) for every
 /// item, (B, L, L). The heads are processed one after another and reuse it.
 pub fn attention_workspace_len(g: &AttentionShape) -> usize {
     g.batch * g.len * g.len
 }
 
 /// Head `h` of a (B, L, C) tensor as the strided batch of (L, d) matrices.
-fn head(g: &AttentionShape, p: DevPtr, h: usize) -> Mat {
+fn head(dt: Precision, g: &AttentionShape, p: DevPtr, h: usize) -> Mat {
     let c = g.channels();
-    Mat::new(at(p, h * g.head_dim), c).stride(g.len * c)
+    Mat::new(at(dt, p, h * g.head_dim), c)
+        .of(dt)
+        .stride(g.len * c)
 }
 
 /// Head `h` of the probabilities (B, heads, L, L) as the strided batch of (L, L) matrices.
-fn probs_head(g: &AttentionShape, probs: DevPtr, h: usize) -> Mat {
+fn probs_head(dt: Precision, g: &AttentionShape, probs: DevPtr, h: usize) -> Mat {
     let l = g.len;
-    Mat::new(at(probs, h * l * l), l).stride(g.heads * l * l)
+    Mat::new(at(dt, probs, h * l * l), l)
+        .of(dt)
+        .stride(g.heads * l * l)
 }
 
 /// The (B, L, L) workspace as a strided batch of (L, L) matrices.
-fn ws_mat(g: &AttentionShape, ws: DevPtr) -> Mat {
-    Mat::new(ws, g.len).stride(g.len * g.len)
+fn ws_mat(dt: Precision, g: &AttentionShape, ws: DevPtr) -> Mat {
+    Mat::new(ws, g.len).of(dt).stride(g.len * g.len)
 }
 
 /// out = softmax(Q Kᵀ / √d) V per head; writes `probs` (B, heads, L, L) for the backward.
 /// q, k, v, out: (B, L, C). CPU twin: [`crate::ops::attention::attention_forward`].
+#[allow(clippy::too_many_arguments)]
 pub fn attention_forward(
     gpu: &Gpu,
+    dt: Precision,
     g: &AttentionShape,
     q: DevPtr,
     k: DevPtr,
@@ -77,10 +85,10 @@ pub fn attention_forward(
             "attention_forward: S = Q Kᵀ",
             (l, l, d),
             1.0,
-            head(g, q, h),
-            head(g, k, h).t(),
+            head(dt, g, q, h),
+            head(dt, g, k, h).t(),
             0.0,
-            probs_head(g, probs, h),
+            probs_head(dt, g, probs, h),
             b,
         )?;
     }
@@ -88,7 +96,7 @@ pub fn attention_forward(
     let rows = b * g.heads * l;
     let scale = softmax_scale(g);
     gpu.launch(
-        "softmax_rows_forward_f32",
+        &dt.kernel("softmax_rows_forward"),
         Launch::blocks(row_blocks(rows), ROW_BLOCK),
         kernel_args![probs, rows, l, scale],
         || format!("{g:?}"),
@@ -99,10 +107,10 @@ pub fn attention_forward(
             "attention_forward: O = P V",
             (l, d, l),
             1.0,
-            probs_head(g, probs, h),
-            head(g, v, h),
+            probs_head(dt, g, probs, h),
+            head(dt, g, v, h),
             0.0,
-            head(g, out, h),
+            head(dt, g, out, h),
             b,
         )?;
     }
@@ -117,6 +125,7 @@ pub fn attention_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     gpu: &Gpu,
+    dt: Precision,
     g: &AttentionShape,
     q: DevPtr,
     k: DevPtr,
@@ -142,10 +151,10 @@ pub fn attention_backward(
             "attention_backward: dV = Pᵀ dO",
             (l, d, l),
             1.0,
-            probs_head(g, probs, h).t(),
-            head(g, dout, h),
+            probs_head(dt, g, probs, h).t(),
+            head(dt, g, dout, h),
             0.0,
-            head(g, dv, h),
+            head(dt, g, dv, h),
             b,
         )?;
         // dP = dO_h V_hᵀ   (L, d) · (d, L) → (L, L), into the workspace
@@ -153,16 +162,16 @@ pub fn attention_backward(
             "attention_backward: dP = dO Vᵀ",
             (l, l, d),
             1.0,
-            head(g, dout, h),
-            head(g, v, h).t(),
+            head(dt, g, dout, h),
+            head(dt, g, v, h).t(),
             0.0,
-            ws_mat(g, ws),
+            ws_mat(dt, g, ws),
             b,
         )?;
         // dS = P ⊙ (dP − rowsum(P ⊙ dP)) / √d, in place over dP
-        let p_h = at(probs, h * l * l);
+        let p_h = at(dt, probs, h * l * l);
         gpu.launch(
-            "softmax_rows_backward_f32",
+            &dt.kernel("softmax_rows_backward"),
             Launch::blocks(row_blocks(rows), ROW_BLOCK),
             kernel_args![p_h, ws, rows, l, l, p_item_stride, ws_item_stride, scale],
             || format!("{g:?} head {h}"),
@@ -172,10 +181,10 @@ pub fn attention_backward(
             "attention_backward: dQ = dS K",
             (l, d, l),
             1.0,
-            ws_mat(g, ws),
-            head(g, k, h),
+            ws_mat(dt, g, ws),
+            head(dt, g, k, h),
             0.0,
-            head(g, dq, h),
+            head(dt, g, dq, h),
             b,
         )?;
         // dK_h = dSᵀ Q_h   (L, L)ᵀ · (L, d) → (L, d)
@@ -183,10 +192,10 @@ pub fn attention_backward(
             "attention_backward: dK = dSᵀ Q",
             (l, d, l),
             1.0,
-            ws_mat(g, ws).t(),
-            head(g, q, h),
+            ws_mat(dt, g, ws).t(),
+            head(dt, g, q, h),
             0.0,
-            head(g, dk, h),
+            head(dt, g, dk, h),
             b,
         )?;
     }
@@ -220,10 +229,16 @@ fn transpose(
 
 /// x: (N, C, H, W) → tokens: (N, L = H·W, C).   CPU twin: [`crate::ops::layout::nchw_to_tokens`].
 /// Its backward is [`tokens_to_nchw`] on the gradient.
-pub fn nchw_to_tokens(gpu: &Gpu, shape: Nchw, x: DevPtr, tokens: DevPtr) -> CudaResult<()> {
+pub fn nchw_to_tokens(
+    gpu: &Gpu,
+    dt: Precision,
+    shape: Nchw,
+    x: DevPtr,
+    tokens: DevPtr,
+) -> CudaResult<()> {
     transpose(
         gpu,
-        "nchw_to_tokens_f32",
+        &dt.kernel("nchw_to_tokens"),
         shape,
         x,
         tokens,
@@ -232,10 +247,16 @@ pub fn nchw_to_tokens(gpu: &Gpu, shape: Nchw, x: DevPtr, tokens: DevPtr) -> Cuda
 }
 
 /// tokens: (N, L = H·W, C) → x: (N, C, H, W).   CPU twin: [`crate::ops::layout::tokens_to_nchw`].
-pub fn tokens_to_nchw(gpu: &Gpu, shape: Nchw, tokens: DevPtr, x: DevPtr) -> CudaResult<()> {
+pub fn tokens_to_nchw(
+    gpu: &Gpu,
+    dt: Precision,
+    shape: Nchw,
+    tokens: DevPtr,
+    x: DevPtr,
+) -> CudaResult<()> {
     transpose(
         gpu,
-        "tokens_to_nchw_f32",
+        &dt.kernel("tokens_to_nchw"),
         shape,
         tokens,
         x,

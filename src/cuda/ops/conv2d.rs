@@ -1,11 +1,13 @@
-//! Launches of kernels/im2col.cu and the cuBLAS GEMMs of a 2-d convolution (im2col + GEMM), fp32,
+//! Launches of kernels/im2col.cu and the cuBLAS GEMMs of a 2-d convolution (im2col + GEMM),
 //! plus the bias kernels that [`super::linear`] shares. CPU twin: [`crate::ops::conv2d`].
+//! x, y, their gradients, the patch matrices and the weights the GEMMs read are stored in the
+//! activation precision `dt`; the bias and the parameter gradients dW, db are fp32.
 //!
 //! Per image n, with K = C_in·kh·kw and P = H_out·W_out:
 //!   forward      Y_n (C_out, P) = W (C_out, K) · col_n (K, P) + b
 //!   grad weight  dW (C_out, K) += dY_n · col_nᵀ       (one GEMM per image, in image order)
 //!   grad input   dcol_n (K, P) = Wᵀ · dY_n,  dx_n = col2im(dcol_n)
-//! `col` lives in a caller-owned workspace of `ws_len` f32 ([`conv2d_workspace_len`] at least):
+//! `col` lives in a caller-owned workspace of `ws_len` f32-sized slots (2 elements each in bf16) ([`conv2d_workspace_len`] at least):
 //! the wrapper unrolls as many whole images at a time as fit (a chunk;
 //! [`conv2d_workspace_for`] sizes one), so a bigger workspace means fewer, larger launches.
 //! The chunking changes no sum: dW and db are bitwise the same for any workspace, y and dx the
@@ -16,8 +18,7 @@
 use crate::cuda::{CudaResult, DevPtr, Gpu, Launch, Mat};
 use crate::kernel_args;
 use crate::ops::conv2d::{Conv2dShape, Padding};
-
-const F32: u64 = std::mem::size_of::<f32>() as u64;
+use crate::precision::Precision;
 
 /// Grid-stride cap of the one-block-per-row launches.
 const MAX_BLOCKS: usize = 1 << 20;
@@ -31,9 +32,14 @@ fn threads_for(len: usize) -> u32 {
     len.next_multiple_of(32).clamp(32, 256) as u32
 }
 
-/// `ptr` advanced by `elems` f32.
-fn at(ptr: DevPtr, elems: usize) -> DevPtr {
-    ptr + elems as u64 * F32
+/// `ptr` advanced by `elems` elements of `dt`.
+fn at(dt: Precision, ptr: DevPtr, elems: usize) -> DevPtr {
+    ptr + (elems * dt.bytes()) as u64
+}
+
+/// Elements of `dt` that fit in a workspace of `ws_len` f32 slots.
+fn ws_elems(dt: Precision, ws_len: usize) -> usize {
+    ws_len * 4 / dt.bytes()
 }
 
 /// The convolution's geometry as the kernels read it. Must match `struct ConvGeom` in
@@ -131,11 +137,18 @@ fn chunk_images(g: &Conv2dShape, ws_len: usize) -> usize {
 }
 
 /// col (images, [`col_stride`]) = im2col(x) for `images` consecutive images starting at `x`.
-fn im2col(gpu: &Gpu, g: &Conv2dShape, x: DevPtr, col: DevPtr, images: usize) -> CudaResult<()> {
+fn im2col(
+    gpu: &Gpu,
+    dt: Precision,
+    g: &Conv2dShape,
+    x: DevPtr,
+    col: DevPtr,
+    images: usize,
+) -> CudaResult<()> {
     let geom = ConvGeom::of(g);
     let (rows, stride) = (images * g.patch_len(), col_stride(g));
     gpu.launch(
-        "im2col_f32",
+        &dt.kernel("im2col"),
         Launch::blocks(rows.min(MAX_BLOCKS), threads_for(g.output().hw())),
         kernel_args![x, col, geom, rows, stride],
         || format!("images={images} {g:?}"),
@@ -143,11 +156,18 @@ fn im2col(gpu: &Gpu, g: &Conv2dShape, x: DevPtr, col: DevPtr, images: usize) -> 
 }
 
 /// dx (images, C_in, H, W) = col2im(col (images, [`col_stride`])), written.
-fn col2im(gpu: &Gpu, g: &Conv2dShape, col: DevPtr, dx: DevPtr, images: usize) -> CudaResult<()> {
+fn col2im(
+    gpu: &Gpu,
+    dt: Precision,
+    g: &Conv2dShape,
+    col: DevPtr,
+    dx: DevPtr,
+    images: usize,
+) -> CudaResult<()> {
     let geom = ConvGeom::of(g);
     let (planes, stride) = (images * g.input.c, col_stride(g));
     gpu.launch(
-        "col2im_f32",
+        &dt.kernel("col2im"),
         Launch::blocks(planes.min(MAX_BLOCKS), threads_for(g.input.hw())),
         kernel_args![col, dx, geom, planes, stride],
         || format!("images={images} {g:?}"),
@@ -158,6 +178,7 @@ fn col2im(gpu: &Gpu, g: &Conv2dShape, col: DevPtr, dx: DevPtr, images: usize) ->
 /// Conv: (N, C_out, H_out·W_out); linear: (rows, d_out, 1).
 pub fn bias_add_nchw(
     gpu: &Gpu,
+    dt: Precision,
     y: DevPtr,
     b: DevPtr,
     outer: usize,
@@ -169,7 +190,7 @@ pub fn bias_add_nchw(
         return Ok(());
     }
     gpu.launch(
-        "bias_add_nchw_f32",
+        &dt.kernel("bias_add_nchw"),
         Launch::linear(total, BLOCK),
         kernel_args![y, b, total, channels, inner],
         || format!("outer={outer} channels={channels} inner={inner}"),
@@ -182,6 +203,7 @@ pub fn bias_add_nchw(
 /// reads rows across channels, so its loads stay coalesced.
 pub fn channel_sum_accumulate(
     gpu: &Gpu,
+    dt: Precision,
     dy: DevPtr,
     db: DevPtr,
     outer: usize,
@@ -195,7 +217,7 @@ pub fn channel_sum_accumulate(
     if inner == 1 {
         let (rows, cols) = (outer, channels);
         gpu.launch(
-            "column_sum_accumulate_f32",
+            &dt.kernel("column_sum_accumulate"),
             // Block shape fixed by the kernel: 32 columns × 8 row lanes.
             Launch::grid((cols.div_ceil(32).min(MAX_BLOCKS) as u32, 1, 1), (32, 8, 1)),
             kernel_args![dy, db, rows, cols],
@@ -203,7 +225,7 @@ pub fn channel_sum_accumulate(
         )
     } else {
         gpu.launch(
-            "channel_sum_accumulate_f32",
+            &dt.kernel("channel_sum_accumulate"),
             Launch::blocks(channels.min(MAX_BLOCKS), threads_for(inner)),
             kernel_args![dy, db, outer, channels, inner],
             shapes,
@@ -217,6 +239,7 @@ pub fn channel_sum_accumulate(
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_forward(
     gpu: &Gpu,
+    dt: Precision,
     g: &Conv2dShape,
     x: DevPtr,
     w: DevPtr,
@@ -238,25 +261,29 @@ pub fn conv2d_forward(
             OP,
             (c_out, p, k),
             1.0,
-            Mat::new(w, k),
+            Mat::new(w, k).of(dt),
             cols,
             0.0,
-            Mat::new(y0, p).stride(y_item),
+            Mat::new(y0, p).of(dt).stride(y_item),
             images,
         )
     };
     if is_pointwise(g) {
-        gemm(Mat::new(x, p).stride(x_item), y, batch)?;
+        gemm(Mat::new(x, p).of(dt).stride(x_item), y, batch)?;
     } else {
-        let (chunk, cs) = (chunk_images(g, ws_len), col_stride(g));
+        let (chunk, cs) = (chunk_images(g, ws_elems(dt, ws_len)), col_stride(g));
         for n0 in (0..batch).step_by(chunk) {
             let images = chunk.min(batch - n0);
-            im2col(gpu, g, at(x, n0 * x_item), ws, images)?;
-            gemm(Mat::new(ws, p).stride(cs), at(y, n0 * y_item), images)?;
+            im2col(gpu, dt, g, at(dt, x, n0 * x_item), ws, images)?;
+            gemm(
+                Mat::new(ws, p).of(dt).stride(cs),
+                at(dt, y, n0 * y_item),
+                images,
+            )?;
         }
     }
     if let Some(b) = b {
-        bias_add_nchw(gpu, y, b, batch, c_out, p)?;
+        bias_add_nchw(gpu, dt, y, b, batch, c_out, p)?;
     }
     Ok(())
 }
@@ -268,6 +295,7 @@ pub fn conv2d_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward(
     gpu: &Gpu,
+    dt: Precision,
     g: &Conv2dShape,
     x: DevPtr,
     w: DevPtr,
@@ -292,8 +320,8 @@ pub fn conv2d_backward(
             OP,
             (c_out, k, p),
             1.0,
-            Mat::new(dy_n, p),
-            Mat::new(col_n, p).t(),
+            Mat::new(dy_n, p).of(dt),
+            Mat::new(col_n, p).of(dt).t(),
             1.0,
             Mat::new(dw, k),
             1,
@@ -305,8 +333,8 @@ pub fn conv2d_backward(
             OP,
             (k, p, c_out),
             1.0,
-            Mat::new(w, k).t(),
-            Mat::new(dy0, p).stride(y_item),
+            Mat::new(w, k).of(dt).t(),
+            Mat::new(dy0, p).of(dt).stride(y_item),
             0.0,
             dcol,
             images,
@@ -314,30 +342,30 @@ pub fn conv2d_backward(
     };
     if is_pointwise(g) {
         for n in 0..batch {
-            dw_gemm(at(dy, n * y_item), at(x, n * x_item))?;
+            dw_gemm(at(dt, dy, n * y_item), at(dt, x, n * x_item))?;
         }
         if let Some(dx) = dx {
             // dcol_n is dx_n itself.
-            dcol_gemm(dy, Mat::new(dx, p).stride(x_item), batch)?;
+            dcol_gemm(dy, Mat::new(dx, p).of(dt).stride(x_item), batch)?;
         }
     } else {
-        let (chunk, cs) = (chunk_images(g, ws_len), col_stride(g));
+        let (chunk, cs) = (chunk_images(g, ws_elems(dt, ws_len)), col_stride(g));
         for n0 in (0..batch).step_by(chunk) {
             let images = chunk.min(batch - n0);
-            let dy0 = at(dy, n0 * y_item);
-            im2col(gpu, g, at(x, n0 * x_item), ws, images)?;
+            let dy0 = at(dt, dy, n0 * y_item);
+            im2col(gpu, dt, g, at(dt, x, n0 * x_item), ws, images)?;
             for i in 0..images {
-                dw_gemm(at(dy0, i * y_item), at(ws, i * cs))?;
+                dw_gemm(at(dt, dy0, i * y_item), at(dt, ws, i * cs))?;
             }
             if let Some(dx) = dx {
                 // Overwrites the columns: the dW GEMMs above come first on the same stream.
-                dcol_gemm(dy0, Mat::new(ws, p).stride(cs), images)?;
-                col2im(gpu, g, ws, at(dx, n0 * x_item), images)?;
+                dcol_gemm(dy0, Mat::new(ws, p).of(dt).stride(cs), images)?;
+                col2im(gpu, dt, g, ws, at(dt, dx, n0 * x_item), images)?;
             }
         }
     }
     if let Some(db) = db {
-        channel_sum_accumulate(gpu, dy, db, batch, c_out, p)?;
+        channel_sum_accumulate(gpu, dt, dy, db, batch, c_out, p)?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use super::super::device::{CudaResult, DevPtr, Gpu, Launch};
 use crate::diffusion::noise::{STREAM_A_BITS, STREAM_B_BITS};
 use crate::diffusion::{stream, NoisePurpose, PredictionType, StepCoeffs};
 use crate::kernel_args;
+use crate::precision::Precision;
 
 // The kernels place the per-item stream argument with these widths (see kernels/diffusion.cu).
 const _: () = assert!(STREAM_B_BITS == 24 && STREAM_A_BITS == 36);
@@ -67,7 +68,8 @@ struct NoiseAddParams {
 /// t_out  = t as f32                    (what the UNet's time embedding takes)
 /// ```
 ///
-/// `x0`, `x_t`, `target`: (B, item_len); `sqrt_ab`, `sqrt_1m_ab`: (T) f32, the tables
+/// `x0`, `target`: (B, item_len) f32; `x_t`: (B, item_len) in the activation precision `dt`
+/// (it is the model's input; the loss compares with the fp32 target); `sqrt_ab`, `sqrt_1m_ab`: (T) f32, the tables
 /// `Schedule::sqrt_alphas_cumprod` / `sqrt_one_minus_alphas_cumprod`; `t_out`: (B) f32.
 ///
 /// Stops (as the CPU does) on `item_len` = 0, T outside [1, 2³²), or a step or batch that does
@@ -75,6 +77,7 @@ struct NoiseAddParams {
 #[allow(clippy::too_many_arguments)]
 pub fn noise_add(
     gpu: &Gpu,
+    dt: Precision,
     a: &NoiseAddArgs,
     x0: DevPtr,
     sqrt_ab: DevPtr,
@@ -112,7 +115,7 @@ pub fn noise_add(
     };
     let pairs = a.item_len.div_ceil(2);
     gpu.launch(
-        "noise_add_f32",
+        &dt.kernel("noise_add"),
         Launch::linear(a.batch * pairs, BLOCK),
         kernel_args!(x0, sqrt_ab, sqrt_1m_ab, x_t, target, t_out, p),
         || {
@@ -149,17 +152,20 @@ struct StepNoiseParams {
 }
 
 /// The device buffers of one sampler update, each (n_items, item_len) f32 unless noted;
-/// `DevPtr` 0 for an absent optional one.
+/// `DevPtr` 0 for an absent optional one. The sampler's state stays fp32 in every precision
+/// (50 roundings of x_t to bf16 would add up); only what the model reads and writes is `dt`.
 #[derive(Clone, Copy, Debug)]
 pub struct UpdateBuffers {
     pub x_t: DevPtr,
-    /// The model output (the conditional one when guided).
+    /// The model output (the conditional one when guided), in the activation precision `dt`.
     pub out: DevPtr,
-    /// The unconditional output for classifier-free guidance, or 0.
+    /// The unconditional output for classifier-free guidance (`dt`), or 0.
     pub out_uncond: DevPtr,
     /// The history (DPM-Solver++'s previous x̂₀, Heun's partial sum), or 0 when unused.
     pub hist: DevPtr,
     pub x_new: DevPtr,
+    /// x_new once more in `dt`, the next model input, or 0 (fp32 reads x_new itself).
+    pub x_new_model: DevPtr,
     /// The clipped x̂₀, or 0 to skip writing it.
     pub x0: DevPtr,
     /// (n_items) u64 image ids, each below 2³⁶ (checked on the host where x_T is drawn; an id
@@ -169,7 +175,7 @@ pub struct UpdateBuffers {
 
 /// One sampler update over `n_items` images of `item_len` elements: elementwise
 /// [`crate::diffusion::step_element_full`] with `c`'s coefficients (the `#[repr(C)]`
-/// [`StepCoeffs`] is passed as is), in the kernel `sampler_update_f32`. Every sampler (DDPM,
+/// [`StepCoeffs`] is passed as is), in the kernel `sampler_update_<dt>`. Every sampler (DDPM,
 /// DDIM and its inversion, Euler, Heun, Euler–Maruyama, DPM-Solver++(2M)) is this one map with
 /// its own coefficients.
 ///
@@ -179,6 +185,7 @@ pub struct UpdateBuffers {
 /// is drawn and `noise` is ignored. `x_new` may be `x_t` and `x0` may be `out` (in place).
 pub fn sampler_step(
     gpu: &Gpu,
+    dt: Precision,
     c: &StepCoeffs,
     noise: Option<StepNoise>,
     n_items: usize,
@@ -205,13 +212,27 @@ pub fn sampler_step(
         out_uncond,
         hist,
         x_new,
+        x_new_model,
         x0,
         image_ids,
     } = b;
     gpu.launch(
-        "sampler_update_f32",
+        &dt.kernel("sampler_update"),
         Launch::linear(n_items * item_len.div_ceil(2), BLOCK),
-        kernel_args!(c, nz, x_t, out, out_uncond, hist, x_new, x0, image_ids, n64, len64),
+        kernel_args!(
+            c,
+            nz,
+            x_t,
+            out,
+            out_uncond,
+            hist,
+            x_new,
+            x_new_model,
+            x0,
+            image_ids,
+            n64,
+            len64
+        ),
         || format!("x_t ({n_items}, {item_len}), sigma {}", c.sigma),
     )
 }

@@ -5,6 +5,7 @@
 use crate::cuda::{CudaResult, DevPtr, Gpu, Launch};
 use crate::kernel_args;
 use crate::ops::embedding::TimestepEmbedding;
+use crate::precision::Precision;
 
 const BLOCK: u32 = 256;
 
@@ -13,6 +14,7 @@ const BLOCK: u32 = 256;
 /// CPU twin: [`crate::ops::embedding::timestep_embedding_forward`].
 pub fn timestep_embedding(
     gpu: &Gpu,
+    dt: Precision,
     e: &TimestepEmbedding,
     n: usize,
     t: DevPtr,
@@ -22,7 +24,7 @@ pub fn timestep_embedding(
     let flip = i32::from(e.flip_sin_to_cos);
     let (freq_shift, max_period) = (e.freq_shift, e.max_period);
     gpu.launch(
-        "timestep_embedding_f32",
+        &dt.kernel("timestep_embedding"),
         Launch::linear(n * dim, BLOCK),
         kernel_args![t, emb, n, dim, flip, freq_shift, max_period],
         || format!("n={n} {e:?}"),
@@ -33,6 +35,7 @@ pub fn timestep_embedding(
 /// table: (classes, width); emb: (n, width).
 pub fn class_embedding_forward(
     gpu: &Gpu,
+    dt: Precision,
     n: usize,
     width: usize,
     labels: DevPtr,
@@ -40,7 +43,7 @@ pub fn class_embedding_forward(
     emb: DevPtr,
 ) -> CudaResult<()> {
     gpu.launch(
-        "class_embedding_forward_f32",
+        &dt.kernel("class_embedding_forward"),
         Launch::linear(n * width, BLOCK),
         kernel_args![labels, table, emb, n, width],
         || format!("n={n} width={width}"),
@@ -50,8 +53,10 @@ pub fn class_embedding_forward(
 /// dtable[labels[i], :] += demb[i, :] (a parameter gradient: accumulated).
 /// dtable: (classes, width), demb: (n, width). Each thread owns one dtable element and walks the
 /// batch in order: deterministic, no atomics, the CPU's order of additions.
+#[allow(clippy::too_many_arguments)]
 pub fn class_embedding_backward(
     gpu: &Gpu,
+    dt: Precision,
     n: usize,
     classes: usize,
     width: usize,
@@ -60,7 +65,7 @@ pub fn class_embedding_backward(
     dtable: DevPtr,
 ) -> CudaResult<()> {
     gpu.launch(
-        "class_embedding_backward_f32",
+        &dt.kernel("class_embedding_backward"),
         Launch::linear(classes * width, BLOCK),
         kernel_args![labels, demb, dtable, n, classes, width],
         || format!("n={n} classes={classes} width={width}"),

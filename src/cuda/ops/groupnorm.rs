@@ -1,5 +1,7 @@
-//! Launches of kernels/groupnorm.cu: group normalisation with per-channel affine, fp32, fp32
-//! statistics. CPU twin: [`crate::ops::groupnorm`] (same formulas; it accumulates in f64).
+//! Launches of kernels/groupnorm.cu: group normalisation with per-channel affine. x, y, dy, dx
+//! are stored in the activation precision `dt`; γ, β, their gradients, the statistics and the
+//! scratch are fp32, and every sum is fp32. The kernels that read no activation exist only as
+//! `_f32`. CPU twin: [`crate::ops::groupnorm`] (same formulas; it accumulates in f64).
 //!
 //! Work is cut into chunks of at most `CHUNK` elements so one block never walks a huge group
 //! alone: a group that fits in one chunk is one block; a larger one is split and its per-chunk
@@ -14,6 +16,7 @@
 use crate::cuda::{CudaResult, DevPtr, Gpu, Launch};
 use crate::kernel_args;
 use crate::ops::groupnorm::GroupNormShape;
+use crate::precision::Precision;
 
 /// Most elements one block reduces: 256 threads × 64 elements. A 32-group norm of 128 channels
 /// stays one block per group up to 64×64 maps and splits 4 ways at 128×128.
@@ -113,6 +116,7 @@ pub fn group_norm_scratch_len(g: &GroupNormShape) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_forward(
     gpu: &Gpu,
+    dt: Precision,
     g: &GroupNormShape,
     x: DevPtr,
     gamma: DevPtr,
@@ -138,7 +142,7 @@ pub fn group_norm_forward(
         // n <= CHUNK, so hw fits in 32 bits.
         let hw = u32_of(d.hw, "H·W", g);
         return gpu.launch(
-            "group_norm_forward_f32",
+            &dt.kernel("group_norm_forward"),
             per_item(groups_total, d.n),
             kernel_args![
                 x,
@@ -158,7 +162,7 @@ pub fn group_norm_forward(
     }
     let (n, chunk, chunks) = (d.n, CHUNK, u32_of(d.group_chunks, "chunks", g));
     gpu.launch(
-        "group_norm_partial_stats_f32",
+        &dt.kernel("group_norm_partial_stats"),
         per_item(groups_total * d.group_chunks, CHUNK),
         kernel_args![x, scratch, groups_total, n, chunk, chunks],
         shapes,
@@ -171,7 +175,7 @@ pub fn group_norm_forward(
     )?;
     let hw = d.hw;
     gpu.launch(
-        "group_norm_apply_f32",
+        &dt.kernel("group_norm_apply"),
         per_item(planes, hw),
         kernel_args![x, gamma, beta, mean, rstd, y, planes, channels, cg, groups, hw],
         shapes,
@@ -184,6 +188,7 @@ pub fn group_norm_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn group_norm_backward(
     gpu: &Gpu,
+    dt: Precision,
     g: &GroupNormShape,
     x: DevPtr,
     gamma: DevPtr,
@@ -213,7 +218,7 @@ pub fn group_norm_backward(
     let coef = scratch + d.backward_partials() as u64 * F32;
 
     gpu.launch(
-        "group_norm_backward_sums_f32",
+        &dt.kernel("group_norm_backward_sums"),
         per_item(planes * d.plane_chunks, hw.min(CHUNK)),
         kernel_args![x, dy, mean, rstd, partials, planes, channels, cg, groups, hw, chunk, chunks],
         shapes,
@@ -241,7 +246,7 @@ pub fn group_norm_backward(
         shapes,
     )?;
     gpu.launch(
-        "group_norm_backward_dx_f32",
+        &dt.kernel("group_norm_backward_dx"),
         per_item(planes, hw),
         kernel_args![x, gamma, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw],
         shapes,

@@ -10,7 +10,8 @@
 
 use super::super::device::{CudaResult, DevPtr, Gpu, Launch};
 use crate::kernel_args;
-use crate::optim::AdamWCoeffs;
+use crate::optim::{AdamWCoeffs, EmaAction};
+use crate::precision::Precision;
 
 /// Blocks of the first grad-norm pass; must equal `NORM_BLOCKS` in `kernels/optim.cu`.
 pub const NORM_BLOCKS: usize = 1024;
@@ -116,5 +117,88 @@ pub fn ema_update(gpu: &Gpu, n: usize, ema: DevPtr, params: DevPtr, rate: f32) -
         Launch::linear(n, BLOCK),
         kernel_args!(ema, params, rate, n64),
         || format!("ema/params ({n}), rate {rate}"),
+    )
+}
+
+/// Field for field `FusedStep` in `kernels/optim.cu`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct FusedStep {
+    adam: AdamWCoeffs,
+    grad_scale: f32,
+    ema_rate: f32,
+    ema_mode: i32,
+    pad: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<FusedStep>() == 48);
+
+/// The arena buffers of [`adamw_ema_step`], (n) each: f32 but for `lowp`.
+#[derive(Clone, Copy, Debug)]
+pub struct OptimBuffers {
+    pub params: DevPtr,
+    /// Read only.
+    pub grads: DevPtr,
+    pub m: DevPtr,
+    pub v: DevPtr,
+    pub ema: DevPtr,
+    /// The weights stored in the activation precision for the GEMMs, or 0 (fp32 has none).
+    pub lowp: DevPtr,
+}
+
+/// The gradient factor of one update: the clipping scale of [`crate::optim::clip_grad_norm`]
+/// (max_norm / (‖g‖ + 1e-6) when ‖g‖ > max_norm) divided by the loss scale `loss_scale` the
+/// gradients carry, formed in f64 and rounded once. `norm` is the norm of the *scaled*
+/// gradients, as [`grad_norm`] measured it. With no loss scale (1) and no clipping it is 1.
+pub fn grad_factor(norm: f32, loss_scale: f32, max_norm: f64) -> f32 {
+    let s = f64::from(loss_scale);
+    let true_norm = f64::from(norm) / s;
+    let clip = if clipping_enabled(max_norm) && true_norm.is_finite() && true_norm > max_norm {
+        max_norm / (true_norm + 1e-6)
+    } else {
+        1.0
+    };
+    (clip / s) as f32
+}
+
+/// One fused pass over the parameter arena: g ← grads · `grad_factor`, AdamW with `c`, the EMA
+/// per `ema`, and the low-precision weight copy (when `b.lowp` is set) — what [`clip_grads`],
+/// [`adamw_step`], [`ema_update`] and a cast do in four passes, with the same f32 operations in
+/// the same order (fp32 training is bitwise unchanged). `dt` is the type of `b.lowp`.
+pub fn adamw_ema_step(
+    gpu: &Gpu,
+    dt: Precision,
+    n: usize,
+    b: OptimBuffers,
+    c: &AdamWCoeffs,
+    grad_factor: f32,
+    ema: EmaAction,
+) -> CudaResult<()> {
+    let (ema_mode, ema_rate) = match ema {
+        EmaAction::Skip => (0, 0.0),
+        EmaAction::Average { rate } => (1, rate),
+        EmaAction::Copy => (2, 0.0),
+    };
+    let s = FusedStep {
+        adam: *c,
+        grad_scale: grad_factor,
+        ema_rate,
+        ema_mode,
+        pad: 0,
+    };
+    let n64 = n as u64;
+    let OptimBuffers {
+        params,
+        grads,
+        m,
+        v,
+        ema,
+        lowp,
+    } = b;
+    gpu.launch(
+        &dt.kernel("adamw_ema_step"),
+        Launch::linear(n, BLOCK),
+        kernel_args!(params, grads, m, v, ema, lowp, s, n64),
+        || format!("parameter arena ({n}), {dt}"),
     )
 }

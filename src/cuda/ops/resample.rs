@@ -6,16 +6,23 @@
 use crate::cuda::{CudaResult, DevPtr, Gpu, Launch};
 use crate::kernel_args;
 use crate::ops::conv2d::Padding;
+use crate::precision::Precision;
 use crate::shape::Nchw;
 
 const BLOCK: u32 = 256;
 
 /// x: `xs` = (N, C, H, W) → y: (N, C, 2H, 2W), y[.., oy, ox] = x[.., oy/2, ox/2].
 /// CPU twin: [`crate::ops::upsample::upsample_nearest2x_forward`].
-pub fn upsample_nearest2x_forward(gpu: &Gpu, xs: Nchw, x: DevPtr, y: DevPtr) -> CudaResult<()> {
+pub fn upsample_nearest2x_forward(
+    gpu: &Gpu,
+    dt: Precision,
+    xs: Nchw,
+    x: DevPtr,
+    y: DevPtr,
+) -> CudaResult<()> {
     let (nc, h, w) = (xs.n * xs.c, xs.h, xs.w);
     gpu.launch(
-        "upsample_nearest2x_forward_f32",
+        &dt.kernel("upsample_nearest2x_forward"),
         Launch::linear(4 * xs.len(), BLOCK),
         kernel_args![x, y, nc, h, w],
         || format!("x={xs}"),
@@ -25,10 +32,16 @@ pub fn upsample_nearest2x_forward(gpu: &Gpu, xs: Nchw, x: DevPtr, y: DevPtr) -> 
 /// dy: (N, C, 2H, 2W) → dx: `xs`, written: each dx is the sum of its four children (gather,
 /// so no atomics; the same order of additions as the CPU).
 /// CPU twin: [`crate::ops::upsample::upsample_nearest2x_backward`].
-pub fn upsample_nearest2x_backward(gpu: &Gpu, xs: Nchw, dy: DevPtr, dx: DevPtr) -> CudaResult<()> {
+pub fn upsample_nearest2x_backward(
+    gpu: &Gpu,
+    dt: Precision,
+    xs: Nchw,
+    dy: DevPtr,
+    dx: DevPtr,
+) -> CudaResult<()> {
     let (nc, h, w) = (xs.n * xs.c, xs.h, xs.w);
     gpu.launch(
-        "upsample_nearest2x_backward_f32",
+        &dt.kernel("upsample_nearest2x_backward"),
         Launch::linear(xs.len(), BLOCK),
         kernel_args![dy, dx, nc, h, w],
         || format!("x={xs}"),
@@ -46,11 +59,18 @@ pub fn padded_shape(xs: Nchw, pad: Padding) -> Nchw {
 }
 
 /// x: `xs` → y: [`padded_shape`]`(xs, pad)`, zeros outside x.
-pub fn pad2d_forward(gpu: &Gpu, xs: Nchw, pad: Padding, x: DevPtr, y: DevPtr) -> CudaResult<()> {
+pub fn pad2d_forward(
+    gpu: &Gpu,
+    dt: Precision,
+    xs: Nchw,
+    pad: Padding,
+    x: DevPtr,
+    y: DevPtr,
+) -> CudaResult<()> {
     let ys = padded_shape(xs, pad);
     let (nc, h, w, top, left, oh, ow) = (xs.n * xs.c, xs.h, xs.w, pad.top, pad.left, ys.h, ys.w);
     gpu.launch(
-        "pad2d_forward_f32",
+        &dt.kernel("pad2d_forward"),
         Launch::linear(ys.len(), BLOCK),
         kernel_args![x, y, nc, h, w, top, left, oh, ow],
         || format!("x={xs} pad={pad:?}"),
@@ -58,11 +78,18 @@ pub fn pad2d_forward(gpu: &Gpu, xs: Nchw, pad: Padding, x: DevPtr, y: DevPtr) ->
 }
 
 /// dy: [`padded_shape`]`(xs, pad)` → dx: `xs`, written: the crop of dy where x was.
-pub fn pad2d_backward(gpu: &Gpu, xs: Nchw, pad: Padding, dy: DevPtr, dx: DevPtr) -> CudaResult<()> {
+pub fn pad2d_backward(
+    gpu: &Gpu,
+    dt: Precision,
+    xs: Nchw,
+    pad: Padding,
+    dy: DevPtr,
+    dx: DevPtr,
+) -> CudaResult<()> {
     let ys = padded_shape(xs, pad);
     let (nc, h, w, top, left, oh, ow) = (xs.n * xs.c, xs.h, xs.w, pad.top, pad.left, ys.h, ys.w);
     gpu.launch(
-        "pad2d_backward_f32",
+        &dt.kernel("pad2d_backward"),
         Launch::linear(xs.len(), BLOCK),
         kernel_args![dy, dx, nc, h, w, top, left, oh, ow],
         || format!("x={xs} pad={pad:?}"),
