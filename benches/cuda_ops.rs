@@ -13,7 +13,9 @@
 //! bytes / the device-to-device copy bandwidth measured at startup (1 GiB copy, bytes read plus
 //! written), and FLOPs / the FP32 CUDA-core peak (SMs × FP32 lanes per SM × 2 × clock; 128 lanes
 //! for sm_86 and newer, sm_90 included, 64 for sm_80). Our GEMMs are fp32 without TF32 (cuBLAS
-//! default math), so that peak, not the tensor-core rate, is their floor for now. After each
+//! default math), so that peak, not the tensor-core rate, is their floor for now. Group norm
+//! (+ SiLU) and the fused optimizer pass also run with bf16 activations / a bf16 weight copy,
+//! the configuration a bf16 training step uses, against the same bandwidth floor. After each
 //! group a table compares the measured time per launch with the larger floor (% of roofline).
 //! FLOP counts of the memory-bound ops are rough (their bytes floor is far larger anyway).
 //!
@@ -516,6 +518,39 @@ fn group_norm(bench: &Bench, c: &mut Criterion) -> Result<()> {
             )
         },
     );
+    // bf16 activations (x, y, dy, dx in 2 bytes; γ, β, statistics and sums fp32): the same
+    // passes over half the bytes. The buffers above are f32-sized, so they hold these too.
+    let bf16 = Precision::Bf16;
+    let h = |elems: usize| elems as u64 * 2;
+    bench.run(
+        &mut g,
+        GROUP,
+        &format!("fwd_bf16_{tag}"),
+        Work::mem(h(2 * n) + f32s(2 * ch + 2 * stats), 7 * n as u64),
+        move |gpu| ops::groupnorm::group_norm_forward(gpu, bf16, &s, xp, gp, bp, yp, mp, rp, sp),
+    );
+    bench.run(
+        &mut g,
+        GROUP,
+        &format!("bwd_bf16_{tag}"),
+        Work::mem(h(3 * n) + f32s(5 * ch + 2 * stats), 10 * n as u64),
+        move |gpu| {
+            ops::groupnorm::group_norm_backward(
+                gpu, bf16, &s, xp, gp, mp, rp, dyp, dxp, dgp, dbp, sp,
+            )
+        },
+    );
+    // Group norm then SiLU, as a residual block runs them (two launches: not fused yet).
+    bench.run(
+        &mut g,
+        GROUP,
+        &format!("fwd_silu_bf16_{tag}"),
+        Work::mem(h(2 * n) + f32s(2 * ch + 2 * stats), 11 * n as u64),
+        move |gpu| {
+            ops::groupnorm::group_norm_forward(gpu, bf16, &s, xp, gp, bp, yp, mp, rp, sp)?;
+            ops::elementwise::silu_forward(gpu, bf16, n, yp, dxp)
+        },
+    );
     g.finish();
     bench.table(GROUP);
     Ok(())
@@ -811,6 +846,36 @@ fn optim(bench: &Bench, c: &mut Criterion) -> Result<()> {
         &format!("ema_{tag}"),
         Work::mem(f32s(3 * n), 3 * n64),
         move |gpu| ops::optim::ema_update(gpu, n, ep, pp, rate),
+    );
+    // What a training step runs: one pass that scales g (clip and loss scale), updates θ, m, v
+    // and the EMA, and writes the bf16 weight copy. Read θ, g, m, v, EMA; write θ, m, v, EMA
+    // (fp32) and the copy (2 bytes).
+    let lowp = zeros(gpu, n.div_ceil(2))?;
+    let bufs = ops::optim::OptimBuffers {
+        params: pp,
+        grads: gp,
+        m: mp,
+        v: vp,
+        ema: ep,
+        lowp: lowp.ptr(),
+    };
+    let ema_action = ddpm::optim::EmaAction::Average { rate };
+    bench.run(
+        &mut g,
+        GROUP,
+        &format!("fused_adamw_ema_bf16_{tag}"),
+        Work::mem(f32s(9 * n) + 2 * n64, 20 * n64),
+        move |gpu| {
+            ops::optim::adamw_ema_step(
+                gpu,
+                Precision::Bf16,
+                n,
+                bufs,
+                &coeffs,
+                0.999_999,
+                ema_action,
+            )
+        },
     );
     g.finish();
     bench.table(GROUP);

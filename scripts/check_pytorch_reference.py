@@ -23,6 +23,7 @@ import torch
 from diffusers import UNet2DModel
 from torch.utils.flop_counter import FlopCounterMode
 
+sys.dont_write_bytecode = True  # leave no __pycache__ in scripts/
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pytorch_reference as ref  # noqa: E402
 

@@ -11,7 +11,13 @@
 #   ddpm-info               bundle/bin/ddpm info
 #   cuda                    bundle/tests/cuda, the CUDA parity suite (a test-name filter:
 #                           DDPM_CUDA_FILTER; timeout DDPM_CUDA_TIMEOUT, default 180 s)
-#   bench-{train,sample}-*  ddpm bench train|sample, presets tiny and ddpm-cifar10, --device cuda
+#   bench-{train,sample}-*  ddpm bench train|sample, presets tiny, ddpm-cifar10 (bf16, fp16,
+#                           fp32) and cifar10-small, --device cuda
+#
+# The side-by-side comparison with PyTorch is a separate command (torch.compile alone takes
+# minutes): python3 scripts/side_by_side.py --ddpm bundle/bin/ddpm
+#   precision-curves        scripts/precision_curves.py: tiny for 2000 steps in fp32, bf16 and
+#                           fp16, loss curves against fp32 (table in logs/precision/)
 #   criterion-<bench>       each bundle/benches/* with --bench and short criterion settings
 #                           (DDPM_BENCH_ARGS; a filter: DDPM_BENCH_FILTER)
 #   e2e-train, e2e-sample   ddpm train --device cuda --steps 200, then ddpm sample --num 16
@@ -234,10 +240,17 @@ if [ "${names[-1]}" = cuda ] && [ "${statuses[-1]}" = ok ] &&
 fi
 cp "$LOGS/cuda.log" "$OUT/cuda.log" 2>/dev/null
 
+# The issue's configurations (bf16 is the GPU default), and fp32 as the reference.
 run_step bench-train-tiny 45 "$ddpm" bench train --preset tiny --batch-size 32 --device cuda
-run_step bench-train-cifar10 75 "$ddpm" bench train --preset ddpm-cifar10 --batch-size 128 --device cuda
+run_step bench-train-cifar10-bf16 75 "$ddpm" bench train --preset ddpm-cifar10 --batch-size 128 --device cuda --precision bf16
+run_step bench-train-cifar10-fp16 75 "$ddpm" bench train --preset ddpm-cifar10 --batch-size 128 --device cuda --precision fp16
+run_step bench-train-cifar10-fp32 75 "$ddpm" bench train --preset ddpm-cifar10 --batch-size 128 --device cuda --precision fp32
+run_step bench-train-small-bf16 60 "$ddpm" bench train --preset cifar10-small --batch-size 64 --device cuda --precision bf16
 run_step bench-sample-tiny 45 "$ddpm" bench sample --preset tiny --batch-size 64 --device cuda
-run_step bench-sample-cifar10 75 "$ddpm" bench sample --preset ddpm-cifar10 --batch-size 256 --device cuda
+run_step bench-sample-cifar10-bf16 75 "$ddpm" bench sample --preset ddpm-cifar10 --batch-size 256 --device cuda --precision bf16
+
+# The issue's precision check: tiny, 2000 steps in fp32, bf16 and fp16, loss curves compared.
+run_step precision-curves 150 python3 scripts/precision_curves.py --ddpm "$ddpm" --out "$LOGS/precision"
 
 export CRITERION_HOME="$OUT/criterion-data"
 read -ra bench_args <<<"${DDPM_BENCH_ARGS:---warm-up-time 1 --measurement-time 3 --noplot}"

@@ -48,6 +48,9 @@ import sys
 import time
 from pathlib import Path
 
+# pytorch_reference.py is imported for its FLOP count: leave no __pycache__ in scripts/.
+sys.dont_write_bytecode = True
+
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = Path(__file__).resolve().parent / "pytorch_reference.py"
 

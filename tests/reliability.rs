@@ -390,6 +390,23 @@ fn flags_that_cannot_work_are_usage_errors_and_write_nothing() {
             ddpm(&["bench", "sample", "--steps", "1001"]),
             "--steps 1001",
         ),
+        // The CPU computes in fp32 only: asking it for bf16 says so instead of ignoring it.
+        (
+            train(&["--precision", "bf16"]),
+            "--precision bf16: the CPU backend computes in fp32 only",
+        ),
+        (
+            sample(&["--device", "cpu", "--precision", "bf16"]),
+            "--precision bf16: the CPU backend computes in fp32 only",
+        ),
+        (
+            ddpm(&["bench", "train", "--device", "cpu", "--precision", "fp16"]),
+            "--precision fp16: the CPU backend computes in fp32 only",
+        ),
+        (
+            sample(&["--precision", "int8"]),
+            "expected auto, fp32, bf16 or fp16",
+        ),
     ];
     for (run, needle) in &cases {
         fails_with(run, 2, needle);

@@ -91,6 +91,42 @@ pub fn expect_within(what: &str, got: &[f32], want: &[f32], max_abs: f64) {
     );
 }
 
+/// Compares as a whole: ‖got − want‖₂ / ‖want‖₂ ≤ `tol`, for results of reduced precision
+/// (bf16, fp16) whose elementwise error is not meaningful near zero but whose overall error is
+/// bounded by the format's rounding. The table's "rel" column holds this ratio.
+pub fn expect_rel_l2(what: &str, got: &[f32], want: &[f32], tol: f64) {
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: compared buffers differ in length"
+    );
+    let (mut diff, mut norm, mut abs) = (0.0f64, 0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        let d = f64::from(g) - f64::from(w);
+        diff += d * d;
+        norm += f64::from(w) * f64::from(w);
+        abs = abs.max(d.abs());
+    }
+    let rel = if diff.is_finite() {
+        diff.sqrt() / norm.sqrt().max(1e-30)
+    } else {
+        f64::INFINITY
+    };
+    REPORTS.with(|r| {
+        r.borrow_mut().push(Measured {
+            test: CURRENT.with(|c| c.borrow().clone()),
+            what: format!("{what} (rel L2)"),
+            max_abs: abs,
+            max_rel: rel,
+            tolerance: tol,
+        })
+    });
+    assert!(
+        rel <= tol,
+        "{what}: relative L2 error {rel:.3e} exceeds {tol:.1e}"
+    );
+}
+
 /// Runs `cases` (filtered by the first non-flag argument, as libtest does) and exits with 1 if
 /// any failed. Without a GPU, prints each as skipped with the reason and exits 0.
 pub fn run_main(suite: &str, cases: &[Case]) {

@@ -31,6 +31,7 @@ const TOL: f64 = 3e-4;
 pub fn cases() -> Vec<Case> {
     let mut cases = fp32_cases();
     cases.extend(mixed_cases());
+    cases.extend(exact_cases());
     cases
 }
 
@@ -481,33 +482,37 @@ fn run_linear(
 // the GPU's own error: the roundings of what it stores in the format and its fp32 sums.
 //
 // Each output is held to an absolute bound built from the format (see `bound`):
-//   r · u · M + FP32_SLACK · (k + 1) · 2⁻²⁴ · M
+//   r · u · M + slack · (k + 1) · 2⁻²⁴ · M
 // where u is the format's unit roundoff, r the number of times the output's path rounds to the
 // format, k the number of terms of its fp32 sum and M the largest Σ|term| over the output's
 // elements — the reference run on the absolute values of the inputs (so M bounds every partial
 // sum and every value stored on the way; the "+ 1" covers the reference's own narrowing to f32).
 // The first part is one rounding error (≤ u·|v|) per stored value; the second Higham's worst-case
-// γ_k bound for a sum of k terms in any order, FMA or not. dW and db are never rounded (r = 0), so
-// storing or accumulating them in the format, an error of u·|dW| ≫ k·2⁻²⁴·M here, fails; so does
-// a dropped bias or a wrong index (O(1) errors).
+// γ_k bound for a sum of k terms in any order, FMA or not (times `GEMM_SLACK` for a GEMM's).
+// dW and db are never rounded (r = 0), so storing or accumulating them in the format, an error
+// of u·|dW| ≫ k·2⁻²⁴·M here, fails; so does a dropped bias or a wrong index (O(1) errors).
 
-/// Margin over γ_k for the GEMMs' fp32 accumulation: the emulator adds in IEEE fp32, and tensor
+/// Margin over γ_k for a GEMM's fp32 accumulation: the emulator adds in IEEE fp32, and tensor
 /// cores, which align the products of a step to the largest and truncate, stay within about 2u
-/// per addition; 4 leaves room for both.
-const FP32_SLACK: f64 = 4.0;
+/// per addition; 4 leaves room for both. The bias-gradient kernels add in plain IEEE fp32, where
+/// γ_k itself holds (margin 1).
+const GEMM_SLACK: f64 = 4.0;
 
 /// The absolute error bound above for an output whose elements' Σ|term| are `mag`.
-fn bound(dt: Precision, roundings: u32, terms: usize, mag: &[f32]) -> f64 {
+fn bound(dt: Precision, path: Path, mag: &[f32]) -> f64 {
     let m = mag.iter().fold(0.0f64, |a, &v| a.max(f64::from(v).abs()));
-    let fp32_sum = FP32_SLACK * (terms + 1) as f64 * f64::powi(2.0, -24);
-    (f64::from(roundings) * dt.unit_roundoff() + fp32_sum) * m
+    let slack = if path.gemm { GEMM_SLACK } else { 1.0 };
+    let fp32_sum = slack * (path.terms + 1) as f64 * f64::powi(2.0, -24);
+    (f64::from(path.roundings) * dt.unit_roundoff() + fp32_sum) * m
 }
 
-/// What an output's path does: how often it rounds to the format, and the terms of its fp32 sum.
+/// What an output's path does: how often it rounds to the format, the terms of its fp32 sum and
+/// whether a GEMM (tensor cores on a GPU) forms that sum.
 #[derive(Clone, Copy)]
 struct Path {
     roundings: u32,
     terms: usize,
+    gemm: bool,
 }
 
 /// The paths of y, dx, dW and db of one layer.
@@ -562,7 +567,7 @@ impl Outputs {
             (&self.dw, &want.dw, &mag.dw, p.dw, "dw (fp32, accumulated)"),
             (&self.db, &want.db, &mag.db, p.db, "db (fp32, accumulated)"),
         ] {
-            let tol = bound(dt, path.roundings, path.terms, mag);
+            let tol = bound(dt, path, mag);
             expect_within(&format!("{what} {dt} {name}"), got, want, tol);
         }
     }
@@ -584,6 +589,7 @@ fn check_conv_mixed(gpu: &Gpu, dt: Precision, g: &Conv2dShape, seed: u64) -> any
         y: Path {
             roundings: 2,
             terms: g.patch_len() + 1,
+            gemm: true,
         },
         // The Wᵀ·dY GEMM rounds each patch-matrix entry, col2im sums up to kh·kw of them in fp32
         // and rounds again; a pointwise convolution writes the GEMM's output straight to dx.
@@ -591,22 +597,26 @@ fn check_conv_mixed(gpu: &Gpu, dt: Precision, g: &Conv2dShape, seed: u64) -> any
             Path {
                 roundings: 1,
                 terms: g.c_out,
+                gemm: true,
             }
         } else {
             Path {
                 roundings: 2,
                 terms: g.c_out + kh * kw,
+                gemm: true,
             }
         },
         // N·P products added onto dW₀ (one fp32 GEMM per image), never rounded to the format.
         dw: Path {
             roundings: 0,
             terms: per_image,
+            gemm: true,
         },
-        // N·P values of dy added onto db₀ in fp32.
+        // N·P values of dy added onto db₀ by the channel-sum kernel, in fp32.
         db: Path {
             roundings: 0,
             terms: per_image,
+            gemm: false,
         },
     };
     let min_ws = conv2d_workspace_len(g);
@@ -637,20 +647,25 @@ fn check_linear_mixed(gpu: &Gpu, dt: Precision, s: LinearShape, seed: u64) -> an
         y: Path {
             roundings: 2,
             terms: s.d_in + 1,
+            gemm: true,
         },
         // dy·W, one GEMM, rounded once.
         dx: Path {
             roundings: 1,
             terms: s.d_out,
+            gemm: true,
         },
-        // rows products (dW) or values (db) added onto the fp32 starting value.
+        // rows products added onto dW₀ by the dyᵀ·x GEMM, into fp32.
         dw: Path {
             roundings: 0,
             terms: s.rows,
+            gemm: true,
         },
+        // rows values of dy added onto db₀ by the column-sum kernel, in fp32.
         db: Path {
             roundings: 0,
             terms: s.rows,
+            gemm: false,
         },
     };
     let got = run_linear(gpu, dt, &s, &inputs, opts)?;
@@ -719,6 +734,163 @@ fn mixed_cases() -> Vec<Case> {
         Case {
             name: "linear_wide_fp16",
             run: |gpu| check_linear_mixed(gpu, Precision::Fp16, LinearShape::new(33, 64, 70), 42),
+        },
+    ]
+}
+
+// ---- bf16 and fp16 on integer inputs: exact --------------------------------------------------
+//
+// With small integers for x, w and dy (and integer bias and starting gradients), every product
+// and every fp32 sum is exact — on the emulator and on tensor cores alike, whatever the order —
+// so the only inexact steps left are the roundings to the format, which round-to-nearest-even
+// makes deterministic. The integers are large enough that the sums often need more bits than the
+// format has (bf16: 8, fp16: 11), so those roundings are exercised, and small enough that fp16
+// cannot overflow. The expected outputs are therefore exact: tolerance 0, which also pins down
+// WHERE each path rounds (once after the GEMM and once after the bias add for y; each patch-matrix
+// entry, then col2im's fp32 sum, for dx; never for dW and db), which the bounds above cannot:
+// an extra rounding, e.g. col2im accumulating in the format, is within them.
+
+/// Integers uniform in [-r, r].
+fn integers(rng: &mut Philox, n: usize, r: u32) -> Vec<f32> {
+    (0..n)
+        .map(|_| (rng.next_u32() % (2 * r + 1)) as f32 - r as f32)
+        .collect()
+}
+
+/// Integer inputs whose sums of `terms` products stay below 2¹⁵ (fp16 overflows at 65 520).
+fn integer_inputs(dt: Precision, seed: u64, lens: [usize; 4], terms: usize) -> Inputs {
+    let [x, w, b, y] = lens;
+    let r = match dt {
+        Precision::Fp16 => ((32_768.0 / terms as f64).sqrt() as u32).min(32),
+        _ => 16,
+    };
+    let mut rng = Philox::new(seed);
+    Inputs {
+        x: integers(&mut rng, x, r),
+        w: integers(&mut rng, w, r),
+        b: integers(&mut rng, b, 100),
+        dy: integers(&mut rng, y, r),
+        dw0: integers(&mut rng, w, 1000),
+        db0: integers(&mut rng, b, 1000),
+    }
+}
+
+fn round_all(dt: Precision, v: &[f64]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(dt.round(x as f32))).collect()
+}
+
+/// y = dt(dt(s) + b) with s exact: the GEMM's output rounded, then the bias add's.
+fn round_then_add_bias(dt: Precision, s: &[f64], b: &[f32], inner: usize) -> Vec<f32> {
+    s.iter()
+        .enumerate()
+        .map(|(i, &v)| dt.round(dt.round(v as f32) + b[(i / inner) % b.len()]))
+        .collect()
+}
+
+fn expect_exact(got: &Outputs, want: &Outputs, what: &str) {
+    for (g, w, name) in [
+        (&got.y, &want.y, "y"),
+        (&got.dx, &want.dx, "dx"),
+        (&got.dw, &want.dw, "dw (fp32)"),
+        (&got.db, &want.db, "db (fp32)"),
+    ] {
+        expect_close(&format!("{what} {name}"), g, w, 0.0);
+    }
+}
+
+fn check_conv_exact(gpu: &Gpu, dt: Precision, g: &Conv2dShape, seed: u64) -> anyhow::Result<()> {
+    let (k, p, c_out) = (g.patch_len(), g.output().hw(), g.c_out);
+    let (kh, kw) = g.kernel;
+    let lens = [g.input.len(), g.weight_len(), c_out, g.output().len()];
+    let i = integer_inputs(dt, seed, lens, k.max(c_out * kh * kw));
+    // dW and db: exact integer sums.
+    let exact = conv_reference(g, &i, Options::ALL);
+    let (x, w, dy) = (widen(&i.x), widen(&i.w), widen(&i.dy));
+    let mut s = vec![0.0; g.output().len()];
+    cpu_conv::conv2d_forward(g, &x, &w, None, &mut s);
+    let y = round_then_add_bias(dt, &s, &i.b, p);
+    // dx: each patch-matrix entry Wᵀ·dY_n rounded, then col2im's (exact) sum rounded.
+    let mut dx = vec![0.0f32; g.input.len()];
+    for (n, dx_n) in dx.chunks_exact_mut(g.input.chw()).enumerate() {
+        let dy_n = &dy[n * c_out * p..(n + 1) * c_out * p];
+        let mut dcol = vec![0.0f64; k * p];
+        for (r, row) in dcol.chunks_exact_mut(p).enumerate() {
+            for co in 0..c_out {
+                let wv = w[co * k + r];
+                for (d, &g) in row.iter_mut().zip(&dy_n[co * p..(co + 1) * p]) {
+                    *d += wv * g;
+                }
+            }
+        }
+        let mut sum = vec![0.0f64; g.input.chw()];
+        cpu_conv::col2im(g, &round_all(dt, &dcol), &mut sum);
+        for (o, v) in dx_n.iter_mut().zip(&sum) {
+            *o = dt.round(*v as f32);
+        }
+    }
+    let want = Outputs {
+        y,
+        dx,
+        dw: exact.dw,
+        db: exact.db,
+    };
+    let got = run_conv(gpu, dt, g, &i, Options::ALL, conv2d_workspace_len(g))?;
+    expect_exact(&got, &want, &format!("integers {dt}"));
+    Ok(())
+}
+
+fn check_linear_exact(gpu: &Gpu, dt: Precision, s: LinearShape, seed: u64) -> anyhow::Result<()> {
+    let lens = [s.rows * s.d_in, s.d_out * s.d_in, s.d_out, s.rows * s.d_out];
+    let i = integer_inputs(dt, seed, lens, s.d_in.max(s.d_out));
+    let exact = linear_reference(&s, &i, Options::ALL);
+    let (x, w) = (widen(&i.x), widen(&i.w));
+    let mut xw = vec![0.0; s.rows * s.d_out];
+    cpu_linear::linear_forward(&s, &x, &w, None, &mut xw);
+    let want = Outputs {
+        y: round_then_add_bias(dt, &xw, &i.b, 1),
+        // One GEMM, rounded once.
+        dx: exact.dx.iter().map(|&v| dt.round(v)).collect(),
+        dw: exact.dw,
+        db: exact.db,
+    };
+    let got = run_linear(gpu, dt, &s, &i, Options::ALL)?;
+    expect_exact(&got, &want, &format!("integers {dt}"));
+    Ok(())
+}
+
+fn exact_cases() -> Vec<Case> {
+    vec![
+        Case {
+            name: "conv2d_3x3_pad1_bf16_integers_exact",
+            run: |gpu| check_conv_exact(gpu, Precision::Bf16, &conv_3x3_pad1(), 51),
+        },
+        Case {
+            name: "conv2d_3x3_pad1_fp16_integers_exact",
+            run: |gpu| check_conv_exact(gpu, Precision::Fp16, &conv_3x3_pad1(), 51),
+        },
+        Case {
+            name: "conv2d_3x3_stride2_bf16_integers_exact",
+            run: |gpu| check_conv_exact(gpu, Precision::Bf16, &conv_3x3_stride2(), 52),
+        },
+        Case {
+            name: "conv2d_3x3_stride2_fp16_integers_exact",
+            run: |gpu| check_conv_exact(gpu, Precision::Fp16, &conv_3x3_stride2(), 52),
+        },
+        Case {
+            name: "conv2d_1x1_shortcut_bf16_integers_exact",
+            run: |gpu| check_conv_exact(gpu, Precision::Bf16, &conv_1x1(), 53),
+        },
+        Case {
+            name: "conv2d_1x1_shortcut_fp16_integers_exact",
+            run: |gpu| check_conv_exact(gpu, Precision::Fp16, &conv_1x1(), 53),
+        },
+        Case {
+            name: "linear_wide_bf16_integers_exact",
+            run: |gpu| check_linear_exact(gpu, Precision::Bf16, LinearShape::new(33, 64, 70), 54),
+        },
+        Case {
+            name: "linear_wide_fp16_integers_exact",
+            run: |gpu| check_linear_exact(gpu, Precision::Fp16, LinearShape::new(33, 64, 70), 54),
         },
     ]
 }

@@ -876,11 +876,12 @@ fn casts(gpu: &Gpu) -> anyhow::Result<()> {
 fn resample_reduced(gpu: &Gpu) -> anyhow::Result<()> {
     let pads = [
         Padding::bottom_right(1),
+        Padding::same(2),
         Padding {
             top: 1,
             bottom: 2,
-            left: 0,
-            right: 3,
+            left: 3,
+            right: 0,
         },
     ];
     for dt in REDUCED {

@@ -16,14 +16,14 @@
 use std::rc::Rc;
 
 use ddpm::cuda::sample::GpuSampler;
-use ddpm::cuda::testing::{expect_close, expect_within, shared_gpu, Case};
+use ddpm::cuda::testing::{expect_close, expect_rel_l2, expect_within, shared_gpu, Case};
 use ddpm::cuda::train::GpuTrainer;
 use ddpm::cuda::Gpu;
 use ddpm::data::Batch;
 use ddpm::diffusion::sampler::{SampleOptions, SamplerKind};
 use ddpm::diffusion::{PredictionType, Schedule, ScheduleConfig};
 use ddpm::nn::{DownBlockType::*, UNetConfig, UpBlockType::*};
-use ddpm::optim::{AdamW, AdamWConfig, EmaConfig};
+use ddpm::optim::{AdamW, AdamWConfig, EmaConfig, LossScaler};
 use ddpm::precision::Precision;
 use ddpm::rng::Philox;
 use ddpm::sample::{generate, GenerateOptions};
@@ -54,6 +54,18 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "ddpm_and_ddim_sampling_from_fixed_noise_match_cpu",
             run: sampling_matches,
+        },
+        Case {
+            name: "bf16_fp16_gradients_and_losses_track_fp32",
+            run: reduced_precision_tracks_fp32,
+        },
+        Case {
+            name: "fp16_loss_scale_backs_off_from_overflow",
+            run: fp16_overflow_backs_off,
+        },
+        Case {
+            name: "bf16_fp16_sampling_tracks_the_cpu",
+            run: reduced_precision_sampling,
         },
     ]
 }
@@ -312,6 +324,187 @@ fn sampling_matches(g: &Gpu) -> anyhow::Result<()> {
         let want = generate(&net, &weights, &schedule, &opts, None, &mut |_, _| {})?;
         let got = sampler.generate(&net, &schedule, &opts, None, &mut |_, _| {})?;
         expect_close(name, &got, &want, 1e-3);
+    }
+    Ok(())
+}
+
+/// The gradient of one step, on the host (divided by the loss scale fp16 multiplied in).
+fn unscaled_grads(dev: &GpuTrainer, scale: f32) -> anyhow::Result<Vec<f32>> {
+    let host = dev.params_to_host()?;
+    Ok(host.grads().iter().map(|&g| g / scale).collect())
+}
+
+/// bf16 and fp16 training against fp32 on the same data, seed and weights: the first step's
+/// whole gradient within a few percent (relative L2), and the losses of 12 steps within a band.
+/// The bounds come from the formats: every stored activation carries a relative rounding error
+/// of at most u (bf16 2⁻⁸, fp16 2⁻¹¹), and a gradient passes through about 40 roundings
+/// (forward and backward) that add up like a random walk, √40·u ≈ 6u: 2.5 % for bf16, 0.3 % for
+/// fp16. The bounds are 2× that. A dropped backward term or a kernel reading the wrong type
+/// gives errors of order 1.
+fn reduced_precision_tracks_fp32(g: &Gpu) -> anyhow::Result<()> {
+    let gpu = open(g);
+    let cfg = train_config(4, LossKind::L2, 0.0);
+    let run = |precision: Precision| -> anyhow::Result<(Vec<f32>, Vec<f32>)> {
+        let mut dev = GpuTrainer::new(
+            gpu.clone(),
+            model(true),
+            ScheduleConfig::default(),
+            cfg.clone(),
+            precision,
+        )?;
+        let mut grads = Vec::new();
+        let mut losses = Vec::new();
+        for step in 0..12 {
+            let scale = dev.scaler.as_ref().map_or(1.0, LossScaler::scale);
+            let stats = dev.train_step(&batch(4, step, true))?;
+            assert!(
+                !stats.skipped,
+                "{precision} step {} was skipped (loss {}, norm {})",
+                step + 1,
+                stats.loss,
+                stats.grad_norm
+            );
+            losses.push(stats.loss);
+            if step == 0 {
+                grads = unscaled_grads(&dev, scale)?;
+            }
+        }
+        let ck = dev.checkpoint()?;
+        assert!(ck.weights.iter().all(|w| w.is_finite()), "{precision}");
+        Ok((grads, losses))
+    };
+    let (g32, l32) = run(Precision::Fp32)?;
+    for (precision, tol) in [(Precision::Bf16, 0.05), (Precision::Fp16, 0.006)] {
+        let (gp, lp) = run(precision)?;
+        expect_rel_l2(&format!("{precision} first-step gradient"), &gp, &g32, tol);
+        // The losses drift apart as the weights do, but stay within the same band.
+        expect_rel_l2(&format!("{precision} losses of 12 steps"), &lp, &l32, tol);
+    }
+    Ok(())
+}
+
+/// fp16 at the largest loss scale: the scaled output gradient overflows fp16 (above 65504), so
+/// the first steps are skipped as overflows (not divergence), the scale halves each time, and
+/// training goes on with finite weights once it fits.
+fn fp16_overflow_backs_off(g: &Gpu) -> anyhow::Result<()> {
+    let gpu = open(g);
+    let cfg = train_config(4, LossKind::L2, 1.0);
+    let mut dev = GpuTrainer::new(
+        gpu,
+        model(false),
+        ScheduleConfig::default(),
+        cfg,
+        Precision::Fp16,
+    )?;
+    dev.scaler = Some(LossScaler::with(LossScaler::MAX, 2000));
+    let mut overflows = 0;
+    let mut good = 0;
+    for step in 0..40 {
+        let before = dev.scaler.as_ref().unwrap().scale();
+        let s = dev.train_step(&batch(4, step, false))?;
+        let after = dev.scaler.as_ref().unwrap().scale();
+        if s.skipped {
+            assert!(
+                s.overflow,
+                "step {}: a skip that is not an overflow",
+                step + 1
+            );
+            assert!(s.loss.is_finite());
+            assert_eq!(after, before / 2.0, "the scale halves on overflow");
+            assert_eq!(good, 0, "an overflow after good steps at a smaller scale");
+            overflows += 1;
+        } else {
+            assert!(!s.overflow);
+            assert_eq!(after, before, "no growth within 2000 steps");
+            good += 1;
+            if good == 3 {
+                break;
+            }
+        }
+    }
+    assert!(overflows > 0, "2²⁴ should overflow fp16 on this model");
+    assert_eq!(
+        good, 3,
+        "training never resumed after {overflows} overflows"
+    );
+    assert_eq!(dev.skipped, overflows, "overflows count as skipped steps");
+    let ck = dev.checkpoint()?;
+    assert!(ck.weights.iter().all(|w| w.is_finite()));
+    assert!(ck.ema.iter().all(|w| w.is_finite()));
+    Ok(())
+}
+
+/// One forward pass of the whole UNet with activations stored as `precision`: the output
+/// (B, C, H, W) on the host.
+fn gpu_forward(
+    gpu: &Rc<Gpu>,
+    net: &ddpm::nn::UNet,
+    weights: &ddpm::params::ParamArena<f32>,
+    precision: Precision,
+    x: &[f32],
+    t: &[f32],
+    labels: Option<&[u32]>,
+) -> anyhow::Result<Vec<f32>> {
+    use ddpm::cuda::backend::{DevBuf, DeviceParams, GpuBackend, Sizing};
+    let b = t.len();
+    let plan = net.plan_step_stored::<f32>(b, false, precision.bytes())?;
+    let mut be = GpuBackend::new(gpu.clone(), Sizing::from_plan(&plan), precision)?;
+    let params = DeviceParams::upload(gpu, weights, precision)?;
+    let x_d = gpu.alloc(x.len() * precision.bytes(), "x")?;
+    gpu.upload_as(x_d.ptr(), precision, x, "x")?;
+    let t_d = gpu.alloc(4 * b, "t")?;
+    gpu.upload(t_d.ptr(), t, "t")?;
+    let (y, _) = net.forward_on(
+        &mut be,
+        &params,
+        &DevBuf::view(x_d.ptr(), x.len()),
+        &DevBuf::view(t_d.ptr(), b),
+        labels,
+        None,
+        false,
+    )?;
+    be.finish()?;
+    let mut out = vec![0.0f32; y.len];
+    gpu.download_as(&mut out, y.ptr, precision, "output")?;
+    Ok(out)
+}
+
+/// The model in bf16/fp16 against the CPU's fp32, on the same weights and inputs.
+///
+/// One forward pass: each stored activation is rounded (relative error ≤ u, bf16 2⁻⁸, fp16
+/// 2⁻¹¹) about 20 times along the way, adding up like a random walk to √20·u ≈ 4.5u: 1.7 %
+/// (bf16) and 0.2 % (fp16) relative L2; the bounds are 2× that.
+///
+/// Ten DDIM steps from the same noise (no x̂₀ clipping, so the map is smooth and the
+/// comparison is not decided by which side of the clip a value falls): each evaluation adds
+/// the forward's error, and the deterministic sampler carries it to the end, at most 10× the
+/// one-pass error; the bounds allow a quarter of that worst case on top of the one-pass bound.
+/// A kernel reading or writing the wrong type is off by order 1.
+fn reduced_precision_sampling(g: &Gpu) -> anyhow::Result<()> {
+    let gpu = open(g);
+    let net = ddpm::nn::UNet::new(model(true))?;
+    let weights = net.init_params::<f32>(3);
+    let schedule = Schedule::new(ScheduleConfig::default())?;
+    let b = 4;
+    let x: Vec<f32> = Philox::new(8).normal_vec(b * 3 * 8 * 8, 1.0);
+    let t = [999.0f32, 500.0, 20.0, 0.0];
+    let labels = [0u32, 1, 2, 1];
+    let want = net.predict(&weights, &x, &t, Some(&labels))?;
+    for (precision, tol) in [(Precision::Bf16, 0.035), (Precision::Fp16, 0.0045)] {
+        let got = gpu_forward(&gpu, &net, &weights, precision, &x, &t, Some(&labels))?;
+        expect_rel_l2(&format!("{precision} forward"), &got, &want, tol);
+
+        let mut sampler = GpuSampler::new(gpu.clone(), &net, b, false, precision)?;
+        sampler.load_weights(weights.values())?;
+        let mut sample = SampleOptions::new(schedule.config(), SamplerKind::Ddim { eta: 0.0 }, 10);
+        sample.clip = None;
+        let opts = GenerateOptions {
+            labels: Some(labels.to_vec()),
+            ..GenerateOptions::new(sample, b, b, 5)
+        };
+        let want = generate(&net, &weights, &schedule, &opts, None, &mut |_, _| {})?;
+        let got = sampler.generate(&net, &schedule, &opts, None, &mut |_, _| {})?;
+        expect_rel_l2(&format!("{precision} DDIM-10"), &got, &want, 3.5 * tol);
     }
     Ok(())
 }
