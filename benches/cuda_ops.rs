@@ -13,8 +13,9 @@
 //! bytes / the device-to-device copy bandwidth measured at startup (1 GiB copy, bytes read plus
 //! written), and FLOPs / the FP32 CUDA-core peak (SMs × FP32 lanes per SM × 2 × clock; 128 lanes
 //! for sm_86 and newer, sm_90 included, 64 for sm_80). Our GEMMs are fp32 without TF32 (cuBLAS
-//! default math), so that peak, not the tensor-core rate, is their floor for now. Group norm
-//! (+ SiLU) and the fused optimizer pass also run with bf16 activations / a bf16 weight copy,
+//! default math), so that peak, not the tensor-core rate, is their floor for now. Group norm,
+//! the fused group norm + SiLU and the fused optimizer pass also run with bf16 activations / a
+//! bf16 weight copy,
 //! the configuration a bf16 training step uses, against the same bandwidth floor. After each
 //! group a table compares the measured time per launch with the larger floor (% of roofline).
 //! FLOP counts of the memory-bound ops are rough (their bytes floor is far larger anyway).
@@ -540,15 +541,26 @@ fn group_norm(bench: &Bench, c: &mut Criterion) -> Result<()> {
             )
         },
     );
-    // Group norm then SiLU, as a residual block runs them (two launches: not fused yet).
+    // Group norm + SiLU fused, as a residual block runs them: the forward writes silu(y) only;
+    // the backward reads x and da and recomputes y and dy = da·silu'(y) in its passes.
     bench.run(
         &mut g,
         GROUP,
         &format!("fwd_silu_bf16_{tag}"),
         Work::mem(h(2 * n) + f32s(2 * ch + 2 * stats), 11 * n as u64),
         move |gpu| {
-            ops::groupnorm::group_norm_forward(gpu, bf16, &s, xp, gp, bp, yp, mp, rp, sp)?;
-            ops::elementwise::silu_forward(gpu, bf16, n, yp, dxp)
+            ops::groupnorm::group_norm_silu_forward(gpu, bf16, &s, xp, gp, bp, yp, mp, rp, sp)
+        },
+    );
+    bench.run(
+        &mut g,
+        GROUP,
+        &format!("bwd_silu_bf16_{tag}"),
+        Work::mem(h(3 * n) + f32s(6 * ch + 2 * stats), 18 * n as u64),
+        move |gpu| {
+            ops::groupnorm::group_norm_silu_backward(
+                gpu, bf16, &s, xp, gp, bp, mp, rp, dyp, dxp, dgp, dbp, sp,
+            )
         },
     );
     g.finish();

@@ -24,11 +24,20 @@
 // others (combine_stats, backward_coeffs, param_grads) have just the _f32 entry point.
 #include "common.cuh"
 
+// The fused variants (group_norm_silu_*) write a = silu(y) instead of y, and their backward reads
+// da instead of dy, recomputing y from x, the statistics, γ and β (so y is never stored) and
+// dy = da·silu'(y) on the fly. The formulas are elementwise.cu's SiLU ones.
+__device__ __forceinline__ float silu_of(float v) { return v / (1.0f + expf(-v)); }
+__device__ __forceinline__ float silu_grad(float v, float da) {
+    const float s = 1.0f / (1.0f + expf(-v));
+    return da * s * (1.0f + v * (1.0f - s));
+}
+
 
 // One block per group (n <= chunk): mean, then Σ (x − mean)² (two passes over data the block
 // has just read, so no cancellation), then y = (x − μ)·(γ_c·rstd) + β_c.
 // x, y: (B·G, n)  gamma, beta: (C)  mean, rstd: (B·G)
-template <typename T>
+template <typename T, bool SILU = false>
 __device__ void group_norm_forward(const T* x, const float* gamma, const float* beta, T* y, float* mean, float* rstd,
                                    size_t groups_total, unsigned groups, unsigned cg, unsigned hw, float eps) {
     __shared__ float buf[33];
@@ -53,7 +62,8 @@ __device__ void group_norm_forward(const T* x, const float* gamma, const float* 
         const unsigned first_c = (unsigned)(bg % groups) * cg;
         for (unsigned j = threadIdx.x; j < n; j += blockDim.x) {
             const unsigned c = first_c + j / hw;
-            yg[j] = from_f32<T>((to_f32(xg[j]) - mu) * (gamma[c] * r) + beta[c]);
+            const float v = (to_f32(xg[j]) - mu) * (gamma[c] * r) + beta[c];
+            yg[j] = from_f32<T>(SILU ? silu_of(v) : v);
         }
     }
 }
@@ -107,7 +117,7 @@ __device__ void group_norm_combine_stats(const float* partial, float* mean, floa
 
 // One block per (image, channel) plane: y = (x − μ)·(γ_c·rstd) + β_c.
 // x, y: (B·C, hw)  mean, rstd: (B·G)
-template <typename T>
+template <typename T, bool SILU = false>
 __device__ void group_norm_apply(const T* x, const float* gamma, const float* beta, const float* mean, const float* rstd, T* y,
                                  size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) {
     for (size_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
@@ -116,7 +126,10 @@ __device__ void group_norm_apply(const T* x, const float* gamma, const float* be
         const float mu = mean[bg], scale = gamma[c] * rstd[bg], shift = beta[c];
         const T* xp = x + plane * hw;
         T* yp = y + plane * hw;
-        for (size_t p = threadIdx.x; p < hw; p += blockDim.x) yp[p] = from_f32<T>((to_f32(xp[p]) - mu) * scale + shift);
+        for (size_t p = threadIdx.x; p < hw; p += blockDim.x) {
+            const float v = (to_f32(xp[p]) - mu) * scale + shift;
+            yp[p] = from_f32<T>(SILU ? silu_of(v) : v);
+        }
     }
 }
 
@@ -124,23 +137,25 @@ __device__ void group_norm_apply(const T* x, const float* gamma, const float* be
 // (image, channel) plane: partial[2·blk] = Σ dy, partial[2·blk + 1] = Σ dy·x̂ = rstd·Σ dy·(x − μ)
 // (from the saved mean: no cancellation, unlike Σ dy·x − μ·Σ dy).
 // x, dy: (B·C, hw)  mean, rstd: (B·G)  partial: (B·C, chunks, 2)
-template <typename T>
-__device__ void group_norm_backward_sums(const T* x, const T* dy, const float* mean, const float* rstd, float* partial,
-                                         size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk,
-                                         unsigned chunks) {
+// SILU: `dy` holds da, and dy = da·silu'(y) with y = (x − μ)·rstd·γ + β recomputed (γ, β given).
+template <typename T, bool SILU = false>
+__device__ void group_norm_backward_sums(const T* x, const T* dy, const float* gamma, const float* beta, const float* mean,
+                                         const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg,
+                                         unsigned groups, size_t hw, size_t chunk, unsigned chunks) {
     __shared__ float buf[33];
     for (size_t blk = blockIdx.x; blk < planes * chunks; blk += gridDim.x) {
         const size_t plane = blk / chunks, k = blk % chunks;
         const unsigned c = (unsigned)(plane % channels);
         const size_t bg = plane / channels * groups + c / cg;
         const float mu = mean[bg];
+        const float scale = SILU ? gamma[c] * rstd[bg] : 0.0f, shift = SILU ? beta[c] : 0.0f;
         const size_t start = k * chunk;
         const unsigned len = (unsigned)min(chunk, hw - start);
         const T* xc = x + plane * hw + start;
         const T* gc = dy + plane * hw + start;
         float s1 = 0.0f, s2 = 0.0f;
         for (unsigned j = threadIdx.x; j < len; j += blockDim.x) {
-            const float g = to_f32(gc[j]);
+            const float g = SILU ? silu_grad((to_f32(xc[j]) - mu) * scale + shift, to_f32(gc[j])) : to_f32(gc[j]);
             s1 += g;
             s2 += g * (to_f32(xc[j]) - mu);
         }
@@ -205,10 +220,11 @@ __device__ void group_norm_param_grads(const float* partial, float* dgamma, floa
 
 // One block per (image, channel) plane: dx = rstd·(γ_c·dy − m1 − (x − μ)·rstd·m2), written.
 // x, dy, dx: (B·C, hw)  mean, rstd: (B·G)  coef: (B·G, 2)
-template <typename T>
-__device__ void group_norm_backward_dx(const T* x, const float* gamma, const float* mean, const float* rstd, const float* coef,
-                                       const T* dy, T* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups,
-                                       size_t hw) {
+// SILU: as in group_norm_backward_sums, `dy` holds da (β given).
+template <typename T, bool SILU = false>
+__device__ void group_norm_backward_dx(const T* x, const float* gamma, const float* beta, const float* mean, const float* rstd,
+                                       const float* coef, const T* dy, T* dx, size_t planes, unsigned channels, unsigned cg,
+                                       unsigned groups, size_t hw) {
     for (size_t plane = blockIdx.x; plane < planes; plane += gridDim.x) {
         const unsigned c = (unsigned)(plane % channels);
         const size_t bg = plane / channels * groups + c / cg;
@@ -217,8 +233,12 @@ __device__ void group_norm_backward_dx(const T* x, const float* gamma, const flo
         const T* xp = x + plane * hw;
         const T* gp = dy + plane * hw;
         T* dp = dx + plane * hw;
-        for (size_t p = threadIdx.x; p < hw; p += blockDim.x)
-            dp[p] = from_f32<T>(r * (gm * to_f32(gp[p]) - m1 - (to_f32(xp[p]) - mu) * r * m2));
+        const float shift = SILU ? beta[c] : 0.0f;
+        for (size_t p = threadIdx.x; p < hw; p += blockDim.x) {
+            const float xv = to_f32(xp[p]);
+            const float g = SILU ? silu_grad((xv - mu) * (gm * r) + shift, to_f32(gp[p])) : to_f32(gp[p]);
+            dp[p] = from_f32<T>(r * (gm * g - m1 - (xv - mu) * r * m2));
+        }
     }
 }
 
@@ -226,8 +246,8 @@ __device__ void group_norm_backward_dx(const T* x, const float* gamma, const flo
 extern "C" __global__ void group_norm_forward_f32(const float* x, const float* gamma, const float* beta, float* y, float* mean, float* rstd, size_t groups_total, unsigned groups, unsigned cg, unsigned hw, float eps) { group_norm_forward(x, gamma, beta, y, mean, rstd, groups_total, groups, cg, hw, eps); }
 extern "C" __global__ void group_norm_partial_stats_f32(const float* x, float* partial, size_t groups_total, size_t n, size_t chunk, unsigned chunks) { group_norm_partial_stats(x, partial, groups_total, n, chunk, chunks); }
 extern "C" __global__ void group_norm_apply_f32(const float* x, const float* gamma, const float* beta, const float* mean, const float* rstd, float* y, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_apply(x, gamma, beta, mean, rstd, y, planes, channels, cg, groups, hw); }
-extern "C" __global__ void group_norm_backward_sums_f32(const float* x, const float* dy, const float* mean, const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk, unsigned chunks) { group_norm_backward_sums(x, dy, mean, rstd, partial, planes, channels, cg, groups, hw, chunk, chunks); }
-extern "C" __global__ void group_norm_backward_dx_f32(const float* x, const float* gamma, const float* mean, const float* rstd, const float* coef, const float* dy, float* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx(x, gamma, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw); }
+extern "C" __global__ void group_norm_backward_sums_f32(const float* x, const float* dy, const float* mean, const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk, unsigned chunks) { group_norm_backward_sums(x, dy, (const float*)nullptr, (const float*)nullptr, mean, rstd, partial, planes, channels, cg, groups, hw, chunk, chunks); }
+extern "C" __global__ void group_norm_backward_dx_f32(const float* x, const float* gamma, const float* mean, const float* rstd, const float* coef, const float* dy, float* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx(x, gamma, (const float*)nullptr, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw); }
 // No activation: fp32 only.
 extern "C" __global__ void group_norm_combine_stats_f32(const float* partial, float* mean, float* rstd, size_t groups_total, size_t n, size_t chunk, unsigned chunks, float eps) { group_norm_combine_stats(partial, mean, rstd, groups_total, n, chunk, chunks, eps); }
 extern "C" __global__ void group_norm_backward_coeffs_f32(const float* gamma, const float* partial, float* coef, size_t groups_total, unsigned channels, unsigned cg, unsigned groups, unsigned chunks, size_t n) { group_norm_backward_coeffs(gamma, partial, coef, groups_total, channels, cg, groups, chunks, n); }
@@ -237,12 +257,26 @@ extern "C" __global__ void group_norm_param_grads_f32(const float* partial, floa
 extern "C" __global__ void group_norm_forward_bf16(const __nv_bfloat16* x, const float* gamma, const float* beta, __nv_bfloat16* y, float* mean, float* rstd, size_t groups_total, unsigned groups, unsigned cg, unsigned hw, float eps) { group_norm_forward(x, gamma, beta, y, mean, rstd, groups_total, groups, cg, hw, eps); }
 extern "C" __global__ void group_norm_partial_stats_bf16(const __nv_bfloat16* x, float* partial, size_t groups_total, size_t n, size_t chunk, unsigned chunks) { group_norm_partial_stats(x, partial, groups_total, n, chunk, chunks); }
 extern "C" __global__ void group_norm_apply_bf16(const __nv_bfloat16* x, const float* gamma, const float* beta, const float* mean, const float* rstd, __nv_bfloat16* y, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_apply(x, gamma, beta, mean, rstd, y, planes, channels, cg, groups, hw); }
-extern "C" __global__ void group_norm_backward_sums_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* mean, const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk, unsigned chunks) { group_norm_backward_sums(x, dy, mean, rstd, partial, planes, channels, cg, groups, hw, chunk, chunks); }
-extern "C" __global__ void group_norm_backward_dx_bf16(const __nv_bfloat16* x, const float* gamma, const float* mean, const float* rstd, const float* coef, const __nv_bfloat16* dy, __nv_bfloat16* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx(x, gamma, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw); }
+extern "C" __global__ void group_norm_backward_sums_bf16(const __nv_bfloat16* x, const __nv_bfloat16* dy, const float* mean, const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk, unsigned chunks) { group_norm_backward_sums(x, dy, (const float*)nullptr, (const float*)nullptr, mean, rstd, partial, planes, channels, cg, groups, hw, chunk, chunks); }
+extern "C" __global__ void group_norm_backward_dx_bf16(const __nv_bfloat16* x, const float* gamma, const float* mean, const float* rstd, const float* coef, const __nv_bfloat16* dy, __nv_bfloat16* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx(x, gamma, (const float*)nullptr, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw); }
 
 // ---- f16: activations stored as __half ----
 extern "C" __global__ void group_norm_forward_f16(const __half* x, const float* gamma, const float* beta, __half* y, float* mean, float* rstd, size_t groups_total, unsigned groups, unsigned cg, unsigned hw, float eps) { group_norm_forward(x, gamma, beta, y, mean, rstd, groups_total, groups, cg, hw, eps); }
 extern "C" __global__ void group_norm_partial_stats_f16(const __half* x, float* partial, size_t groups_total, size_t n, size_t chunk, unsigned chunks) { group_norm_partial_stats(x, partial, groups_total, n, chunk, chunks); }
 extern "C" __global__ void group_norm_apply_f16(const __half* x, const float* gamma, const float* beta, const float* mean, const float* rstd, __half* y, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_apply(x, gamma, beta, mean, rstd, y, planes, channels, cg, groups, hw); }
-extern "C" __global__ void group_norm_backward_sums_f16(const __half* x, const __half* dy, const float* mean, const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk, unsigned chunks) { group_norm_backward_sums(x, dy, mean, rstd, partial, planes, channels, cg, groups, hw, chunk, chunks); }
-extern "C" __global__ void group_norm_backward_dx_f16(const __half* x, const float* gamma, const float* mean, const float* rstd, const float* coef, const __half* dy, __half* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx(x, gamma, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw); }
+extern "C" __global__ void group_norm_backward_sums_f16(const __half* x, const __half* dy, const float* mean, const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk, unsigned chunks) { group_norm_backward_sums(x, dy, (const float*)nullptr, (const float*)nullptr, mean, rstd, partial, planes, channels, cg, groups, hw, chunk, chunks); }
+extern "C" __global__ void group_norm_backward_dx_f16(const __half* x, const float* gamma, const float* mean, const float* rstd, const float* coef, const __half* dy, __half* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx(x, gamma, (const float*)nullptr, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw); }
+
+// ---- group norm + SiLU, fused: a = silu(group_norm(x)) and its backward from da ----
+extern "C" __global__ void group_norm_silu_forward_f32(const float* x, const float* gamma, const float* beta, float* a, float* mean, float* rstd, size_t groups_total, unsigned groups, unsigned cg, unsigned hw, float eps) { group_norm_forward<float, true>(x, gamma, beta, a, mean, rstd, groups_total, groups, cg, hw, eps); }
+extern "C" __global__ void group_norm_silu_apply_f32(const float* x, const float* gamma, const float* beta, const float* mean, const float* rstd, float* a, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_apply<float, true>(x, gamma, beta, mean, rstd, a, planes, channels, cg, groups, hw); }
+extern "C" __global__ void group_norm_silu_backward_sums_f32(const float* x, const float* da, const float* gamma, const float* beta, const float* mean, const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk, unsigned chunks) { group_norm_backward_sums<float, true>(x, da, gamma, beta, mean, rstd, partial, planes, channels, cg, groups, hw, chunk, chunks); }
+extern "C" __global__ void group_norm_silu_backward_dx_f32(const float* x, const float* gamma, const float* beta, const float* mean, const float* rstd, const float* coef, const float* da, float* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx<float, true>(x, gamma, beta, mean, rstd, coef, da, dx, planes, channels, cg, groups, hw); }
+extern "C" __global__ void group_norm_silu_forward_bf16(const __nv_bfloat16* x, const float* gamma, const float* beta, __nv_bfloat16* a, float* mean, float* rstd, size_t groups_total, unsigned groups, unsigned cg, unsigned hw, float eps) { group_norm_forward<__nv_bfloat16, true>(x, gamma, beta, a, mean, rstd, groups_total, groups, cg, hw, eps); }
+extern "C" __global__ void group_norm_silu_apply_bf16(const __nv_bfloat16* x, const float* gamma, const float* beta, const float* mean, const float* rstd, __nv_bfloat16* a, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_apply<__nv_bfloat16, true>(x, gamma, beta, mean, rstd, a, planes, channels, cg, groups, hw); }
+extern "C" __global__ void group_norm_silu_backward_sums_bf16(const __nv_bfloat16* x, const __nv_bfloat16* da, const float* gamma, const float* beta, const float* mean, const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk, unsigned chunks) { group_norm_backward_sums<__nv_bfloat16, true>(x, da, gamma, beta, mean, rstd, partial, planes, channels, cg, groups, hw, chunk, chunks); }
+extern "C" __global__ void group_norm_silu_backward_dx_bf16(const __nv_bfloat16* x, const float* gamma, const float* beta, const float* mean, const float* rstd, const float* coef, const __nv_bfloat16* da, __nv_bfloat16* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx<__nv_bfloat16, true>(x, gamma, beta, mean, rstd, coef, da, dx, planes, channels, cg, groups, hw); }
+extern "C" __global__ void group_norm_silu_forward_f16(const __half* x, const float* gamma, const float* beta, __half* a, float* mean, float* rstd, size_t groups_total, unsigned groups, unsigned cg, unsigned hw, float eps) { group_norm_forward<__half, true>(x, gamma, beta, a, mean, rstd, groups_total, groups, cg, hw, eps); }
+extern "C" __global__ void group_norm_silu_apply_f16(const __half* x, const float* gamma, const float* beta, const float* mean, const float* rstd, __half* a, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_apply<__half, true>(x, gamma, beta, mean, rstd, a, planes, channels, cg, groups, hw); }
+extern "C" __global__ void group_norm_silu_backward_sums_f16(const __half* x, const __half* da, const float* gamma, const float* beta, const float* mean, const float* rstd, float* partial, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw, size_t chunk, unsigned chunks) { group_norm_backward_sums<__half, true>(x, da, gamma, beta, mean, rstd, partial, planes, channels, cg, groups, hw, chunk, chunks); }
+extern "C" __global__ void group_norm_silu_backward_dx_f16(const __half* x, const float* gamma, const float* beta, const float* mean, const float* rstd, const float* coef, const __half* da, __half* dx, size_t planes, unsigned channels, unsigned cg, unsigned groups, size_t hw) { group_norm_backward_dx<__half, true>(x, gamma, beta, mean, rstd, coef, da, dx, planes, channels, cg, groups, hw); }

@@ -122,6 +122,53 @@ pub trait Backend {
         dy: &Self::Buf,
         dx: &mut Self::Buf,
     );
+    /// a = silu(group_norm(x)), the pair every residual block and the output head run;
+    /// writes mean and rstd as [`Self::group_norm_forward`]. The normalised x itself is not
+    /// kept: [`Self::group_norm_silu_backward`] recomputes it from x and the statistics, so a
+    /// device backend can fuse the pair into the norm's own passes (one activation write instead
+    /// of three passes). The default runs the two ops.
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_silu_forward(
+        &mut self,
+        p: &Self::Params,
+        g: &GroupNormShape,
+        x: &Self::Buf,
+        gamma: ParamId,
+        beta: ParamId,
+        a: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+    ) {
+        let mut y = self.alloc(Self::len(x));
+        self.group_norm_forward(p, g, x, gamma, beta, &mut y, mean, rstd);
+        self.silu_forward(&y, a);
+    }
+    /// Backward of [`Self::group_norm_silu_forward`] from da: dx written, dγ, dβ accumulated.
+    /// The default recomputes n = group_norm(x) (the same statistics come out again), then runs
+    /// the SiLU and group-norm backwards.
+    #[allow(clippy::too_many_arguments)]
+    fn group_norm_silu_backward(
+        &mut self,
+        p: &mut Self::Params,
+        g: &GroupNormShape,
+        x: &Self::Buf,
+        gamma: ParamId,
+        beta: ParamId,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        da: &Self::Buf,
+        dx: &mut Self::Buf,
+    ) {
+        let len = Self::len(x);
+        let (mut n, mut dn) = (self.alloc(len), self.alloc(len));
+        let (mut m2, mut r2) = (
+            self.alloc_stats(g.stats_len()),
+            self.alloc_stats(g.stats_len()),
+        );
+        self.group_norm_forward(p, g, x, gamma, beta, &mut n, &mut m2, &mut r2);
+        self.silu_backward(&n, da, &mut dn);
+        self.group_norm_backward(p, g, x, gamma, beta, mean, rstd, &dn, dx);
+    }
     /// emb[i] += table[labels[i]].   emb: (B, E), table: (classes, E)
     fn class_embedding_forward(
         &mut self,

@@ -531,6 +531,64 @@ impl Backend for GpuBackend {
         });
     }
 
+    fn group_norm_silu_forward(
+        &mut self,
+        p: &DeviceParams,
+        g: &GroupNormShape,
+        x: &DevBuf,
+        gamma: ParamId,
+        beta: ParamId,
+        a: &mut DevBuf,
+        mean: &mut DevBuf,
+        rstd: &mut DevBuf,
+    ) {
+        self.run(|gpu, dt, ws, _| {
+            ops::groupnorm::group_norm_silu_forward(
+                gpu,
+                dt,
+                g,
+                x.ptr,
+                p.value(gamma),
+                p.value(beta),
+                a.ptr,
+                mean.ptr,
+                rstd.ptr,
+                ws,
+            )
+        });
+    }
+
+    fn group_norm_silu_backward(
+        &mut self,
+        p: &mut DeviceParams,
+        g: &GroupNormShape,
+        x: &DevBuf,
+        gamma: ParamId,
+        beta: ParamId,
+        mean: &DevBuf,
+        rstd: &DevBuf,
+        da: &DevBuf,
+        dx: &mut DevBuf,
+    ) {
+        self.run(|gpu, dt, ws, _| {
+            ops::groupnorm::group_norm_silu_backward(
+                gpu,
+                dt,
+                g,
+                x.ptr,
+                p.value(gamma),
+                p.value(beta),
+                mean.ptr,
+                rstd.ptr,
+                da.ptr,
+                dx.ptr,
+                p.grad(gamma),
+                p.grad(beta),
+                ws,
+            )
+        });
+    }
+
     fn class_embedding_forward(
         &mut self,
         p: &DeviceParams,

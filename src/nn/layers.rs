@@ -265,6 +265,52 @@ impl GroupNorm {
         (y, st)
     }
 
+    /// silu(norm(x)): x (B, C, H, W) → (a, stats). The normalised x is not kept (see
+    /// [`Backend::group_norm_silu_forward`]).
+    pub fn forward_silu<B: Backend>(
+        &self,
+        be: &mut B,
+        p: &B::Params,
+        xs: Nchw,
+        x: &B::Buf,
+    ) -> (B::Buf, GroupStats<B>) {
+        let g = self.geometry(xs);
+        let mut a = be.alloc(B::len(x));
+        let mut st = GroupStats {
+            mean: be.alloc_stats(g.stats_len()),
+            rstd: be.alloc_stats(g.stats_len()),
+        };
+        be.group_norm_silu_forward(
+            p,
+            &g,
+            x,
+            self.gamma,
+            self.beta,
+            &mut a,
+            &mut st.mean,
+            &mut st.rstd,
+        );
+        (a, st)
+    }
+
+    /// Backward of [`Self::forward_silu`] from da: accumulates dγ, dβ; returns dx.
+    pub fn backward_silu<B: Backend>(
+        &self,
+        be: &mut B,
+        p: &mut B::Params,
+        xs: Nchw,
+        x: &B::Buf,
+        st: &GroupStats<B>,
+        da: &B::Buf,
+    ) -> B::Buf {
+        let g = self.geometry(xs);
+        let mut dx = be.alloc(B::len(x));
+        be.group_norm_silu_backward(
+            p, &g, x, self.gamma, self.beta, &st.mean, &st.rstd, da, &mut dx,
+        );
+        dx
+    }
+
     /// Accumulates dγ, dβ; returns dx, (B, C, H, W).
     pub fn backward<B: Backend>(
         &self,

@@ -32,16 +32,12 @@ pub struct ResnetTape<B: Backend> {
     xs: Nchw,
     x: B::Buf,
     st1: GroupStats<B>,
-    /// norm1(x), the input of the first SiLU. (B, C_in, H, W)
-    n1: B::Buf,
-    /// silu(n1), the input of conv1. (B, C_in, H, W)
+    /// silu(norm1(x)), the input of conv1. (B, C_in, H, W)
     a1: B::Buf,
     /// conv1(a1) + time projection, the input of norm2. (B, C_out, H, W)
     h: B::Buf,
     st2: GroupStats<B>,
-    /// norm2(h). (B, C_out, H, W)
-    n2: B::Buf,
-    /// dropout(silu(n2)), the input of conv2. (B, C_out, H, W)
+    /// dropout(silu(norm2(h))), the input of conv2. (B, C_out, H, W)
     d: B::Buf,
     drop: Option<DropoutArgs>,
 }
@@ -107,16 +103,12 @@ impl ResnetBlock {
         dropout_seed: Option<u64>,
     ) -> (B::Buf, ResnetTape<B>) {
         let ys = xs.with_c(self.c_out());
-        let (n1, st1) = self.norm1.forward(be, p, xs, &x);
-        let mut a1 = be.alloc(B::len(&n1));
-        be.silu_forward(&n1, &mut a1);
+        let (a1, st1) = self.norm1.forward_silu(be, p, xs, &x);
         let c1 = self.conv1.forward(be, p, xs, &a1);
         let tproj = self.time_emb_proj.forward(be, p, xs.n, emb_act); // (B, C_out)
         let mut h = be.alloc(B::len(&c1));
         be.add_channel_bias(ys, &c1, &tproj, &mut h);
-        let (n2, st2) = self.norm2.forward(be, p, ys, &h);
-        let mut a2 = be.alloc(B::len(&n2));
-        be.silu_forward(&n2, &mut a2);
+        let (a2, st2) = self.norm2.forward_silu(be, p, ys, &h);
         let drop = match dropout_seed {
             Some(seed) if self.dropout > 0.0 => Some(
                 DropoutArgs::new(self.dropout, seed, self.index)
@@ -144,11 +136,9 @@ impl ResnetBlock {
             xs,
             x,
             st1,
-            n1,
             a1,
             h,
             st2,
-            n2,
             d,
             drop,
         };
@@ -186,9 +176,9 @@ impl ResnetBlock {
             }
             None => dd,
         };
-        let mut dn2 = be.alloc(B::len(&da2));
-        be.silu_backward(&tape.n2, &da2, &mut dn2);
-        let dh = self.norm2.backward(be, p, ys, &tape.h, &tape.st2, &dn2);
+        let dh = self
+            .norm2
+            .backward_silu(be, p, ys, &tape.h, &tape.st2, &da2);
         // h = conv1(a1) + tproj: the time projection sees Σ_hw dh.
         let mut dtproj = be.alloc(ys.n * ys.c); // (B, C_out)
         be.sum_spatial(ys, &dh, &mut dtproj);
@@ -201,9 +191,9 @@ impl ResnetBlock {
             .conv1
             .backward(be, p, xs, &tape.a1, &dh, true)
             .expect("dx was asked for");
-        let mut dn1 = be.alloc(B::len(&da1));
-        be.silu_backward(&tape.n1, &da1, &mut dn1);
-        let dx1 = self.norm1.backward(be, p, xs, &tape.x, &tape.st1, &dn1);
+        let dx1 = self
+            .norm1
+            .backward_silu(be, p, xs, &tape.x, &tape.st1, &da1);
         be.accumulate(&mut dx, &dx1);
         dx
     }

@@ -91,9 +91,7 @@ pub struct UNetTape<B: Backend> {
     /// Input of conv_norm_out, (B, C0, S, S)
     out_in: B::Buf,
     out_st: GroupStats<B>,
-    /// conv_norm_out output, (B, C0, S, S)
-    out_n: B::Buf,
-    /// silu(out_n), the input of conv_out
+    /// silu(conv_norm_out(out_in)), the input of conv_out
     out_a: B::Buf,
 }
 
@@ -540,9 +538,7 @@ impl UNet {
         debug_assert!(skips.is_empty(), "every skip is consumed");
 
         // Output head.
-        let (out_n, out_st) = self.conv_norm_out.forward(be, p, hs, &h);
-        let mut out_a = be.alloc(B::len(&out_n));
-        be.silu_forward(&out_n, &mut out_a);
+        let (out_a, out_st) = self.conv_norm_out.forward_silu(be, p, hs, &h);
         let y = self.conv_out.forward(be, p, hs, &out_a);
 
         let tape = if keep_tape {
@@ -560,7 +556,6 @@ impl UNet {
                 up: up_tapes,
                 out_in: h,
                 out_st,
-                out_n,
                 out_a,
             })
         } else {
@@ -599,11 +594,9 @@ impl UNet {
             .conv_out
             .backward(be, p, hs, &tape.out_a, dy, true)
             .expect("dx was asked for");
-        let mut dout_n = be.alloc(B::len(&dout_a));
-        be.silu_backward(&tape.out_n, &dout_a, &mut dout_n);
-        let mut g = self
-            .conv_norm_out
-            .backward(be, p, hs, &tape.out_in, &tape.out_st, &dout_n);
+        let mut g =
+            self.conv_norm_out
+                .backward_silu(be, p, hs, &tape.out_in, &tape.out_st, &dout_a);
 
         // Up path, in reverse; skips come back in the order they were made (0 = conv_in's).
         let mut dskips: Vec<B::Buf> = Vec::new();

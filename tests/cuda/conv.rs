@@ -12,6 +12,10 @@
 //!
 //! Written outputs (y, dx) start as NaN, so a kernel that reads them or skips an element fails;
 //! parameter gradients start at random values, so `+=` is checked against the reference's `+=`.
+//!
+//! The bf16 and fp16 cases (activations and the GEMMs' weight copy in the format, bias, dW and db
+//! fp32) are at the end: random inputs against bounds derived from the format, and integer
+//! inputs, for which every sum is exact and the expected outputs are exact too.
 
 use ddpm::cuda::device::DeviceMemory;
 use ddpm::cuda::ops::conv2d::{

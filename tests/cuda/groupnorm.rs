@@ -18,20 +18,24 @@
 //! In bf16/fp16 every kernel still computes in fp32 from the (exactly representable) stored
 //! inputs; the only new error is the single rounding of each y and dx element to the storage type
 //! when it is stored: |round(v) − v| ≤ u·|v| (u = `unit_roundoff`, 2⁻⁸ bf16, 2⁻¹¹ fp16; round
-//! to nearest), on top of the fp32 error bounded above. So y and dx get u + 2e-4 (the fp32
-//! tolerance plus one rounding: 4.1e-3 in bf16, 6.9e-4 in fp16), and the statistics and the
-//! parameter gradients, which are fp32 sums of the same inputs and never stored narrow, keep
-//! their fp32 tolerances. The fp32-tolerance part is still ≥ 0.4·u in fp16, so a value stored
-//! through a coarser type (bf16's 8u_fp16) or a dropped term fails; the cases include a group of
-//! 34 060 elements, so the chunked forward (partial stats → combine → apply) and the chunked
-//! backward sums run in every precision.
+//! to nearest; values here are far from fp16's subnormals and overflow), on top of the fp32 error
+//! bounded above. So y and dx get u + 2e-4 (the fp32 tolerance plus one rounding: 4.1e-3 in
+//! bf16, 6.9e-4 in fp16 — measured 3.9e-3 and 4.9e-4, i.e. the rounding's u is attained), and the
+//! statistics and the parameter gradients, which are fp32 sums of the same inputs and never stored
+//! narrow, keep their fp32 tolerances. A value stored through a coarser type (bf16's rounding, up
+//! to 8·u_fp16, in an fp16 buffer), a dropped term, or a reference computed on the unrounded
+//! inputs fails. The cases include a group of 34 060 elements, so the chunked forward (partial
+//! stats → combine → apply) and the chunked backward sums run in every precision.
 //!
 //! Outputs that must be written start as NaN, so a kernel that reads them (or skips an element)
 //! fails; parameter gradients start at random values, so `+=` is checked against the reference's
 //! `+=`. Every case also runs twice and must give bitwise the same results (no atomics).
 
 use ddpm::cuda::device::DeviceMemory;
-use ddpm::cuda::ops::groupnorm::{group_norm_backward, group_norm_forward, group_norm_scratch_len};
+use ddpm::cuda::ops::groupnorm::{
+    group_norm_backward, group_norm_forward, group_norm_scratch_len, group_norm_silu_backward,
+    group_norm_silu_forward,
+};
 use ddpm::cuda::testing::{expect_close, from_device, to_device, zeros_on_device, Case};
 use ddpm::cuda::Gpu;
 use ddpm::ops::groupnorm::{self as cpu, Affine, GroupNormShape};
@@ -97,6 +101,24 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "groupnorm_fp16_single_huge_group",
             run: |gpu| check(gpu, Precision::Fp16, Nchw::new(1, 2, 130, 131), 1, 27),
+        },
+        // Group norm + SiLU fused (the normalised x never stored; dy = da·silu'(y) recomputed
+        // in the backward's passes), in every precision, with and without the chunked paths.
+        Case {
+            name: "groupnorm_silu_fused_fp32",
+            run: |gpu| check_silu(gpu, Precision::Fp32, Nchw::new(2, 64, 8, 8), 32, 31),
+        },
+        Case {
+            name: "groupnorm_silu_fused_bf16",
+            run: |gpu| check_silu(gpu, Precision::Bf16, Nchw::new(2, 64, 8, 8), 32, 32),
+        },
+        Case {
+            name: "groupnorm_silu_fused_fp16_chunked",
+            run: |gpu| check_silu(gpu, Precision::Fp16, Nchw::new(1, 2, 130, 131), 1, 33),
+        },
+        Case {
+            name: "groupnorm_silu_fused_fp32_chunked",
+            run: |gpu| check_silu(gpu, Precision::Fp32, Nchw::new(1, 2, 130, 131), 1, 34),
         },
     ]
 }
@@ -289,6 +311,133 @@ fn check(gpu: &Gpu, dt: Precision, shape: Nchw, groups: usize, seed: u64) -> any
     anyhow::ensure!(
         got.bits() == again.bits(),
         "two runs on the same inputs differ: the kernels are not deterministic"
+    );
+    Ok(())
+}
+
+/// The fused a = silu(group_norm(x)) and its backward from da, against the f64 reference of the
+/// two ops composed (y = group_norm(x), a = silu(y); dy = da·silu'(y), then group norm's
+/// backward). The tolerances are the unfused ones (see the module comment): a and dx are stored
+/// once (2e-4 plus one rounding to `dt`); the statistics and dγ, dβ keep their fp32 tolerances in
+/// every precision, since the fused kernels never round y or dy to the storage type. A SiLU
+/// derivative taken at the wrong point, a missing β in the recomputed y, or da used as dy fails.
+fn check_silu(
+    gpu: &Gpu,
+    dt: Precision,
+    shape: Nchw,
+    groups: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let g = GroupNormShape::new(shape, groups, EPS)?;
+    let (len, stats, c) = (shape.len(), g.stats_len(), shape.c);
+    let mut rng = Philox::new(seed);
+    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| dt.round(x)).collect() };
+    let x = round(rng.uniform_vec(len, -0.5, 1.5));
+    let gamma = rng.uniform_vec(c, 0.5, 1.5);
+    let beta = rng.uniform_vec(c, -0.5, 0.5);
+    let da = round(rng.uniform_vec(len, -1.0, 1.0));
+    let (dgamma0, dbeta0) = (rng.uniform_vec(c, -1.0, 1.0), rng.uniform_vec(c, -1.0, 1.0));
+
+    let (x64, gamma64, beta64) = (widen(&x), widen(&gamma), widen(&beta));
+    let (mut y64, mut mean64, mut rstd64) = (vec![0.0; len], vec![0.0; stats], vec![0.0; stats]);
+    let affine = Affine {
+        gamma: &gamma64,
+        beta: &beta64,
+    };
+    cpu::group_norm_forward(&g, &x64, Some(affine), &mut y64, &mut mean64, &mut rstd64);
+    let sig = |v: f64| 1.0 / (1.0 + (-v).exp());
+    let a64: Vec<f64> = y64.iter().map(|&v| v * sig(v)).collect();
+    let dy64: Vec<f64> = y64
+        .iter()
+        .zip(&da)
+        .map(|(&v, &d)| f64::from(d) * sig(v) * (1.0 + v * (1.0 - sig(v))))
+        .collect();
+    let mut dx64 = vec![0.0; len];
+    let (mut dgamma64, mut dbeta64) = (widen(&dgamma0), widen(&dbeta0));
+    cpu::group_norm_backward(
+        &g,
+        &x64,
+        Some(&gamma64),
+        &mean64,
+        &rstd64,
+        &dy64,
+        &mut dx64,
+        Some((&mut dgamma64, &mut dbeta64)),
+    );
+
+    let xd = to_device_as(gpu, dt, &x)?;
+    let gd = to_device(gpu, &gamma)?;
+    let bd = to_device(gpu, &beta)?;
+    let dad = to_device_as(gpu, dt, &da)?;
+    let ad = to_device_as(gpu, dt, &vec![f32::NAN; len])?;
+    let mean = to_device(gpu, &vec![f32::NAN; stats])?;
+    let rstd = to_device(gpu, &vec![f32::NAN; stats])?;
+    let dxd = to_device_as(gpu, dt, &vec![f32::NAN; len])?;
+    let dgd = to_device(gpu, &dgamma0)?;
+    let dbd = to_device(gpu, &dbeta0)?;
+    let scratch = zeros_on_device::<f32>(gpu, group_norm_scratch_len(&g))?;
+    group_norm_silu_forward(
+        gpu,
+        dt,
+        &g,
+        xd.ptr(),
+        gd.ptr(),
+        bd.ptr(),
+        ad.ptr(),
+        mean.ptr(),
+        rstd.ptr(),
+        scratch.ptr(),
+    )?;
+    group_norm_silu_backward(
+        gpu,
+        dt,
+        &g,
+        xd.ptr(),
+        gd.ptr(),
+        bd.ptr(),
+        mean.ptr(),
+        rstd.ptr(),
+        dad.ptr(),
+        dxd.ptr(),
+        dgd.ptr(),
+        dbd.ptr(),
+        scratch.ptr(),
+    )?;
+    expect_close(
+        "mean",
+        &from_device(gpu, &mean, stats)?,
+        &narrow(&mean64),
+        1e-5,
+    );
+    expect_close(
+        "rstd",
+        &from_device(gpu, &rstd, stats)?,
+        &narrow(&rstd64),
+        1e-5,
+    );
+    expect_close(
+        &format!("silu(y) ({dt})"),
+        &from_device_as(gpu, dt, &ad, len)?,
+        &narrow(&a64),
+        stored_tol(dt),
+    );
+    expect_close(
+        &format!("dx ({dt})"),
+        &from_device_as(gpu, dt, &dxd, len)?,
+        &narrow(&dx64),
+        stored_tol(dt),
+    );
+    expect_close(
+        &format!("dgamma ({dt}, fp32 inside)"),
+        &from_device(gpu, &dgd, c)?,
+        &narrow(&dgamma64),
+        1e-4,
+    );
+    expect_close(
+        &format!("dbeta ({dt}, fp32 inside)"),
+        &from_device(gpu, &dbd, c)?,
+        &narrow(&dbeta64),
+        1e-4,
     );
     Ok(())
 }

@@ -7,9 +7,10 @@
 //!   forward      Y_n (C_out, P) = W (C_out, K) · col_n (K, P) + b
 //!   grad weight  dW (C_out, K) += dY_n · col_nᵀ       (one GEMM per image, in image order)
 //!   grad input   dcol_n (K, P) = Wᵀ · dY_n,  dx_n = col2im(dcol_n)
-//! `col` lives in a caller-owned workspace of `ws_len` f32-sized slots (2 elements each in bf16) ([`conv2d_workspace_len`] at least):
-//! the wrapper unrolls as many whole images at a time as fit (a chunk;
-//! [`conv2d_workspace_for`] sizes one), so a bigger workspace means fewer, larger launches.
+//! `col` lives in a caller-owned workspace of `ws_len` f32-sized slots (each holds 2 elements
+//! in bf16 or fp16; [`conv2d_workspace_len`] at least): the wrapper unrolls as many whole images
+//! at a time as fit (a chunk; [`conv2d_workspace_for`] sizes one), so a bigger workspace means
+//! fewer, larger launches.
 //! The chunking changes no sum: dW and db are bitwise the same for any workspace, y and dx the
 //! same up to the kernel cuBLAS picks for a batch count. A 1×1 stride-1 unpadded convolution
 //! skips the unrolling: col_n is x_n itself.

@@ -126,6 +126,47 @@ pub fn group_norm_forward(
     rstd: DevPtr,
     scratch: DevPtr,
 ) -> CudaResult<()> {
+    forward(gpu, dt, g, false, x, gamma, beta, y, mean, rstd, scratch)
+}
+
+/// a = silu(GroupNorm(x)·γ + β), written in the norm's own passes (the normalised x is never
+/// stored); mean and rstd written as by [`group_norm_forward`]. The fused twin of
+/// [`crate::backend::Backend::group_norm_silu_forward`]'s default (group norm, then SiLU).
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_forward(
+    gpu: &Gpu,
+    dt: Precision,
+    g: &GroupNormShape,
+    x: DevPtr,
+    gamma: DevPtr,
+    beta: DevPtr,
+    a: DevPtr,
+    mean: DevPtr,
+    rstd: DevPtr,
+    scratch: DevPtr,
+) -> CudaResult<()> {
+    forward(gpu, dt, g, true, x, gamma, beta, a, mean, rstd, scratch)
+}
+
+/// The forward passes, writing y or (`silu`) silu(y).
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    gpu: &Gpu,
+    dt: Precision,
+    g: &GroupNormShape,
+    silu: bool,
+    x: DevPtr,
+    gamma: DevPtr,
+    beta: DevPtr,
+    y: DevPtr,
+    mean: DevPtr,
+    rstd: DevPtr,
+    scratch: DevPtr,
+) -> CudaResult<()> {
+    let name = |op: &str| match silu {
+        true => dt.kernel(&op.replace("group_norm_", "group_norm_silu_")),
+        false => dt.kernel(op),
+    };
     let d = Dims::of(g);
     if d.n == 0 || d.batch == 0 {
         return Ok(());
@@ -142,7 +183,7 @@ pub fn group_norm_forward(
         // n <= CHUNK, so hw fits in 32 bits.
         let hw = u32_of(d.hw, "H·W", g);
         return gpu.launch(
-            &dt.kernel("group_norm_forward"),
+            &name("group_norm_forward"),
             per_item(groups_total, d.n),
             kernel_args![
                 x,
@@ -175,7 +216,7 @@ pub fn group_norm_forward(
     )?;
     let hw = d.hw;
     gpu.launch(
-        &dt.kernel("group_norm_apply"),
+        &name("group_norm_apply"),
         per_item(planes, hw),
         kernel_args![x, gamma, beta, mean, rstd, y, planes, channels, cg, groups, hw],
         shapes,
@@ -200,6 +241,46 @@ pub fn group_norm_backward(
     dbeta: DevPtr,
     scratch: DevPtr,
 ) -> CudaResult<()> {
+    let (dx_grads, params) = ((dy, dx, dgamma, dbeta), (gamma, None));
+    backward(gpu, dt, g, x, params, mean, rstd, dx_grads, scratch)
+}
+
+/// Backward of [`group_norm_silu_forward`] from da: dx written; dgamma, dbeta accumulate. The
+/// normalised x and dy = da·silu'(y) are recomputed inside the two passes over the activations
+/// (hence β), so neither y nor dy is ever stored.
+#[allow(clippy::too_many_arguments)]
+pub fn group_norm_silu_backward(
+    gpu: &Gpu,
+    dt: Precision,
+    g: &GroupNormShape,
+    x: DevPtr,
+    gamma: DevPtr,
+    beta: DevPtr,
+    mean: DevPtr,
+    rstd: DevPtr,
+    da: DevPtr,
+    dx: DevPtr,
+    dgamma: DevPtr,
+    dbeta: DevPtr,
+    scratch: DevPtr,
+) -> CudaResult<()> {
+    let (dx_grads, params) = ((da, dx, dgamma, dbeta), (gamma, Some(beta)));
+    backward(gpu, dt, g, x, params, mean, rstd, dx_grads, scratch)
+}
+
+/// The backward passes; `beta` given means the fused SiLU variant, whose `dy` is da.
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    gpu: &Gpu,
+    dt: Precision,
+    g: &GroupNormShape,
+    x: DevPtr,
+    (gamma, beta): (DevPtr, Option<DevPtr>),
+    mean: DevPtr,
+    rstd: DevPtr,
+    (dy, dx, dgamma, dbeta): (DevPtr, DevPtr, DevPtr, DevPtr),
+    scratch: DevPtr,
+) -> CudaResult<()> {
     let d = Dims::of(g);
     if d.n == 0 || d.batch == 0 {
         return Ok(());
@@ -217,12 +298,26 @@ pub fn group_norm_backward(
     // (B·G, 2) (m1, m2), right after the (B·C, chunks, 2) partials.
     let coef = scratch + d.backward_partials() as u64 * F32;
 
-    gpu.launch(
-        &dt.kernel("group_norm_backward_sums"),
-        per_item(planes * d.plane_chunks, hw.min(CHUNK)),
-        kernel_args![x, dy, mean, rstd, partials, planes, channels, cg, groups, hw, chunk, chunks],
-        shapes,
-    )?;
+    let sums_launch = per_item(planes * d.plane_chunks, hw.min(CHUNK));
+    match beta {
+        None => gpu.launch(
+            &dt.kernel("group_norm_backward_sums"),
+            sums_launch,
+            kernel_args![
+                x, dy, mean, rstd, partials, planes, channels, cg, groups, hw, chunk, chunks
+            ],
+            shapes,
+        )?,
+        Some(beta) => gpu.launch(
+            &dt.kernel("group_norm_silu_backward_sums"),
+            sums_launch,
+            kernel_args![
+                x, dy, gamma, beta, mean, rstd, partials, planes, channels, cg, groups, hw, chunk,
+                chunks
+            ],
+            shapes,
+        )?,
+    }
     gpu.launch(
         "group_norm_backward_coeffs_f32",
         per_item(groups_total, d.cg * d.plane_chunks),
@@ -245,10 +340,20 @@ pub fn group_norm_backward(
         kernel_args![partials, dgamma, dbeta, batch, channels, chunks],
         shapes,
     )?;
-    gpu.launch(
-        &dt.kernel("group_norm_backward_dx"),
-        per_item(planes, hw),
-        kernel_args![x, gamma, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw],
-        shapes,
-    )
+    match beta {
+        None => gpu.launch(
+            &dt.kernel("group_norm_backward_dx"),
+            per_item(planes, hw),
+            kernel_args![x, gamma, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw],
+            shapes,
+        ),
+        Some(beta) => gpu.launch(
+            &dt.kernel("group_norm_silu_backward_dx"),
+            per_item(planes, hw),
+            kernel_args![
+                x, gamma, beta, mean, rstd, coef, dy, dx, planes, channels, cg, groups, hw
+            ],
+            shapes,
+        ),
+    }
 }
