@@ -12,7 +12,7 @@
 #   cuda                    bundle/tests/cuda, the CUDA parity suite (a test-name filter:
 #                           DDPM_CUDA_FILTER; timeout DDPM_CUDA_TIMEOUT, default 180 s)
 #   bench-{train,sample}-*  ddpm bench train|sample, presets tiny, ddpm-cifar10 (bf16, fp16,
-#                           fp32) and cifar10-small, --device cuda
+#                           fp32; bf16 also with DDPM_CONV=shifted) and cifar10-small
 #
 # The side-by-side comparison with PyTorch is a separate command (torch.compile alone takes
 # minutes): python3 scripts/side_by_side.py --ddpm bundle/bin/ddpm
@@ -245,9 +245,11 @@ run_step bench-train-tiny 45 "$ddpm" bench train --preset tiny --batch-size 32 -
 run_step bench-train-cifar10-bf16 75 "$ddpm" bench train --preset ddpm-cifar10 --batch-size 128 --device cuda --precision bf16
 run_step bench-train-cifar10-fp16 75 "$ddpm" bench train --preset ddpm-cifar10 --batch-size 128 --device cuda --precision fp16
 run_step bench-train-cifar10-fp32 75 "$ddpm" bench train --preset ddpm-cifar10 --batch-size 128 --device cuda --precision fp32
+run_step bench-train-cifar10-bf16-shifted 75 env DDPM_CONV=shifted "$ddpm" bench train --preset ddpm-cifar10 --batch-size 128 --device cuda --precision bf16
 run_step bench-train-small-bf16 60 "$ddpm" bench train --preset cifar10-small --batch-size 64 --device cuda --precision bf16
 run_step bench-sample-tiny 45 "$ddpm" bench sample --preset tiny --batch-size 64 --device cuda
 run_step bench-sample-cifar10-bf16 75 "$ddpm" bench sample --preset ddpm-cifar10 --batch-size 256 --device cuda --precision bf16
+run_step bench-sample-cifar10-bf16-shifted 75 env DDPM_CONV=shifted "$ddpm" bench sample --preset ddpm-cifar10 --batch-size 256 --device cuda --precision bf16
 
 # The precision check: tiny, 2000 steps in fp32, bf16 and fp16, loss curves compared.
 run_step precision-curves 150 python3 scripts/precision_curves.py --ddpm "$ddpm" --out "$LOGS/precision"

@@ -184,16 +184,21 @@ pub struct Sizing {
 const MAX_CONV_WORKSPACE: usize = 64 << 20;
 
 impl Sizing {
-    /// `plan` from [`crate::nn::UNet::plan_step_stored`] at the backend's precision. The
+    /// `plan` from [`crate::nn::UNet::plan_step_stored`] at the backend's precision `dt`. The
     /// workspace is counted in f32 slots whatever the precision (a bf16 im2col chunk then
-    /// unrolls twice the images).
-    pub fn from_plan(plan: &Planner<f32>) -> Self {
+    /// unrolls twice the images); it covers both convolution paths ([`ConvPath`]), so the path
+    /// can be chosen per run without planning again.
+    pub fn from_plan(plan: &Planner<f32>, dt: Precision) -> Self {
         let mut ws = 0;
         for g in &plan.convs {
             // As many images per im2col chunk as fit under the cap, at least one.
             let one = ops::conv2d::conv2d_workspace_len(g).max(1);
             let images = (MAX_CONV_WORKSPACE / one).clamp(1, g.input.n);
             ws = ws.max(ops::conv2d::conv2d_workspace_for(g, images));
+            if ConvPath::Shifted.takes(g) {
+                let chunk = ops::conv_shifted::l2_chunk_images(g, dt);
+                ws = ws.max(ops::conv_shifted::workspace_for(g, dt, chunk));
+            }
         }
         for g in &plan.norms {
             ws = ws.max(ops::groupnorm::group_norm_scratch_len(g));
@@ -222,11 +227,39 @@ impl Sizing {
     }
 }
 
+/// How 3×3 stride-1 convolutions run: im2col + GEMM (the reference path, which materialises
+/// the 9× patch matrix), or nine shifted GEMMs over a zero-padded NHWC copy
+/// ([`ops::conv_shifted`], no patch matrix). Every other convolution takes im2col.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvPath {
+    Im2col,
+    Shifted,
+}
+
+impl ConvPath {
+    /// `$DDPM_CONV` (`im2col` or `shifted`), else im2col: the shifted path's speed has not been
+    /// measured on a GPU yet (see the README), so it is opt-in until it is.
+    pub fn from_env() -> Self {
+        match std::env::var("DDPM_CONV").as_deref() {
+            Ok("shifted") => ConvPath::Shifted,
+            _ => ConvPath::Im2col,
+        }
+    }
+
+    /// Whether this path runs `g` on shifted GEMMs: 3×3, stride 1, padding 1, and at least 16
+    /// input channels (the RGB input conv's K = 3 GEMMs would waste the tensor cores).
+    pub fn takes(self, g: &Conv2dShape) -> bool {
+        self == ConvPath::Shifted && ops::conv_shifted::applies(g) && g.input.c >= 16
+    }
+}
+
 /// The GPU backend for one planned pass shape.
 pub struct GpuBackend {
     gpu: Rc<Gpu>,
     /// What activations are stored as.
     dt: Precision,
+    /// How 3×3 convolutions run.
+    conv: ConvPath,
     sizing: Sizing,
     arena: DeviceMemory,
     used: usize,
@@ -245,6 +278,7 @@ impl GpuBackend {
         Ok(Self {
             gpu,
             dt,
+            conv: ConvPath::from_env(),
             sizing,
             arena,
             used: 0,
@@ -265,6 +299,11 @@ impl GpuBackend {
     /// The activation precision.
     pub fn precision(&self) -> Precision {
         self.dt
+    }
+
+    /// Chooses the path of 3×3 convolutions (the workspace was planned for both).
+    pub fn set_conv_path(&mut self, path: ConvPath) {
+        self.conv = path;
     }
 
     /// Starts a new pass: every arena buffer of the previous one is dead.
@@ -391,8 +430,13 @@ impl Backend for GpuBackend {
         b: ParamId,
         y: &mut DevBuf,
     ) {
+        let shifted = self.conv.takes(g);
         self.run(|gpu, dt, ws, ws_len| {
-            ops::conv2d::conv2d_forward(
+            let f = match shifted {
+                true => ops::conv_shifted::conv3x3_forward,
+                false => ops::conv2d::conv2d_forward,
+            };
+            f(
                 gpu,
                 dt,
                 g,
@@ -417,8 +461,13 @@ impl Backend for GpuBackend {
         dx: Option<&mut DevBuf>,
     ) {
         let dx = dx.map(|d| d.ptr);
+        let shifted = self.conv.takes(g);
         self.run(|gpu, dt, ws, ws_len| {
-            ops::conv2d::conv2d_backward(
+            let f = match shifted {
+                true => ops::conv_shifted::conv3x3_backward,
+                false => ops::conv2d::conv2d_backward,
+            };
+            f(
                 gpu,
                 dt,
                 g,
@@ -762,10 +811,16 @@ mod tests {
         for (preset, batch) in [("tiny", 32), ("ddpm-cifar10", 128)] {
             let net = UNet::new(UNetConfig::preset(preset).unwrap()).unwrap();
             let bf16 = Precision::Bf16.bytes();
-            let train = Sizing::from_plan(&net.plan_step_stored::<f32>(batch, true, bf16).unwrap());
-            let infer =
-                Sizing::from_plan(&net.plan_step_stored::<f32>(batch, false, bf16).unwrap());
-            let fp32 = Sizing::from_plan(&net.plan_step::<f32>(batch, true).unwrap());
+            let train = Sizing::from_plan(
+                &net.plan_step_stored::<f32>(batch, true, bf16).unwrap(),
+                Precision::Bf16,
+            );
+            let infer = Sizing::from_plan(
+                &net.plan_step_stored::<f32>(batch, false, bf16).unwrap(),
+                Precision::Bf16,
+            );
+            let fp32 =
+                Sizing::from_plan(&net.plan_step::<f32>(batch, true).unwrap(), Precision::Fp32);
             // Stored in 2 bytes, the activations take about half the arena (the statistics
             // stay fp32).
             assert!(

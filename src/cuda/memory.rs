@@ -51,7 +51,7 @@ pub fn bytes_needed(net: &UNet, job: Job, batch: usize) -> Result<usize> {
     let train = matches!(job, Job::Train { .. });
     let dt = job.precision();
     let plan = net.plan_step_stored::<f32>(batch, train, dt.bytes())?;
-    let arena = Sizing::from_plan(&plan).total_bytes();
+    let arena = Sizing::from_plan(&plan, dt).total_bytes();
     // The weights the GEMMs read, in bf16/fp16.
     let lowp = if dt.is_reduced() { dt.bytes() * p } else { 0 };
     Ok(match job {

@@ -57,7 +57,7 @@ impl GpuSampler {
         let job = Job::Sample { precision };
         check_fits(&gpu, net, job, model_batch)?;
         let plan = net.plan_step_stored::<f32>(model_batch, false, precision.bytes())?;
-        let sizing = Sizing::from_plan(&plan);
+        let sizing = Sizing::from_plan(&plan, precision);
         let g = &*gpu;
         let item = net.input_shape(1).len();
         let params = DeviceParams::for_inference(g, net.layout.clone(), precision)?;

@@ -139,7 +139,8 @@ impl GpuTrainer {
             precision,
         };
         check_fits(&gpu, &net, job, b)?;
-        let sizing = Sizing::from_plan(&net.plan_step_stored::<f32>(b, true, precision.bytes())?);
+        let plan = net.plan_step_stored::<f32>(b, true, precision.bytes())?;
+        let sizing = Sizing::from_plan(&plan, precision);
         let g = &*gpu;
         let n = host.values().len();
         let params = DeviceParams::upload(g, host, precision).context("uploading the weights")?;
@@ -200,6 +201,11 @@ impl GpuTrainer {
 
     pub fn gpu(&self) -> &Rc<Gpu> {
         &self.gpu
+    }
+
+    /// Runs the 3×3 convolutions of the steps that follow on `path` (default: `$DDPM_CONV`).
+    pub fn set_conv_path(&mut self, path: super::backend::ConvPath) {
+        self.backend.set_conv_path(path);
     }
 
     /// Current weights, gradients (of the last step), on the host.

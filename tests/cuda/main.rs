@@ -3,6 +3,7 @@
 
 mod attention;
 mod conv;
+mod conv_shifted;
 mod diffusion;
 mod elementwise;
 mod groupnorm;
@@ -16,6 +17,7 @@ fn main() {
     let mut cases: Vec<Case> = Vec::new();
     cases.extend(groupnorm::cases());
     cases.extend(conv::cases());
+    cases.extend(conv_shifted::cases());
     cases.extend(attention::cases());
     cases.extend(elementwise::cases());
     cases.extend(loss::cases());

@@ -15,6 +15,7 @@
 
 use std::rc::Rc;
 
+use ddpm::cuda::backend::ConvPath;
 use ddpm::cuda::sample::GpuSampler;
 use ddpm::cuda::testing::{expect_close, expect_rel_l2, expect_within, shared_gpu, Case};
 use ddpm::cuda::train::GpuTrainer;
@@ -38,6 +39,10 @@ pub fn cases() -> Vec<Case> {
         Case {
             name: "train_step_class_conditional_v_prediction_l1_matches_cpu",
             run: |g| train_step_matches(g, true),
+        },
+        Case {
+            name: "train_step_on_shifted_gemm_convolutions_matches_cpu",
+            run: |g| train_step_matches_on(g, false, ConvPath::Shifted),
         },
         Case {
             name: "five_optimizer_steps_match_cpu_and_allocate_nothing",
@@ -127,6 +132,11 @@ fn open(g: &Gpu) -> Rc<Gpu> {
 }
 
 fn train_step_matches(g: &Gpu, variant: bool) -> anyhow::Result<()> {
+    train_step_matches_on(g, variant, ConvPath::Im2col)
+}
+
+/// One training step against the CPU, with the 3×3 convolutions on `path`.
+fn train_step_matches_on(g: &Gpu, variant: bool, path: ConvPath) -> anyhow::Result<()> {
     let gpu = open(g);
     let schedule = ScheduleConfig {
         prediction_type: if variant {
@@ -141,6 +151,7 @@ fn train_step_matches(g: &Gpu, variant: bool) -> anyhow::Result<()> {
     let cfg = train_config(5, loss, 0.0);
     let mut cpu = Trainer::new(model(variant), schedule.clone(), cfg.clone())?;
     let mut dev = GpuTrainer::new(gpu, model(variant), schedule, cfg, Precision::Fp32)?;
+    dev.set_conv_path(path);
     let data = batch(5, 0, variant);
     let a = cpu.train_step(&data)?;
     let b = dev.train_step(&data)?;
@@ -448,7 +459,7 @@ fn gpu_forward(
     use ddpm::cuda::backend::{DevBuf, DeviceParams, GpuBackend, Sizing};
     let b = t.len();
     let plan = net.plan_step_stored::<f32>(b, false, precision.bytes())?;
-    let mut be = GpuBackend::new(gpu.clone(), Sizing::from_plan(&plan), precision)?;
+    let mut be = GpuBackend::new(gpu.clone(), Sizing::from_plan(&plan, precision), precision)?;
     let params = DeviceParams::upload(gpu, weights, precision)?;
     let x_d = gpu.alloc(x.len() * precision.bytes(), "x")?;
     gpu.upload_as(x_d.ptr(), precision, x, "x")?;
