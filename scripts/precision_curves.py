@@ -28,6 +28,7 @@ import argparse
 import csv
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -72,6 +73,7 @@ def main():
     runs, failed = {}, []
     for p in a.precisions.split(","):
         run_dir = os.path.join(a.out, f"tiny-{p}")
+        shutil.rmtree(run_dir, ignore_errors=True)  # a fresh run each time
         cmd = [
             a.ddpm, "train", "--model", "tiny", "--data", "synthetic",
             "--steps", str(a.steps), "--batch-size", str(a.batch_size), "--seed", "0",
