@@ -238,6 +238,16 @@ impl GroupNorm {
             .unwrap_or_else(|e| panic!("group norm geometry was validated with the config: {e}"))
     }
 
+    /// A forward's output (`len` activations) and its statistics buffers, (B, G) each.
+    fn outputs<B: Backend>(be: &mut B, g: &GroupNormShape, len: usize) -> (B::Buf, GroupStats<B>) {
+        let y = be.alloc(len);
+        let st = GroupStats {
+            mean: be.alloc_stats(g.stats_len()),
+            rstd: be.alloc_stats(g.stats_len()),
+        };
+        (y, st)
+    }
+
     /// x: (B, C, H, W) → (y, stats)
     pub fn forward<B: Backend>(
         &self,
@@ -247,11 +257,7 @@ impl GroupNorm {
         x: &B::Buf,
     ) -> (B::Buf, GroupStats<B>) {
         let g = self.geometry(xs);
-        let mut y = be.alloc(B::len(x));
-        let mut st = GroupStats {
-            mean: be.alloc_stats(g.stats_len()),
-            rstd: be.alloc_stats(g.stats_len()),
-        };
+        let (mut y, mut st) = Self::outputs(be, &g, B::len(x));
         be.group_norm_forward(
             p,
             &g,
@@ -275,11 +281,7 @@ impl GroupNorm {
         x: &B::Buf,
     ) -> (B::Buf, GroupStats<B>) {
         let g = self.geometry(xs);
-        let mut a = be.alloc(B::len(x));
-        let mut st = GroupStats {
-            mean: be.alloc_stats(g.stats_len()),
-            rstd: be.alloc_stats(g.stats_len()),
-        };
+        let (mut a, mut st) = Self::outputs(be, &g, B::len(x));
         be.group_norm_silu_forward(
             p,
             &g,
