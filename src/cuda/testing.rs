@@ -239,6 +239,34 @@ pub fn to_device<T: bytemuck::Pod>(
     Ok(mem)
 }
 
+/// Device memory holding f32 `data` stored as `dt` (rounded to nearest even), at least one
+/// element long.
+pub fn to_device_as(
+    gpu: &Gpu,
+    dt: crate::precision::Precision,
+    data: &[f32],
+) -> super::CudaResult<super::device::DeviceMemory> {
+    let mem = gpu.alloc(data.len().max(1) * dt.bytes(), "test input")?;
+    gpu.upload_as(mem.ptr(), dt, data, "test input")?;
+    Ok(mem)
+}
+
+/// The first `len` values of device memory stored as `dt`, widened to f32.
+pub fn from_device_as(
+    gpu: &Gpu,
+    dt: crate::precision::Precision,
+    mem: &super::device::DeviceMemory,
+    len: usize,
+) -> super::CudaResult<Vec<f32>> {
+    assert!(
+        len * dt.bytes() <= mem.bytes(),
+        "reading past a device buffer"
+    );
+    let mut out = vec![0.0f32; len];
+    gpu.download_as(&mut out, mem.ptr(), dt, "test output")?;
+    Ok(out)
+}
+
 /// Device memory of `len` elements of `T`, zeroed.
 pub fn zeros_on_device<T: bytemuck::Pod>(
     gpu: &Gpu,

@@ -4,7 +4,9 @@
 
 use ddpm::cuda::device::DeviceMemory;
 use ddpm::cuda::ops::attention as gpu_attn;
-use ddpm::cuda::testing::{expect_close, from_device, to_device, Case};
+use ddpm::cuda::testing::{
+    expect_close, from_device, from_device_as, to_device, to_device_as, Case,
+};
 use ddpm::cuda::Gpu;
 use ddpm::ops::attention::{attention_backward, attention_forward, AttentionShape};
 use ddpm::ops::layout::{nchw_to_tokens, tokens_to_nchw};
@@ -265,31 +267,8 @@ fn widen(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| f64::from(x)).collect()
 }
 
-/// Device memory holding `data` stored as `dt` (rounded to nearest even).
-fn to_device_as(gpu: &Gpu, dt: Precision, data: &[f32]) -> anyhow::Result<DeviceMemory> {
-    let mem = gpu.alloc(data.len() * dt.bytes(), "test input")?;
-    gpu.upload_as(mem.ptr(), dt, data, "test input")?;
-    Ok(mem)
-}
-
 fn nan_on_device_as(gpu: &Gpu, dt: Precision, len: usize) -> anyhow::Result<DeviceMemory> {
-    to_device_as(gpu, dt, &vec![f32::NAN; len])
-}
-
-/// The first `len` values of device memory stored as `dt`, widened to f32.
-fn from_device_as(
-    gpu: &Gpu,
-    dt: Precision,
-    mem: &DeviceMemory,
-    len: usize,
-) -> anyhow::Result<Vec<f32>> {
-    anyhow::ensure!(
-        len * dt.bytes() <= mem.bytes(),
-        "reading past a device buffer"
-    );
-    let mut out = vec![0.0f32; len];
-    gpu.download_as(&mut out, mem.ptr(), dt, "test output")?;
-    Ok(out)
+    Ok(to_device_as(gpu, dt, &vec![f32::NAN; len])?)
 }
 
 /// Asserts |got − want| ≤ TOL_BOUND · bound elementwise, through `expect_close` so the table

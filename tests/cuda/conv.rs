@@ -17,12 +17,13 @@
 //! fp32) are at the end: random inputs against bounds derived from the format, and integer
 //! inputs, for which every sum is exact and the expected outputs are exact too.
 
-use ddpm::cuda::device::DeviceMemory;
 use ddpm::cuda::ops::conv2d::{
     conv2d_backward, conv2d_forward, conv2d_workspace_for, conv2d_workspace_len,
 };
 use ddpm::cuda::ops::linear::{linear_backward, linear_forward};
-use ddpm::cuda::testing::{expect_close, expect_within, zeros_on_device, Case};
+use ddpm::cuda::testing::{
+    expect_close, expect_within, from_device_as, to_device_as, zeros_on_device, Case,
+};
 use ddpm::cuda::Gpu;
 use ddpm::ops::conv2d::{self as cpu_conv, Conv2dShape, Padding};
 use ddpm::ops::linear::{self as cpu_linear, LinearShape};
@@ -241,24 +242,6 @@ fn conv_reference(g: &Conv2dShape, i: &Inputs, opts: Options) -> Outputs {
     }
 }
 
-/// `values` on the device stored as `dt` (rounded to nearest even).
-fn upload(gpu: &Gpu, dt: Precision, values: &[f32]) -> anyhow::Result<DeviceMemory> {
-    let mem = gpu.alloc(values.len() * dt.bytes(), "test input")?;
-    gpu.upload_as(mem.ptr(), dt, values, "test input")?;
-    Ok(mem)
-}
-
-/// The first `len` elements of `mem`, stored as `dt`, widened to f32.
-fn download(gpu: &Gpu, dt: Precision, mem: &DeviceMemory, len: usize) -> anyhow::Result<Vec<f32>> {
-    assert!(
-        len * dt.bytes() <= mem.bytes(),
-        "reading past a device buffer"
-    );
-    let mut out = vec![0.0f32; len];
-    gpu.download_as(&mut out, mem.ptr(), dt, "test output")?;
-    Ok(out)
-}
-
 /// One forward and backward with x, w, dy, y and dx stored as `dt` (w is the low-precision
 /// weight copy the GEMMs read), the bias and dw, db fp32.
 fn run_conv(
@@ -271,14 +254,14 @@ fn run_conv(
 ) -> anyhow::Result<Outputs> {
     let (x_len, y_len) = (g.input.len(), g.output().len());
     let f32 = Precision::Fp32;
-    let x = upload(gpu, dt, &i.x)?;
-    let w = upload(gpu, dt, &i.w)?;
-    let b = upload(gpu, f32, &i.b)?;
-    let dy = upload(gpu, dt, &i.dy)?;
-    let y = upload(gpu, dt, &vec![f32::NAN; y_len])?;
-    let dx = upload(gpu, dt, &vec![f32::NAN; x_len])?;
-    let dw = upload(gpu, f32, &i.dw0)?;
-    let db = upload(gpu, f32, &i.db0)?;
+    let x = to_device_as(gpu, dt, &i.x)?;
+    let w = to_device_as(gpu, dt, &i.w)?;
+    let b = to_device_as(gpu, f32, &i.b)?;
+    let dy = to_device_as(gpu, dt, &i.dy)?;
+    let y = to_device_as(gpu, dt, &vec![f32::NAN; y_len])?;
+    let dx = to_device_as(gpu, dt, &vec![f32::NAN; x_len])?;
+    let dw = to_device_as(gpu, f32, &i.dw0)?;
+    let db = to_device_as(gpu, f32, &i.db0)?;
     let ws = zeros_on_device::<f32>(gpu, ws_len)?;
     let b_ptr = opts.bias.then(|| b.ptr());
     conv2d_forward(
@@ -306,15 +289,15 @@ fn run_conv(
         ws_len,
     )?;
     Ok(Outputs {
-        y: download(gpu, dt, &y, y_len)?,
+        y: from_device_as(gpu, dt, &y, y_len)?,
         dx: if opts.dx {
-            download(gpu, dt, &dx, x_len)?
+            from_device_as(gpu, dt, &dx, x_len)?
         } else {
             vec![]
         },
-        dw: download(gpu, f32, &dw, i.dw0.len())?,
+        dw: from_device_as(gpu, f32, &dw, i.dw0.len())?,
         db: if opts.bias {
-            download(gpu, f32, &db, i.db0.len())?
+            from_device_as(gpu, f32, &db, i.db0.len())?
         } else {
             vec![]
         },
@@ -434,14 +417,14 @@ fn run_linear(
 ) -> anyhow::Result<Outputs> {
     let (x_len, y_len) = (s.rows * s.d_in, s.rows * s.d_out);
     let f32 = Precision::Fp32;
-    let x = upload(gpu, dt, &i.x)?;
-    let w = upload(gpu, dt, &i.w)?;
-    let b = upload(gpu, f32, &i.b)?;
-    let dy = upload(gpu, dt, &i.dy)?;
-    let y = upload(gpu, dt, &vec![f32::NAN; y_len])?;
-    let dx = upload(gpu, dt, &vec![f32::NAN; x_len])?;
-    let dw = upload(gpu, f32, &i.dw0)?;
-    let db = upload(gpu, f32, &i.db0)?;
+    let x = to_device_as(gpu, dt, &i.x)?;
+    let w = to_device_as(gpu, dt, &i.w)?;
+    let b = to_device_as(gpu, f32, &i.b)?;
+    let dy = to_device_as(gpu, dt, &i.dy)?;
+    let y = to_device_as(gpu, dt, &vec![f32::NAN; y_len])?;
+    let dx = to_device_as(gpu, dt, &vec![f32::NAN; x_len])?;
+    let dw = to_device_as(gpu, f32, &i.dw0)?;
+    let db = to_device_as(gpu, f32, &i.db0)?;
     linear_forward(
         gpu,
         dt,
@@ -463,15 +446,15 @@ fn run_linear(
         opts.bias.then(|| db.ptr()),
     )?;
     Ok(Outputs {
-        y: download(gpu, dt, &y, y_len)?,
+        y: from_device_as(gpu, dt, &y, y_len)?,
         dx: if opts.dx {
-            download(gpu, dt, &dx, x_len)?
+            from_device_as(gpu, dt, &dx, x_len)?
         } else {
             vec![]
         },
-        dw: download(gpu, f32, &dw, i.dw0.len())?,
+        dw: from_device_as(gpu, f32, &dw, i.dw0.len())?,
         db: if opts.bias {
-            download(gpu, f32, &db, s.d_out)?
+            from_device_as(gpu, f32, &db, s.d_out)?
         } else {
             vec![]
         },

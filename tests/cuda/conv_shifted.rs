@@ -28,12 +28,11 @@
 //! exact (tolerance 0): y = dt(Σ + b), dx = dt(Σ), dW and db exact. That pins the rounding down
 //! to once, which the bounds cannot (accumulating the nine taps in the format would fit them).
 
-use ddpm::cuda::device::DeviceMemory;
 use ddpm::cuda::ops::conv2d::{conv2d_backward, conv2d_forward, conv2d_workspace_len};
 use ddpm::cuda::ops::conv_shifted::{
     applies, conv3x3_backward, conv3x3_forward, l2_chunk_images, workspace_for, workspace_len,
 };
-use ddpm::cuda::testing::{expect_close, expect_within, Case};
+use ddpm::cuda::testing::{expect_close, expect_within, from_device_as, to_device_as, Case};
 use ddpm::cuda::Gpu;
 use ddpm::ops::conv2d::{self as cpu_conv, Conv2dShape, Padding};
 use ddpm::precision::Precision;
@@ -325,24 +324,6 @@ fn reference(g: &Conv2dShape, i: &Inputs, opts: Options) -> Outputs {
     }
 }
 
-/// `values` on the device stored as `dt` (rounded to nearest even).
-fn upload(gpu: &Gpu, dt: Precision, values: &[f32]) -> anyhow::Result<DeviceMemory> {
-    let mem = gpu.alloc(values.len().max(1) * dt.bytes(), "test input")?;
-    gpu.upload_as(mem.ptr(), dt, values, "test input")?;
-    Ok(mem)
-}
-
-/// The first `len` elements of `mem`, stored as `dt`, widened to f32.
-fn download(gpu: &Gpu, dt: Precision, mem: &DeviceMemory, len: usize) -> anyhow::Result<Vec<f32>> {
-    assert!(
-        len * dt.bytes() <= mem.bytes(),
-        "reading past a device buffer"
-    );
-    let mut out = vec![0.0f32; len];
-    gpu.download_as(&mut out, mem.ptr(), dt, "test output")?;
-    Ok(out)
-}
-
 /// Which implementation runs.
 #[derive(Clone, Copy, PartialEq)]
 enum Path {
@@ -363,15 +344,15 @@ fn run(
 ) -> anyhow::Result<Outputs> {
     let (x_len, y_len) = (g.input.len(), g.output().len());
     let f32 = Precision::Fp32;
-    let x = upload(gpu, dt, &i.x)?;
-    let w = upload(gpu, dt, &i.w)?;
-    let b = upload(gpu, f32, &i.b)?;
-    let dy = upload(gpu, dt, &i.dy)?;
-    let y = upload(gpu, dt, &vec![f32::NAN; y_len])?;
-    let dx = upload(gpu, dt, &vec![f32::NAN; x_len])?;
-    let dw = upload(gpu, f32, &i.dw0)?;
-    let db = upload(gpu, f32, &i.db0)?;
-    let ws = upload(gpu, f32, &vec![f32::NAN; ws_len])?;
+    let x = to_device_as(gpu, dt, &i.x)?;
+    let w = to_device_as(gpu, dt, &i.w)?;
+    let b = to_device_as(gpu, f32, &i.b)?;
+    let dy = to_device_as(gpu, dt, &i.dy)?;
+    let y = to_device_as(gpu, dt, &vec![f32::NAN; y_len])?;
+    let dx = to_device_as(gpu, dt, &vec![f32::NAN; x_len])?;
+    let dw = to_device_as(gpu, f32, &i.dw0)?;
+    let db = to_device_as(gpu, f32, &i.db0)?;
+    let ws = to_device_as(gpu, f32, &vec![f32::NAN; ws_len])?;
     let (b_ptr, db_ptr) = (opts.bias.then(|| b.ptr()), opts.bias.then(|| db.ptr()));
     let dx_ptr = opts.dx.then(|| dx.ptr());
     let (xp, wp, yp, dyp, dwp, wsp) = (x.ptr(), w.ptr(), y.ptr(), dy.ptr(), dw.ptr(), ws.ptr());
@@ -386,15 +367,15 @@ fn run(
         }
     }
     Ok(Outputs {
-        y: download(gpu, dt, &y, y_len)?,
+        y: from_device_as(gpu, dt, &y, y_len)?,
         dx: if opts.dx {
-            download(gpu, dt, &dx, x_len)?
+            from_device_as(gpu, dt, &dx, x_len)?
         } else {
             vec![]
         },
-        dw: download(gpu, f32, &dw, i.dw0.len())?,
+        dw: from_device_as(gpu, f32, &dw, i.dw0.len())?,
         db: if opts.bias {
-            download(gpu, f32, &db, i.db0.len())?
+            from_device_as(gpu, f32, &db, i.db0.len())?
         } else {
             vec![]
         },

@@ -7,7 +7,9 @@
 
 use ddpm::cuda::device::DeviceMemory;
 use ddpm::cuda::ops::{elementwise as ew, embedding as emb, resample};
-use ddpm::cuda::testing::{expect_close, expect_within, from_device, to_device, Case};
+use ddpm::cuda::testing::{
+    expect_close, expect_within, from_device, from_device_as, to_device, to_device_as, Case,
+};
 use ddpm::cuda::Gpu;
 use ddpm::ops::add::{add, add_channel_bias, add_channel_bias_backward, scale};
 use ddpm::ops::concat::{concat_channels, split_channels};
@@ -538,32 +540,9 @@ fn accumulate(acc: &mut [f32], x: &[f32]) {
 // - otherwise the bound is one rounding of the output (u relative) on top of the fp32 test's own
 //   tolerance for the same kernel, each justified where it is used.
 
-/// `values` on the device stored as `dt`.
-fn upload_as(gpu: &Gpu, dt: Precision, values: &[f32]) -> anyhow::Result<DeviceMemory> {
-    let mem = gpu.alloc(values.len() * dt.bytes(), "test input")?;
-    gpu.upload_as(mem.ptr(), dt, values, "test input")?;
-    Ok(mem)
-}
-
 /// `len` NaNs stored as `dt`: an element a kernel fails to write shows as a non-finite error.
 fn nan_as(gpu: &Gpu, dt: Precision, len: usize) -> anyhow::Result<DeviceMemory> {
-    upload_as(gpu, dt, &vec![f32::NAN; len])
-}
-
-/// `len` elements stored as `dt`, widened to f32.
-fn download_as(
-    gpu: &Gpu,
-    dt: Precision,
-    mem: &DeviceMemory,
-    len: usize,
-) -> anyhow::Result<Vec<f32>> {
-    assert!(
-        len * dt.bytes() <= mem.bytes(),
-        "reading past a device buffer"
-    );
-    let mut out = vec![0.0f32; len];
-    gpu.download_as(&mut out, mem.ptr(), dt, "test output")?;
-    Ok(out)
+    Ok(to_device_as(gpu, dt, &vec![f32::NAN; len])?)
 }
 
 /// `v` as stored in `dt`.
@@ -582,7 +561,7 @@ fn silu_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             let mut dx = vec![0.0f32; n];
             silu_backward(&x, &dy, &mut dx);
 
-            let (x_d, dy_d) = (upload_as(gpu, dt, &x)?, upload_as(gpu, dt, &dy)?);
+            let (x_d, dy_d) = (to_device_as(gpu, dt, &x)?, to_device_as(gpu, dt, &dy)?);
             let (y_d, dx_d) = (nan_as(gpu, dt, n)?, nan_as(gpu, dt, n)?);
             ew::silu_forward(gpu, dt, n, x_d.ptr(), y_d.ptr())?;
             ew::silu_backward(gpu, dt, n, x_d.ptr(), dy_d.ptr(), dx_d.ptr())?;
@@ -592,13 +571,13 @@ fn silu_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             let u = dt.unit_roundoff();
             expect_close(
                 &format!("silu {dt} y n={n}"),
-                &download_as(gpu, dt, &y_d, n)?,
+                &from_device_as(gpu, dt, &y_d, n)?,
                 &y,
                 u + 1e-5,
             );
             expect_close(
                 &format!("silu {dt} dx n={n}"),
-                &download_as(gpu, dt, &dx_d, n)?,
+                &from_device_as(gpu, dt, &dx_d, n)?,
                 &dx,
                 u + 1e-4,
             );
@@ -613,7 +592,7 @@ fn add_accumulate_scale_dropout_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             let mut rng = Philox::new(1400 + seed as u64);
             let a = rounded(dt, &rng.normal_vec(n, 1.0));
             let b = rounded(dt, &rng.normal_vec(n, 1.0));
-            let (a_d, b_d) = (upload_as(gpu, dt, &a)?, upload_as(gpu, dt, &b)?);
+            let (a_d, b_d) = (to_device_as(gpu, dt, &a)?, to_device_as(gpu, dt, &b)?);
 
             // One fp32 addition or product per element, bit-identical to the CPU's, then one
             // rounding to the format: exactly dt.round of the CPU's result.
@@ -623,18 +602,18 @@ fn add_accumulate_scale_dropout_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             ew::add(gpu, dt, n, a_d.ptr(), b_d.ptr(), y_d.ptr())?;
             expect_close(
                 &format!("add {dt} n={n}"),
-                &download_as(gpu, dt, &y_d, n)?,
+                &from_device_as(gpu, dt, &y_d, n)?,
                 &rounded(dt, &want),
                 0.0,
             );
 
             let mut want = a.clone();
             accumulate(&mut want, &b);
-            let acc_d = upload_as(gpu, dt, &a)?;
+            let acc_d = to_device_as(gpu, dt, &a)?;
             ew::accumulate(gpu, dt, n, acc_d.ptr(), b_d.ptr())?;
             expect_close(
                 &format!("accumulate {dt} n={n}"),
-                &download_as(gpu, dt, &acc_d, n)?,
+                &from_device_as(gpu, dt, &acc_d, n)?,
                 &rounded(dt, &want),
                 0.0,
             );
@@ -646,7 +625,7 @@ fn add_accumulate_scale_dropout_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             ew::scale(gpu, dt, n, a_d.ptr(), alpha, y_d.ptr())?;
             expect_close(
                 &format!("scale {dt} n={n}"),
-                &download_as(gpu, dt, &y_d, n)?,
+                &from_device_as(gpu, dt, &y_d, n)?,
                 &rounded(dt, &want),
                 0.0,
             );
@@ -659,7 +638,7 @@ fn add_accumulate_scale_dropout_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             ew::dropout_forward(gpu, dt, n, &args, a_d.ptr(), y_d.ptr())?;
             expect_close(
                 &format!("dropout {dt} y n={n}"),
-                &download_as(gpu, dt, &y_d, n)?,
+                &from_device_as(gpu, dt, &y_d, n)?,
                 &rounded(dt, &want),
                 0.0,
             );
@@ -669,7 +648,7 @@ fn add_accumulate_scale_dropout_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             ew::dropout_backward(gpu, dt, n, &args, b_d.ptr(), dx_d.ptr())?;
             expect_close(
                 &format!("dropout {dt} dx n={n}"),
-                &download_as(gpu, dt, &dx_d, n)?,
+                &from_device_as(gpu, dt, &dx_d, n)?,
                 &rounded(dt, &want),
                 0.0,
             );
@@ -700,9 +679,9 @@ fn channel_bias_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             let want_dt: Vec<f32> = sum.iter().map(|&v| v as f32).collect();
 
             let (x_d, t_d, dy_d) = (
-                upload_as(gpu, dt, &x)?,
-                upload_as(gpu, dt, &t)?,
-                upload_as(gpu, dt, &dy)?,
+                to_device_as(gpu, dt, &x)?,
+                to_device_as(gpu, dt, &t)?,
+                to_device_as(gpu, dt, &dy)?,
             );
             let (y_d, dt_d) = (nan_as(gpu, dt, s.len())?, nan_as(gpu, dt, nc)?);
             ew::add_channel_bias(gpu, dt, s, x_d.ptr(), t_d.ptr(), y_d.ptr())?;
@@ -710,7 +689,7 @@ fn channel_bias_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             // One fp32 addition, bit-identical to the CPU's, rounded once: exact.
             expect_close(
                 &format!("add_channel_bias {dt} {s}"),
-                &download_as(gpu, dt, &y_d, s.len())?,
+                &from_device_as(gpu, dt, &y_d, s.len())?,
                 &rounded(dt, &y),
                 0.0,
             );
@@ -728,7 +707,7 @@ fn channel_bias_reduced(gpu: &Gpu) -> anyhow::Result<()> {
                 + depth * f64::powi(2.0, -24) * max_mag;
             expect_within(
                 &format!("sum_spatial {dt} {s}"),
-                &download_as(gpu, dt, &dt_d, nc)?,
+                &from_device_as(gpu, dt, &dt_d, nc)?,
                 &want_dt,
                 tol,
             );
@@ -752,9 +731,9 @@ fn concat_split_reduced(gpu: &Gpu) -> anyhow::Result<()> {
                 split_channels(out, &dy, &mut [(&mut da, c_a), (&mut db, c_b)]);
 
                 let (a_d, b_d, dy_d) = (
-                    upload_as(gpu, dt, &a)?,
-                    upload_as(gpu, dt, &b)?,
-                    upload_as(gpu, dt, &dy)?,
+                    to_device_as(gpu, dt, &a)?,
+                    to_device_as(gpu, dt, &b)?,
+                    to_device_as(gpu, dt, &dy)?,
                 );
                 let y_d = nan_as(gpu, dt, out.len())?;
                 let (da_d, db_d) = (nan_as(gpu, dt, a.len())?, nan_as(gpu, dt, b.len())?);
@@ -763,19 +742,19 @@ fn concat_split_reduced(gpu: &Gpu) -> anyhow::Result<()> {
                 // Copies of stored values: exact.
                 expect_close(
                     &format!("concat {dt} {out} {c_a}+{c_b}"),
-                    &download_as(gpu, dt, &y_d, out.len())?,
+                    &from_device_as(gpu, dt, &y_d, out.len())?,
                     &y,
                     0.0,
                 );
                 expect_close(
                     &format!("split {dt} da {out} {c_a}+{c_b}"),
-                    &download_as(gpu, dt, &da_d, a.len())?,
+                    &from_device_as(gpu, dt, &da_d, a.len())?,
                     &da,
                     0.0,
                 );
                 expect_close(
                     &format!("split {dt} db {out} {c_a}+{c_b}"),
-                    &download_as(gpu, dt, &db_d, b.len())?,
+                    &from_device_as(gpu, dt, &db_d, b.len())?,
                     &db,
                     0.0,
                 );
@@ -837,39 +816,43 @@ fn casts(gpu: &Gpu) -> anyhow::Result<()> {
     for dt in Precision::ALL {
         let want = rounded(dt, &x);
         // fp32 → dt: round to nearest even, exactly as the host encodes an upload (fp32: a copy).
-        let x_d = upload_as(gpu, FP32, &x)?;
+        let x_d = to_device_as(gpu, FP32, &x)?;
         let y_d = nan_as(gpu, dt, n)?;
         ew::cast_from_f32(gpu, dt, n, x_d.ptr(), y_d.ptr())?;
         expect_bits(
             &format!("cast_from_f32 {dt}"),
-            &download_as(gpu, dt, &y_d, n)?,
+            &from_device_as(gpu, dt, &y_d, n)?,
             &want,
         );
         // dt → fp32: widening is exact.
-        let s_d = upload_as(gpu, dt, &x)?;
+        let s_d = to_device_as(gpu, dt, &x)?;
         let w_d = nan_as(gpu, FP32, n)?;
         ew::cast_to_f32(gpu, dt, n, s_d.ptr(), w_d.ptr())?;
         expect_bits(
             &format!("cast_to_f32 {dt}"),
-            &download_as(gpu, FP32, &w_d, n)?,
+            &from_device_as(gpu, FP32, &w_d, n)?,
             &want,
         );
         // NaN stays NaN (CUDA returns its canonical NaN; the payload is not specified).
-        let nan_d = upload_as(gpu, FP32, &[f32::NAN, -f32::NAN])?;
+        let nan_d = to_device_as(gpu, FP32, &[f32::NAN, -f32::NAN])?;
         let nan_out = nan_as(gpu, dt, 2)?;
         gpu.zero(nan_out.ptr(), 2 * dt.bytes(), "test")?;
         ew::cast_from_f32(gpu, dt, 2, nan_d.ptr(), nan_out.ptr())?;
-        let got = download_as(gpu, dt, &nan_out, 2)?;
+        let got = from_device_as(gpu, dt, &nan_out, 2)?;
         assert!(
             got.iter().all(|v| v.is_nan()),
             "cast_from_f32 {dt}: NaN became {got:?}"
         );
     }
     // In fp32 a cast onto itself does nothing.
-    let x_d = upload_as(gpu, FP32, &x)?;
+    let x_d = to_device_as(gpu, FP32, &x)?;
     ew::cast_from_f32(gpu, FP32, n, x_d.ptr(), x_d.ptr())?;
     ew::cast_to_f32(gpu, FP32, n, x_d.ptr(), x_d.ptr())?;
-    expect_bits("cast fp32 in place", &download_as(gpu, FP32, &x_d, n)?, &x);
+    expect_bits(
+        "cast fp32 in place",
+        &from_device_as(gpu, FP32, &x_d, n)?,
+        &x,
+    );
     Ok(())
 }
 
@@ -895,21 +878,21 @@ fn resample_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             let mut dx = vec![0.0f32; xs.len()];
             upsample_nearest2x_backward(xs, &dy, &mut dx);
 
-            let (x_d, dy_d) = (upload_as(gpu, dt, &x)?, upload_as(gpu, dt, &dy)?);
+            let (x_d, dy_d) = (to_device_as(gpu, dt, &x)?, to_device_as(gpu, dt, &dy)?);
             let (y_d, dx_d) = (nan_as(gpu, dt, ys.len())?, nan_as(gpu, dt, xs.len())?);
             resample::upsample_nearest2x_forward(gpu, dt, xs, x_d.ptr(), y_d.ptr())?;
             resample::upsample_nearest2x_backward(gpu, dt, xs, dy_d.ptr(), dx_d.ptr())?;
             // A copy: exact.
             expect_close(
                 &format!("upsample {dt} y {xs}"),
-                &download_as(gpu, dt, &y_d, ys.len())?,
+                &from_device_as(gpu, dt, &y_d, ys.len())?,
                 &y,
                 0.0,
             );
             // The four-term fp32 sum in the CPU's order (bit-identical), rounded once: exact.
             expect_close(
                 &format!("upsample {dt} dx {xs}"),
-                &download_as(gpu, dt, &dx_d, xs.len())?,
+                &from_device_as(gpu, dt, &dx_d, xs.len())?,
                 &rounded(dt, &dx),
                 0.0,
             );
@@ -917,20 +900,20 @@ fn resample_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             for p in pads {
                 let ps = resample::padded_shape(xs, p);
                 let dy = rounded(dt, &rng.normal_vec(ps.len(), 1.0));
-                let dy_d = upload_as(gpu, dt, &dy)?;
+                let dy_d = to_device_as(gpu, dt, &dy)?;
                 let (y_d, dx_d) = (nan_as(gpu, dt, ps.len())?, nan_as(gpu, dt, xs.len())?);
                 resample::pad2d_forward(gpu, dt, xs, p, x_d.ptr(), y_d.ptr())?;
                 resample::pad2d_backward(gpu, dt, xs, p, dy_d.ptr(), dx_d.ptr())?;
                 // Copies and zeros: exact.
                 expect_close(
                     &format!("pad {dt} {xs} {p:?}"),
-                    &download_as(gpu, dt, &y_d, ps.len())?,
+                    &from_device_as(gpu, dt, &y_d, ps.len())?,
                     &pad_host(xs, p, &x),
                     0.0,
                 );
                 expect_close(
                     &format!("crop {dt} {xs} {p:?}"),
-                    &download_as(gpu, dt, &dx_d, xs.len())?,
+                    &from_device_as(gpu, dt, &dx_d, xs.len())?,
                     &crop_host(xs, p, &dy),
                     0.0,
                 );
@@ -959,7 +942,7 @@ fn timestep_embedding_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             // high frequencies differ by O(1).
             expect_close(
                 &format!("timestep_embedding {dt} dim={dim} flip={flip}"),
-                &download_as(gpu, dt, &emb_d, n * dim)?,
+                &from_device_as(gpu, dt, &emb_d, n * dim)?,
                 &want,
                 dt.unit_roundoff() + 1e-6,
             );
@@ -995,8 +978,8 @@ fn class_embedding_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             }
 
             let labels_d = to_device(gpu, &labels)?;
-            let (table_d, emb_d) = (to_device(gpu, &table)?, upload_as(gpu, dt, &emb0)?);
-            let (demb_d, dtable_d) = (upload_as(gpu, dt, &demb)?, to_device(gpu, &dtable0)?);
+            let (table_d, emb_d) = (to_device(gpu, &table)?, to_device_as(gpu, dt, &emb0)?);
+            let (demb_d, dtable_d) = (to_device_as(gpu, dt, &demb)?, to_device(gpu, &dtable0)?);
             emb::class_embedding_forward(
                 gpu,
                 dt,
@@ -1019,7 +1002,7 @@ fn class_embedding_reduced(gpu: &Gpu) -> anyhow::Result<()> {
             // emb: one fp32 addition (the CPU's) rounded once to the format: exact.
             expect_close(
                 &format!("class_embedding {dt} emb n={n} classes={classes}"),
-                &download_as(gpu, dt, &emb_d, n * width)?,
+                &from_device_as(gpu, dt, &emb_d, n * width)?,
                 &rounded(dt, &want_emb),
                 0.0,
             );

@@ -31,12 +31,13 @@
 //! fails; parameter gradients start at random values, so `+=` is checked against the reference's
 //! `+=`. Every case also runs twice and must give bitwise the same results (no atomics).
 
-use ddpm::cuda::device::DeviceMemory;
 use ddpm::cuda::ops::groupnorm::{
     group_norm_backward, group_norm_forward, group_norm_scratch_len, group_norm_silu_backward,
     group_norm_silu_forward,
 };
-use ddpm::cuda::testing::{expect_close, from_device, to_device, zeros_on_device, Case};
+use ddpm::cuda::testing::{
+    expect_close, from_device, from_device_as, to_device, to_device_as, zeros_on_device, Case,
+};
 use ddpm::cuda::Gpu;
 use ddpm::ops::groupnorm::{self as cpu, Affine, GroupNormShape};
 use ddpm::precision::Precision;
@@ -166,29 +167,6 @@ struct Inputs {
     dy: Vec<f32>,
     dgamma0: Vec<f32>,
     dbeta0: Vec<f32>,
-}
-
-/// Device memory holding `data` stored as `dt` (rounded to nearest even).
-fn to_device_as(gpu: &Gpu, dt: Precision, data: &[f32]) -> anyhow::Result<DeviceMemory> {
-    let mem = gpu.alloc(data.len() * dt.bytes(), "test input")?;
-    gpu.upload_as(mem.ptr(), dt, data, "test input")?;
-    Ok(mem)
-}
-
-/// The first `len` values of device memory stored as `dt`, widened to f32.
-fn from_device_as(
-    gpu: &Gpu,
-    dt: Precision,
-    mem: &DeviceMemory,
-    len: usize,
-) -> anyhow::Result<Vec<f32>> {
-    anyhow::ensure!(
-        len * dt.bytes() <= mem.bytes(),
-        "reading past a device buffer"
-    );
-    let mut out = vec![0.0f32; len];
-    gpu.download_as(&mut out, mem.ptr(), dt, "test output")?;
-    Ok(out)
 }
 
 /// Runs forward and backward with x, y, dy, dx stored as `dt`; everything else is f32.
