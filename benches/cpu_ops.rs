@@ -1,5 +1,6 @@
-//! CPU reference backend throughput at the shapes of the DDPM CIFAR-10 UNet's first level
-//! (batch 8, 128 channels, 32×32) and its 16×16 attention level.
+//! CPU backend throughput at the shapes of the DDPM CIFAR-10 UNet (batch 8): its 3×3
+//! convolutions at 32×32 (128 channels) and 16×16 (256 channels), group norm, and the 16×16
+//! attention level, beside the machine's measured f32 FMA peak.
 //!
 //! Compute-bound ops (conv2d, attention) report FLOPs as criterion "elements", so the `thrpt`
 //! column reads as FLOP/s (`Gelem/s` = GFLOP/s); memory-bound ops (group norm) report bytes that
@@ -9,7 +10,10 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ddpm::ops::attention::{attention_backward, attention_forward, AttentionShape};
-use ddpm::ops::conv2d::{conv2d_backward, conv2d_forward, Conv2dShape, Padding};
+use ddpm::ops::conv2d::{
+    conv2d_backward_data, conv2d_backward_weights, conv2d_forward, conv2d_forward_im2col,
+    Conv2dShape, Padding,
+};
 use ddpm::ops::groupnorm::{group_norm_backward, group_norm_forward, Affine, GroupNormShape};
 use ddpm::rng::Philox;
 use ddpm::shape::Nchw;
@@ -18,33 +22,65 @@ fn data(n: usize, seed: u64) -> Vec<f32> {
     Philox::new(seed).normal_vec(n, 1.0)
 }
 
+/// The two 3×3 convolution shapes that carry most of `ddpm-cifar10`'s FLOPs at batch 8:
+/// 128 channels at 32×32 and 256 channels at 16×16. Each pass is its own row, so each can be
+/// held against the FMA peak (`fma_peak` below) on its own.
 fn conv(c: &mut Criterion) {
-    let s = Conv2dShape::new(
-        Nchw::new(8, 128, 32, 32),
-        128,
-        (3, 3),
-        (1, 1),
-        Padding::same(1),
-    )
-    .unwrap();
-    let (x, w, b) = (
-        data(s.input.len(), 1),
-        data(s.weight_len(), 2),
-        data(128, 3),
-    );
-    let mut y = vec![0.0; s.output().len()];
-    let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; 128]);
+    for (ch, size) in [(128, 32), (256, 16)] {
+        let s = Conv2dShape::new(
+            Nchw::new(8, ch, size, size),
+            ch,
+            (3, 3),
+            (1, 1),
+            Padding::same(1),
+        )
+        .unwrap();
+        let (x, w, b) = (data(s.input.len(), 1), data(s.weight_len(), 2), data(ch, 3));
+        let dy = data(s.output().len(), 4);
+        let mut y = vec![0.0; s.output().len()];
+        let (mut dx, mut dw, mut db) = (vec![0.0; x.len()], vec![0.0; w.len()], vec![0.0; ch]);
 
-    let mut g = c.benchmark_group("conv2d_3x3 (8,128,32,32)->128 [elem = FLOP]");
+        let mut g = c.benchmark_group(format!(
+            "conv2d_3x3 (8,{ch},{size},{size})->{ch} [elem = FLOP]"
+        ));
+        g.sample_size(10);
+        // Each pass is one GEMM the size of the forward.
+        g.throughput(Throughput::Elements(s.forward_flops()));
+        g.bench_function("forward", |bench| {
+            bench.iter(|| conv2d_forward(&s, &x, &w, Some(&b), &mut y))
+        });
+        g.bench_function("backward_data", |bench| {
+            bench.iter(|| conv2d_backward_data(&s, &w, &dy, &mut dx))
+        });
+        g.bench_function("backward_weights", |bench| {
+            bench.iter(|| conv2d_backward_weights(&s, &x, &dy, &mut dw, Some(&mut db)))
+        });
+        g.bench_function("forward_im2col_reference", |bench| {
+            bench.iter(|| conv2d_forward_im2col(&s, &x, &w, Some(&b), &mut y))
+        });
+        g.finish();
+    }
+}
+
+/// The f32 FMA peak of this machine on all threads (registers only): the ceiling for the
+/// convolution rows. Reported as FLOP "elements" like them.
+fn fma_peak(c: &mut Criterion) {
+    use ddpm::ops::fma_peak::{probe, CHAINS, STEPS};
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    let rounds = 20;
+    let (lanes, name, run) = probe();
+    let flops_per_iter = (threads * rounds * STEPS * CHAINS * lanes * 2) as u64;
+    let mut g = c.benchmark_group(format!("fma_peak ({threads} threads) [elem = FLOP]"));
     g.sample_size(10);
-    g.throughput(Throughput::Elements(s.forward_flops()));
-    g.bench_function("forward", |bench| {
-        bench.iter(|| conv2d_forward(&s, &x, &w, Some(&b), &mut y))
-    });
-    // Backward: grad input and grad weight, each a GEMM the size of the forward.
-    g.throughput(Throughput::Elements(2 * s.forward_flops()));
-    g.bench_function("backward", |bench| {
-        bench.iter(|| conv2d_backward(&s, &x, &w, &y, Some(&mut dx), &mut dw, Some(&mut db)))
+    g.throughput(Throughput::Elements(flops_per_iter));
+    g.bench_function(format!("f32 {name}"), |bench| {
+        bench.iter(|| {
+            (0..threads)
+                .into_par_iter()
+                .map(|_| run(rounds))
+                .sum::<f32>()
+        })
     });
     g.finish();
 }
@@ -120,5 +156,5 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, conv, group_norm, attention);
+criterion_group!(benches, fma_peak, conv, group_norm, attention);
 criterion_main!(benches);

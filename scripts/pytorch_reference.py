@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """The PyTorch side of ddpm's speed comparison: the same UNet, batch and precision, in PyTorch.
 
-ddpm is measured against PyTorch on the same GPU, with the same model, batch size and precision
-(DESIGN.md, "How we measure speed"). This script is that PyTorch program. It needs only torch
-(no diffusers): the UNet is written out below in plain torch.nn, mirroring ddpm's (which is
-diffusers' `UNet2DModel` architecture), with diffusers' parameter names so that a diffusers
-state_dict loads into it strictly. scripts/check_pytorch_reference.py verifies that mirror against
-diffusers itself (same parameter count, same outputs to ~1e-6 for identical weights).
+ddpm is measured against PyTorch on the same device (a GPU, or the CPU with the same thread
+count), with the same model, batch size and precision (DESIGN.md, "How we measure speed"). This
+script is that PyTorch program. It needs only torch (no diffusers): the UNet is written out below
+in plain torch.nn, mirroring ddpm's (which is diffusers' `UNet2DModel` architecture), with
+diffusers' parameter names so that a diffusers state_dict loads into it strictly.
+scripts/check_pytorch_reference.py verifies that mirror against diffusers itself (same parameter
+count, same outputs to ~1e-6 for identical weights).
 
 What is timed (after warm-up, with CUDA events around the timed loop on the GPU, wall-clock on
 the CPU):
@@ -22,7 +23,23 @@ the CPU):
                  spacing (t = 0, ⌊T/S⌋, … reversed; ᾱ_prev = 1 after the last step), x̂₀ clipped
                  to [−1, 1] (the defaults of ddpm and diffusers' DDIMScheduler). The model runs
                  in inference mode under autocast; the update itself is in fp32 on x.
-                 images/s = batch · loops / seconds (a loop is all S steps).
+                 images/s = batch · loops / seconds (a loop is all S steps). The warm-up
+                 loops run --warmup-sample-steps steps each (default S): `ddpm bench sample`
+                 warms up with a short DDIM run of --warmup steps, then times one full run, and
+                 --steps 1 --warmup 1 --warmup-sample-steps K mirrors `--warmup K` exactly.
+
+Model: --preset names one of ddpm's presets (below); --image-size and --channels override its
+sample size and its image channels (in and out), as `ddpm bench --image-size N --channels C`
+does, e.g. `--preset tiny --image-size 28 --channels 1` for MNIST-sized images.
+
+CPU runs. --threads N calls torch.set_num_threads(N) and torch.set_num_interop_threads(1) before
+anything runs (scripts/side_by_side.py also sets OMP_NUM_THREADS and MKL_NUM_THREADS to N, and
+RAYON_NUM_THREADS for ddpm). Memory: `peak_rss_bytes` is the process's peak resident set
+(getrusage ru_maxrss, = VmHWM, the quantity ddpm's `bench --json` reports), and
+`baseline_rss_bytes` the resident set (VmRSS) just before the first step, after importing torch
+and building the model, the optimizer or the sampling plan: most of the difference between the
+two engines' peaks on a small model is torch itself. The peak does not count torch.compile's
+compile workers, which are separate processes.
 
 Precision: `bf16` = torch.autocast(bfloat16) over fp32 weights; `fp16` = autocast(float16) plus
 a GradScaler; `fp32` = no autocast and TF32 switched off (cuBLAS and cuDNN), so fp32 is fp32.
@@ -37,12 +54,15 @@ activations and element-wise ops are not counted) and prints them. A training st
 3 forwards (forward + backward for inputs and weights), a sampling loop as S forwards. The
 achieved TFLOP/s over the device's dense peak is the MFU; peaks are known for H100/H200 (989
 TFLOP/s bf16/fp16 dense, 67 fp32 without tensor cores) and A100 (312/19.5), or set with
---peak-tflops. For ddpm-cifar10 this gives 12.44 GFLOP per image forward and 37.3 per training step
-(cifar10-small: 3.20 and 9.60; tiny: 0.124 and 0.373; ref-32x32: 1.49 and 4.48).
+--peak-tflops (on a CPU, the fp32 FMA peak you measured, in TFLOP/s). For ddpm-cifar10 this gives
+12.44 GFLOP per image forward and 37.3 per training step (cifar10-small: 3.20 and 9.60; tiny:
+0.124 and 0.373; ref-32x32: 1.49 and 4.48).
 
     python3 scripts/pytorch_reference.py --preset ddpm-cifar10 --batch-size 128 --precision bf16
     python3 scripts/pytorch_reference.py --preset ddpm-cifar10 --batch-size 256 --task sample \
         --mode compile --json
+    python3 scripts/pytorch_reference.py --device cpu --threads 2 --precision fp32 --preset tiny \
+        --image-size 28 --channels 1 --batch-size 32 --steps 10 --warmup 3 --json
 
 With --json the last line of stdout is one JSON object (see `result` in main); on failure it is
 {"error": "..."} and the exit status is 1.
@@ -51,8 +71,14 @@ With --json the last line of stdout is one JSON object (see `result` in main); o
 import argparse
 import json
 import math
+import os
 import sys
 import time
+
+try:
+    import resource  # Unix only: the peak resident set
+except ImportError:  # pragma: no cover
+    resource = None
 
 import torch
 import torch.nn as nn
@@ -116,10 +142,23 @@ NUM_TRAIN_TIMESTEPS = 1000
 BETA_START, BETA_END = 1e-4, 0.02
 
 
-def preset_config(name):
+def preset_config(name, image_size=None, channels=None):
+    """A preset's config; image_size and channels override its sample_size and its in and out
+    channels (ddpm bench's --image-size and --channels)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r} (presets: {', '.join(PRESETS)})")
-    return dict(PRESETS[name])
+    cfg = dict(PRESETS[name])
+    if image_size is not None:
+        down = 2 ** (len(cfg["block_out_channels"]) - 1)
+        if image_size < 1 or image_size % down:
+            raise ValueError(f"image size {image_size}: preset {name} needs a positive multiple of {down}, "
+                             f"its total downsampling")
+        cfg["sample_size"] = image_size
+    if channels is not None:
+        if channels < 1:
+            raise ValueError(f"channels {channels}: must be positive")
+        cfg["in_channels"] = cfg["out_channels"] = channels
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,8 +393,8 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.conv_norm_out(h)))
 
 
-def build_unet(preset):
-    return UNet(preset_config(preset))
+def build_unet(preset, image_size=None, channels=None):
+    return UNet(preset_config(preset, image_size, channels))
 
 
 def param_count(model):
@@ -549,10 +588,61 @@ def device_name(device):
     return "cpu"
 
 
+def cpu_model():
+    """The CPU's "model name" from /proc/cpuinfo (Linux), else whatever platform says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine() or None
+
+
+# ---------------------------------------------------------------------------------------------
+# Resident memory of this process (Linux; None elsewhere where it cannot be read).
+
+
+def vm_rss_bytes():
+    """The resident set now: VmRSS of /proc/self/status."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024  # the kernel writes kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def peak_rss_bytes():
+    """The peak resident set of this process so far (ru_maxrss, the kernel's VmHWM)."""
+    if resource is None:
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kb if sys.platform == "darwin" else kb * 1024  # bytes on macOS, KiB on Linux
+
+
+def set_threads(n):
+    """torch's intra-op threads to n, and one inter-op thread (refused once inter-op work has
+    started; then left as it is). Returns (intra, inter) as torch reports them."""
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    return torch.get_num_threads(), torch.get_num_interop_threads()
+
+
 def run(args):
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda: CUDA is not available to torch")
+    if args.threads is not None:
+        set_threads(args.threads)
     if args.precision == "fp32":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
@@ -560,7 +650,7 @@ def run(args):
     torch.backends.cudnn.benchmark = not args.no_cudnn_benchmark
     torch.manual_seed(0)
 
-    model = build_unet(args.preset).to(device)
+    model = build_unet(args.preset, args.image_size, args.channels).to(device)
     n_params = param_count(model)
     fwd_flops = forward_flops_per_image(model, device)
     if args.channels_last:
@@ -583,6 +673,8 @@ def run(args):
         # torch.compile builds the forward graph on the first call and the backward graph on
         # the first backward; a few more untimed steps let its background work settle.
         warmup = args.warmup if args.warmup is not None else (5 if args.mode == "compile" else 3)
+        warm_steps = None
+        baseline_rss = vm_rss_bytes()
         for _ in range(warmup):
             step()
         timer = Timer(device)
@@ -598,8 +690,14 @@ def run(args):
         loop = make_sample_loop(model, fwd, args, device)
         steps = args.steps if args.steps is not None else 1
         warmup = args.warmup if args.warmup is not None else 1
+        warm_steps = args.warmup_sample_steps or args.sample_steps
+        # The warm-up loops are DDIM runs of warm_steps steps: the same shapes, so the same
+        # kernels (and torch.compile's graph), over fewer model evaluations.
+        warm_loop = loop if warm_steps == args.sample_steps else make_sample_loop(
+            model, fwd, argparse.Namespace(**{**vars(args), "sample_steps": warm_steps}), device)
+        baseline_rss = vm_rss_bytes()
         for _ in range(warmup):
-            loop()
+            warm_loop()
         timer = Timer(device)
         timer.start()
         for _ in range(steps):
@@ -610,6 +708,7 @@ def run(args):
         # Per model evaluation (one DDIM step of the whole batch).
         ms_per_step = 1e3 * seconds / (steps * args.sample_steps)
 
+    peak_rss = peak_rss_bytes()
     images_per_s = images / seconds
     tflops = images_per_s * flops_per_image / 1e12
     peak = args.peak_tflops if args.peak_tflops else peak_tflops(name, args.precision)
@@ -617,12 +716,15 @@ def run(args):
     return {
         "engine": "pytorch",
         "preset": args.preset,
+        "image_size": model.cfg["sample_size"],
+        "channels": model.cfg["in_channels"],
         "batch": args.batch_size,
         "precision": args.precision,
         "mode": args.mode,
         "compile_mode": args.compile_mode if args.mode == "compile" else None,
         "task": args.task,
         "sample_steps": args.sample_steps if args.task == "sample" else None,
+        "warmup_sample_steps": warm_steps if args.task == "sample" else None,
         "steps": steps,
         "warmup": warmup,
         "seconds": seconds,
@@ -632,13 +734,20 @@ def run(args):
         "gflop_forward_per_image": fwd_flops / 1e9,
         "gflop_per_image": flops_per_image / 1e9,
         "tflops": tflops,
+        "gflops": tflops * 1e3,
         "peak_tflops": peak,
         "mfu": tflops / peak if peak else None,
         "device": name,
+        "cpu_model": cpu_model() if device.type == "cpu" else None,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "torch": torch.__version__,
         "cudnn_benchmark": not args.no_cudnn_benchmark,
         "channels_last": args.channels_last,
         "peak_mem_mib": peak_mem,
+        "peak_rss_bytes": peak_rss,
+        "baseline_rss_bytes": baseline_rss,
     }
 
 
@@ -658,7 +767,14 @@ def parse_args(argv=None):
                    help="untimed repetitions first: training steps (default 3, 5 with --mode compile) or "
                         "sampling loops (default 1)")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps of a sampling loop")
-    p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu (for a smoke run)")
+    p.add_argument("--warmup-sample-steps", type=int, default=None,
+                   help="DDIM steps of each warm-up sampling loop (default: --sample-steps)")
+    p.add_argument("--image-size", type=int, default=None, help="override the preset's sample size")
+    p.add_argument("--channels", type=int, default=None,
+                   help="override the preset's image channels (in and out), e.g. 1 for grey images")
+    p.add_argument("--device", default="cuda", help="cuda, cuda:N, or cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads(N) and one inter-op thread (default: torch's own choice)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak for MFU")
     p.add_argument("--no-cudnn-benchmark", action="store_true", help="leave cuDNN's autotuner off")
     p.add_argument("--channels-last", action="store_true", help="NHWC weights and activations")
@@ -672,6 +788,14 @@ def parse_args(argv=None):
         p.error("--steps must be positive")
     if a.warmup is not None and a.warmup < 0:
         p.error("--warmup must be non-negative")
+    if a.warmup_sample_steps is not None and not 1 <= a.warmup_sample_steps <= NUM_TRAIN_TIMESTEPS:
+        p.error(f"--warmup-sample-steps must be in 1..{NUM_TRAIN_TIMESTEPS}")
+    if a.threads is not None and a.threads < 1:
+        p.error("--threads must be positive")
+    try:
+        preset_config(a.preset, a.image_size, a.channels)
+    except ValueError as e:
+        p.error(str(e))
     return a
 
 
@@ -695,16 +819,26 @@ def main(argv=None):
         return 1
     what = "train step" if r["task"] == "train" else f"DDIM-{r['sample_steps']} loop"
     mfu = f", MFU {100 * r['mfu']:.1f}% of {r['peak_tflops']:g}" if r["mfu"] is not None else ""
+    on = r["device"]
+    if on == "cpu":
+        on = f"{r['cpu_model'] or 'cpu'}, {r['threads']} threads"
     print(
-        f"pytorch {r['mode']} {r['precision']} {r['preset']} ({r['params'] / 1e6:.2f}M parameters, "
-        f"{r['gflop_forward_per_image']:.3f} GFLOP forward per image, {r['gflop_per_image']:.2f} per "
-        f"image per {what}), batch {r['batch']} on {r['device']}, torch {r['torch']}",
+        f"pytorch {r['mode']} {r['precision']} {r['preset']} {r['image_size']}×{r['image_size']}×{r['channels']} "
+        f"({r['params'] / 1e6:.2f}M parameters, {r['gflop_forward_per_image']:.3f} GFLOP forward per image, "
+        f"{r['gflop_per_image']:.2f} per image per {what}), batch {r['batch']} on {on}, torch {r['torch']}",
         file=sys.stderr if args.json else sys.stdout,
     )
+    rate = f"{r['tflops']:.1f} TFLOP/s" if r["tflops"] >= 1 else f"{r['gflops']:.1f} GFLOP/s"
+    mem = ""
+    if r["peak_mem_mib"] is not None:
+        mem += f", peak device memory {r['peak_mem_mib']:.0f} MiB"
+    if r["peak_rss_bytes"] is not None:
+        mem += f", peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB"
+        if r["baseline_rss_bytes"] is not None:
+            mem += f" ({r['baseline_rss_bytes'] / 2**20:.0f} before the first step)"
     print(
         f"{r['images_per_s']:.1f} images/s, {r['ms_per_step']:.2f} ms per "
-        f"{'step' if r['task'] == 'train' else 'model evaluation'}, {r['tflops']:.1f} TFLOP/s{mfu}"
-        + (f", peak memory {r['peak_mem_mib']:.0f} MiB" if r["peak_mem_mib"] is not None else ""),
+        f"{'step' if r['task'] == 'train' else 'model evaluation'}, {rate}{mfu}{mem}",
         file=sys.stderr if args.json else sys.stdout,
     )
     if args.json:

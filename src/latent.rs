@@ -105,7 +105,7 @@ pub fn invert(
 ) -> Result<Vec<f32>> {
     let item = net.input_shape(1).len();
     anyhow::ensure!(
-        item > 0 && images.len() % item == 0,
+        item > 0 && images.len().is_multiple_of(item),
         "invert: {} values are not a whole number of {item}-value images",
         images.len()
     );

@@ -18,6 +18,7 @@
 pub mod atomic_file;
 pub mod backend;
 pub mod cli;
+pub mod cpu_memory;
 pub mod cuda;
 pub mod data;
 pub mod device;
@@ -35,6 +36,7 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod precision;
+pub mod profile;
 pub mod rng;
 pub mod sample;
 pub mod shape;

@@ -14,6 +14,7 @@ use crate::diffusion::sampler::{
 use crate::diffusion::Schedule;
 use crate::nn::UNet;
 use crate::params::ParamArena;
+use crate::profile::{self, Op};
 
 /// What to draw.
 #[derive(Clone, Debug)]
@@ -119,7 +120,11 @@ impl Denoiser for CpuDenoiser<'_> {
         let item = net.input_shape(1).len();
         let guided = job.guided;
         let labels = job.labels;
+        // The sampler's own work is the run's time outside the network (for `--profile`).
+        let run_start = profile::start();
+        let mut in_model = std::time::Duration::ZERO;
         let mut model = |x_t: &[f32], t: &[f32], out: &mut [f32]| -> Result<()> {
+            let model_start = run_start.map(|_| std::time::Instant::now());
             let y = if guided {
                 // One batch of 2B: the images under their classes, then under the null class.
                 let (x2, t2) = ([x_t, x_t].concat(), [t, t].concat());
@@ -128,11 +133,14 @@ impl Denoiser for CpuDenoiser<'_> {
                 net.predict(self.params, x_t, t, labels)?
             };
             out.copy_from_slice(&y);
+            if let Some(t) = model_start {
+                in_model += t.elapsed();
+            }
             Ok(())
         };
         let watch = job.watch;
         let on_eval = job.on_eval;
-        run_evaluations(
+        let result = run_evaluations(
             job.evals,
             guided,
             job.x,
@@ -146,7 +154,11 @@ impl Denoiser for CpuDenoiser<'_> {
                     .then_some((info.x_t, info.x0_pred));
                 on_eval(info.index, states)
             },
-        )
+        );
+        if let Some(t) = run_start {
+            profile::record_span(Op::SamplerUpdate, t.elapsed().saturating_sub(in_model));
+        }
+        result
     }
 }
 

@@ -4,11 +4,19 @@
 mod common;
 
 use common::{to_f32, uniform, with_threads};
+use ddpm::ops::add::add_channel_bias_backward;
 use ddpm::ops::attention::{attention_backward, attention_forward, AttentionShape};
 use ddpm::ops::conv2d::{conv2d_backward, conv2d_forward, Conv2dShape, Padding};
-use ddpm::ops::groupnorm::{group_norm_backward, group_norm_forward, GroupNormShape};
+use ddpm::ops::dropout::{dropout_forward, DropoutArgs};
+use ddpm::ops::groupnorm::{
+    group_norm_backward, group_norm_forward, group_norm_silu_backward, group_norm_silu_forward,
+    Affine, GroupNormShape,
+};
+use ddpm::ops::layout::{nchw_to_tokens, tokens_to_nchw};
 use ddpm::ops::linear::{linear_backward, linear_forward, LinearShape};
 use ddpm::ops::loss::mse_forward;
+use ddpm::ops::silu::{silu_backward, silu_forward};
+use ddpm::optim::global_grad_norm;
 use ddpm::shape::Nchw;
 
 /// Forward and backward of several ops in f32, every output concatenated.
@@ -65,6 +73,39 @@ fn run_all() -> Vec<f32> {
 
     let big = to_f32(&uniform(100_000, 8));
     out.push(mse_forward(&big, &vec![0.25; big.len()]));
+
+    // The fused norm + SiLU of the residual blocks, and the elementwise ops around it.
+    let shape = Nchw::new(3, 32, 9, 9);
+    let g = GroupNormShape::new(shape, 8, 1e-5).unwrap();
+    let x = to_f32(&uniform(shape.len(), 9));
+    let (gamma, beta) = (to_f32(&uniform(32, 10)), to_f32(&uniform(32, 11)));
+    let aff = Affine {
+        gamma: &gamma,
+        beta: &beta,
+    };
+    let (mut a, mut m, mut r) = (vec![0.0; x.len()], vec![0.0; 24], vec![0.0; 24]);
+    group_norm_silu_forward(&g, &x, Some(aff), &mut a, &mut m, &mut r);
+    let (mut dx, mut dg, mut db) = (vec![0.0; x.len()], vec![0.0; 32], vec![0.0; 32]);
+    let dparams = Some((dg.as_mut_slice(), db.as_mut_slice()));
+    group_norm_silu_backward(&g, &x, Some(aff), &m, &r, &a, &mut dx, dparams);
+    let mut dt = vec![0.0; shape.n * shape.c];
+    add_channel_bias_backward(shape, &dx, None, &mut dt);
+    let (mut tok, mut back) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+    nchw_to_tokens(shape, &dx, &mut tok);
+    tokens_to_nchw(shape, &tok, &mut back);
+    out.extend([a, dx, dg, db, dt, tok, back].concat());
+
+    let (mut y, mut d) = (vec![0.0; big.len()], vec![0.0; big.len()]);
+    silu_forward(&big, &mut y);
+    silu_backward(&big, &y, &mut d);
+    let mut z = vec![0.0; big.len()];
+    dropout_forward(&DropoutArgs::new(0.1, 12, 3).unwrap(), &d, &mut z);
+    out.extend([y, d, z].concat());
+
+    // Many chunks of the norm's fixed-order reduction.
+    let grads = to_f32(&uniform(1_000_003, 13));
+    let norm = global_grad_norm(&grads).to_bits();
+    out.extend([(norm >> 32) as u32, norm as u32].map(f32::from_bits));
     out
 }
 

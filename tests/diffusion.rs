@@ -389,7 +389,7 @@ fn training_timesteps_are_unbiased_for_awkward_ranges() {
         .filter(|&i| {
             let k = timestep_for(1, 2, i as u64, big);
             assert!(k < big);
-            k % 3 == 0
+            k.is_multiple_of(3)
         })
         .count() as f64
         / n as f64;

@@ -301,7 +301,7 @@ fn split_checkpoint(bytes: &[u8]) -> (usize, Value, &[u8]) {
 /// writer does.
 fn join_checkpoint(header: &Value, data: &[u8]) -> Vec<u8> {
     let mut h = serde_json::to_string(header).unwrap().into_bytes();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -707,7 +707,7 @@ fn load_idx_pair(pair: &IdxPair) -> Result<bool, TestCaseError> {
         &format!("train-labels-idx1-ubyte{}", gz(&pair.labels)),
         &pair.labels,
     );
-    let channels = if pair.size % 8 == 0 { 3 } else { 1 };
+    let channels = if pair.size.is_multiple_of(8) { 3 } else { 1 };
     let spec = DataSpec::Mnist(dir.0.clone());
     let got = ddpm::data::load(&spec, pair.size, channels, pair.upscale);
     // Expected: the first file at fault, or the labels.

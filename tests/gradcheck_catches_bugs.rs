@@ -7,7 +7,10 @@ use common::{normal, uniform};
 use ddpm::float::sigmoid;
 use ddpm::gradcheck::{project, GradCheck};
 use ddpm::ops::conv2d::{conv2d_backward, conv2d_forward, Conv2dShape, Padding};
-use ddpm::ops::groupnorm::{group_norm_backward, group_norm_forward, Affine, GroupNormShape};
+use ddpm::ops::groupnorm::{
+    group_norm_backward, group_norm_forward, group_norm_silu_backward, group_norm_silu_forward,
+    Affine, GroupNormShape,
+};
 use ddpm::ops::silu::{silu_backward, silu_forward};
 use ddpm::shape::Nchw;
 
@@ -74,6 +77,42 @@ fn group_norm_backward_without_the_mean_terms_is_caught() {
     let report = check.run(&[("x", x)], &[naive], fwd);
     assert!(!report.passed(), "{report}");
     assert!(report.tensors[0].failures > shape.len() / 2, "{report}");
+}
+
+#[test]
+fn fused_group_norm_silu_backward_missing_a_term_is_caught() {
+    let shape = Nchw::new(2, 4, 3, 3);
+    let s = GroupNormShape::new(shape, 2, 1e-5).unwrap();
+    let x: Vec<f64> = uniform(shape.len(), 40)
+        .iter()
+        .map(|v| 2.0 * v + 0.5)
+        .collect();
+    let (gamma, beta) = (uniform(4, 41), uniform(4, 42));
+    let affine = Affine {
+        gamma: &gamma,
+        beta: &beta,
+    };
+    let r = normal(shape.len(), 43);
+    let fwd = |v: &[Vec<f64>]| {
+        let (mut a, mut m, mut rs) = (vec![0.0; shape.len()], vec![0.0; 4], vec![0.0; 4]);
+        group_norm_silu_forward(&s, &v[0], Some(affine), &mut a, &mut m, &mut rs);
+        project(&a, &r)
+    };
+    let (mut a, mut mean, mut rstd) = (vec![0.0; shape.len()], vec![0.0; 4], vec![0.0; 4]);
+    group_norm_silu_forward(&s, &x, Some(affine), &mut a, &mut mean, &mut rstd);
+    let mut dx = vec![0.0; x.len()];
+    group_norm_silu_backward(&s, &x, Some(affine), &mean, &rstd, &r, &mut dx, None);
+    let check = GradCheck::default();
+    assert!(check.run(&[("x", x.clone())], &[dx], fwd).passed());
+
+    // The SiLU's product rule without its y·σ'(y) part: dy = da · σ(y), then the norm's backward.
+    let mut y = vec![0.0; x.len()];
+    group_norm_forward(&s, &x, Some(affine), &mut y, &mut mean, &mut rstd);
+    let dy: Vec<f64> = y.iter().zip(&r).map(|(&v, &g)| g * sigmoid(v)).collect();
+    let mut wrong = vec![0.0; x.len()];
+    group_norm_backward(&s, &x, Some(&gamma), &mean, &rstd, &dy, &mut wrong, None);
+    let report = check.run(&[("x", x)], &[wrong], fwd);
+    assert!(!report.passed(), "{report}");
 }
 
 #[test]

@@ -15,7 +15,10 @@ use ddpm::ops::dropout::{dropout_backward, dropout_forward, DropoutArgs};
 use ddpm::ops::embedding::{
     timestep_embedding_backward, timestep_embedding_forward, TimestepEmbedding,
 };
-use ddpm::ops::groupnorm::{group_norm_backward, group_norm_forward, Affine, GroupNormShape};
+use ddpm::ops::groupnorm::{
+    group_norm_backward, group_norm_forward, group_norm_silu_backward, group_norm_silu_forward,
+    Affine, GroupNormShape,
+};
 use ddpm::ops::layout::{nchw_to_tokens, tokens_to_nchw};
 use ddpm::ops::linear::{linear_backward, linear_forward, LinearShape};
 use ddpm::ops::loss::{l1_backward, l1_forward, mse_backward, mse_forward};
@@ -229,6 +232,70 @@ fn group_norm_one_group_without_affine() {
 #[test]
 fn group_norm_one_channel_per_group() {
     group_norm_case(Nchw::new(2, 5, 3, 7), 5, true, 120);
+}
+
+/// The fused a = silu(group_norm(x)) of the residual blocks (what the CPU backend runs for
+/// `group_norm_silu_forward` / `_backward`), checked as one op.
+fn group_norm_silu_case(shape: Nchw, groups: usize, affine: bool, seed: u64) {
+    let s = GroupNormShape::new(shape, groups, 1e-5).unwrap();
+    let x: Vec<f64> = uniform(shape.len(), seed)
+        .iter()
+        .map(|v| 3.0 * v + 0.7)
+        .collect();
+    let gamma: Vec<f64> = uniform(shape.c, seed + 1)
+        .iter()
+        .map(|v| 1.0 + 0.5 * v)
+        .collect();
+    let beta = uniform(shape.c, seed + 2);
+    let r = normal(shape.len(), seed + 3);
+    let fwd = |v: &[Vec<f64>]| {
+        let (mut a, mut m, mut rs) = (
+            vec![0.0; shape.len()],
+            vec![0.0; s.stats_len()],
+            vec![0.0; s.stats_len()],
+        );
+        let aff = affine.then(|| Affine {
+            gamma: &v[1],
+            beta: &v[2],
+        });
+        group_norm_silu_forward(&s, &v[0], aff, &mut a, &mut m, &mut rs);
+        project(&a, &r)
+    };
+    let (mut a, mut mean, mut rstd) = (
+        vec![0.0; shape.len()],
+        vec![0.0; s.stats_len()],
+        vec![0.0; s.stats_len()],
+    );
+    let aff = affine.then(|| Affine {
+        gamma: &gamma,
+        beta: &beta,
+    });
+    group_norm_silu_forward(&s, &x, aff, &mut a, &mut mean, &mut rstd);
+    let (mut dx, mut dg, mut dbeta) = (vec![0.0; x.len()], vec![0.0; shape.c], vec![0.0; shape.c]);
+    let dparams = affine.then_some((dg.as_mut_slice(), dbeta.as_mut_slice()));
+    group_norm_silu_backward(&s, &x, aff, &mean, &rstd, &r, &mut dx, dparams);
+    let name = format!("group_norm + silu (fused) {shape}, {groups} groups, affine {affine}");
+    check(
+        &name,
+        &[("x", x), ("gamma", gamma), ("beta", beta)],
+        &[dx, dg, dbeta],
+        fwd,
+    );
+}
+
+#[test]
+fn group_norm_silu_fused_affine() {
+    group_norm_silu_case(Nchw::new(2, 6, 5, 3), 3, true, 130);
+}
+
+#[test]
+fn group_norm_silu_fused_without_affine() {
+    group_norm_silu_case(Nchw::new(3, 4, 3, 3), 1, false, 140);
+}
+
+#[test]
+fn group_norm_silu_fused_one_channel_per_group() {
+    group_norm_silu_case(Nchw::new(2, 5, 3, 7), 5, true, 150);
 }
 
 // ---- elementwise ----------------------------------------------------------------------------

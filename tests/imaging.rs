@@ -44,7 +44,7 @@ fn png_round_trip_keeps_values_and_channel_order() {
     for y in 0..2 {
         for x in 0..3 {
             let k = (y * 3 + x) as usize;
-            let blue = if k % 2 == 0 { 255 } else { 0 };
+            let blue = if k.is_multiple_of(2) { 255 } else { 0 };
             assert_eq!(img.get_pixel(x, y).0, [red[k], 128, blue], "({y},{x})");
         }
     }

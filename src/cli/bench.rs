@@ -17,6 +17,7 @@ use crate::diffusion::sampler::{initial_noise, SampleOptions, SamplerKind};
 use crate::diffusion::{Schedule, ScheduleConfig};
 use crate::nn::{UNet, UNetConfig, PRESETS};
 use crate::precision::Precision;
+use crate::profile;
 use crate::rng::Philox;
 use crate::sample::{generate, BatchJob, Denoiser, GenerateOptions};
 use crate::train::{TrainConfig, Trainer};
@@ -30,6 +31,13 @@ pub enum BenchCommand {
     /// Every sampler × step count on a trained model: sample quality (Fréchet distance of
     /// pooled pixels to the training images) and time, as a Markdown table.
     Samplers(Box<sampler_table::SamplerTableArgs>),
+    /// The CPU's measured f32 FMA peak (GFLOP/s), the ceiling for the convolution rows of
+    /// `--profile`.
+    Peak {
+        /// Threads to run on (default: all of rayon's).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+        threads: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -53,6 +61,16 @@ pub struct BenchArgs {
     /// Also print the result as one JSON object on the last line (for scripts/side_by_side.py).
     #[arg(long)]
     pub json: bool,
+    /// Print where a step goes: time per kind of op (convolution forward and backward,
+    /// patch gathering, group norm, attention, optimizer, …) as a table. CPU only.
+    #[arg(long)]
+    pub profile: bool,
+    /// Image side length instead of the preset's (e.g. 28 for MNIST-sized images).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub image_size: Option<u64>,
+    /// Image channels instead of the preset's (e.g. 1 for greyscale).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub channels: Option<u64>,
 }
 
 pub fn run(cmd: BenchCommand) -> Result<()> {
@@ -60,6 +78,16 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Train(a) => bench_train(&a),
         BenchCommand::Sample(a) => bench_sample(&a),
         BenchCommand::Samplers(a) => sampler_table::run(&a),
+        BenchCommand::Peak { threads } => {
+            let n = threads.map_or(rayon::current_num_threads(), |t| t as usize);
+            let (one, code) = crate::ops::fma_peak::measure(1, 200);
+            let (all, _) = crate::ops::fma_peak::measure(n, 200);
+            println!(
+                "f32 FMA peak on {} ({code}): {one:.1} GFLOP/s on 1 thread, {all:.1} GFLOP/s on {n}",
+                profile::cpu_model().unwrap_or_else(|| "this CPU".into())
+            );
+            Ok(())
+        }
     }
 }
 
@@ -70,13 +98,28 @@ enum BenchKind {
 }
 
 fn setup(a: &BenchArgs, kind: BenchKind) -> Result<(UNetConfig, Device, Precision)> {
-    let model = UNetConfig::preset(&a.preset).ok_or_else(|| {
+    let mut model = UNetConfig::preset(&a.preset).ok_or_else(|| {
         crate::usage_error::usage(format!(
             "--preset {}: unknown (presets: {})",
             a.preset,
             PRESETS.join(", ")
         ))
     })?;
+    if let Some(size) = a.image_size {
+        model.sample_size = size as usize;
+    }
+    if let Some(c) = a.channels {
+        model.in_channels = c as usize;
+        model.out_channels = c as usize;
+    }
+    if a.image_size.is_some() || a.channels.is_some() {
+        model.validate().map_err(|e| {
+            crate::usage_error::usage(format!(
+                "--image-size/--channels: the {} preset cannot take {}×{}×{} images: {e}",
+                a.preset, model.in_channels, model.sample_size, model.sample_size
+            ))
+        })?;
+    }
     if let (BenchKind::Sample, Some(steps)) = (kind, a.steps) {
         let t = ScheduleConfig::default().num_train_timesteps as u64;
         crate::ensure_usage!(
@@ -86,6 +129,10 @@ fn setup(a: &BenchArgs, kind: BenchKind) -> Result<(UNetConfig, Device, Precisio
     }
     let device = Device::select(a.device, &mut |l| eprintln!("{l}"))?;
     let precision = a.precision.resolve(&device)?;
+    crate::ensure_usage!(
+        !a.profile || matches!(device, Device::Cpu),
+        "--profile: the op profile is measured on the CPU backend only (use --device cpu)"
+    );
     Ok((model, device, precision))
 }
 
@@ -118,7 +165,7 @@ fn bench_train(a: &BenchArgs) -> Result<()> {
         a.preset,
         params as f64 / 1e6,
         a.warmup,
-        device.describe()
+        describe(&device)
     );
     let seconds = match &device {
         Device::Cpu => {
@@ -127,11 +174,14 @@ fn bench_train(a: &BenchArgs) -> Result<()> {
             for _ in 0..a.warmup {
                 t.train_step(&batch)?;
             }
+            profile::enable(a.profile);
             let start = Instant::now();
             for _ in 0..steps {
                 t.train_step(&batch)?;
             }
-            start.elapsed().as_secs_f64()
+            let seconds = start.elapsed().as_secs_f64();
+            profile::enable(false);
+            seconds
         }
         Device::Cuda(gpu) => {
             let mut t = GpuTrainer::new(
@@ -218,6 +268,7 @@ fn bench_sample(a: &BenchArgs) -> Result<()> {
                 None,
                 &mut |_, _| {},
             )?;
+            profile::enable(a.profile);
             let start = Instant::now();
             generate(
                 &net,
@@ -227,7 +278,9 @@ fn bench_sample(a: &BenchArgs) -> Result<()> {
                 None,
                 &mut |_, _| {},
             )?;
-            start.elapsed().as_secs_f64()
+            let seconds = start.elapsed().as_secs_f64();
+            profile::enable(false);
+            seconds
         }
         Device::Cuda(gpu) => {
             let mut s = GpuSampler::new(gpu.clone(), &net, b, false, precision)?;
@@ -273,6 +326,20 @@ fn bench_sample(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The device in a benchmark header; for the CPU its model, threads and tile kernel, since
+/// CPU numbers mean nothing without them.
+fn describe(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!(
+            "cpu ({}, {} threads, {} tile)",
+            profile::cpu_model().unwrap_or_else(|| "unknown model".into()),
+            rayon::current_num_threads(),
+            crate::ops::tile::kernel_name()
+        ),
+        Device::Cuda(_) => device.describe(),
+    }
+}
+
 /// One timed run.
 struct Report {
     task: &'static str,
@@ -287,8 +354,29 @@ impl Report {
     fn print(&self, a: &BenchArgs, device: &Device, what: &str) {
         let ms = self.seconds * 1e3 / self.steps as f64;
         let per_s = self.images / self.seconds;
+        let peak_rss = profile::peak_rss_bytes();
         println!("time per {what}: {ms:.3} ms");
         println!("images/s: {per_s:.1}");
+        if let Some(b) = peak_rss {
+            println!(
+                "peak resident memory: {:.1} MiB",
+                b as f64 / (1u64 << 20) as f64
+            );
+        }
+        if a.profile {
+            let threads = rayon::current_num_threads();
+            println!(
+                "\nwhere a {what} goes ({threads} threads, {} timed):\n{}",
+                self.steps,
+                profile::table(self.seconds / self.steps as f64, self.steps, threads)
+            );
+            let (peak, code) = crate::ops::fma_peak::measure(threads, 100);
+            println!(
+                "f32 FMA peak measured now ({code}, {threads} threads): {peak:.1} GFLOP/s; \
+                 the GFLOP/s column against it: {}",
+                profile::shares_of_peak(peak)
+            );
+        }
         if a.json {
             let line = serde_json::json!({
                 "task": self.task,
@@ -301,6 +389,10 @@ impl Report {
                 "images_per_s": per_s,
                 "ms_per_step": ms,
                 "params": self.params,
+                "threads": rayon::current_num_threads(),
+                "cpu": profile::cpu_model(),
+                "cpu_kernel": crate::ops::tile::kernel_name(),
+                "peak_rss_bytes": peak_rss,
             });
             println!("{line}");
         }

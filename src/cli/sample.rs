@@ -13,6 +13,8 @@ use super::sampling::{
     denoiser, open_device, progress_bar, progress_fn, sampler_options, DdimEpsArg, Loaded,
     ModelArgs, SamplerArg, StepArgs,
 };
+use crate::cpu_memory;
+use crate::device::Device;
 use crate::diffusion::sampler::SigmaSpacing;
 use crate::imaging::{save_grid_upscaled, save_png};
 use crate::params::decode_into;
@@ -204,6 +206,14 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let precision = a.model.precision.resolve(&device)?;
     let init = noise.as_ref().map(|(v, _)| v.as_slice());
     let batch = opts.batch_size.min(opts.num);
+    if matches!(device, Device::Cpu) {
+        let job = cpu_memory::Job::Sample {
+            num,
+            guided: opts.sampler.guidance.is_some(),
+            watch: opts.watch.len(),
+        };
+        cpu_memory::check_fits(net, job, batch)?;
+    }
     let mut den = denoiser(
         &device,
         &loaded,

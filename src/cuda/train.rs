@@ -224,7 +224,7 @@ impl GpuTrainer {
     pub fn train_step(&mut self, batch: &Batch) -> Result<StepStats> {
         let item = self.net.input_shape(1).len();
         ensure!(
-            !batch.x.is_empty() && batch.x.len() % item == 0,
+            !batch.x.is_empty() && batch.x.len().is_multiple_of(item),
             "batch of {} values is not a whole number of {item}-value images",
             batch.x.len()
         );

@@ -54,7 +54,7 @@ pub fn batch_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Validates one batch file's bytes: a positive whole number of records, labels 0–9.
 pub fn check_batch(path: &Path, bytes: &[u8]) -> Result<usize, DataError> {
-    if bytes.is_empty() || bytes.len() % RECORD_LEN != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD_LEN) {
         return Err(DataError::format(
             path,
             format!(

@@ -107,7 +107,7 @@ impl Dataset {
         let name = name.into();
         check_geometry(size, channels)?;
         let per_image = channels * size * size;
-        if pixels.is_empty() || pixels.len() % per_image != 0 {
+        if pixels.is_empty() || !pixels.len().is_multiple_of(per_image) {
             return Err(DataError::Invalid(format!(
                 "dataset {name}: {} pixel bytes is not a positive multiple of one {channels}×{size}×{size} image ({per_image} bytes)",
                 pixels.len()

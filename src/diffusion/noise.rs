@@ -123,14 +123,17 @@ pub fn fill_normal(seed: u64, stream: u64, out: &mut [f32]) {
 /// drawn from its own [`NoisePurpose::TrainNoise`] stream.
 pub fn fill_train_noise(seed: u64, step: u64, first_item: u64, item_len: usize, out: &mut [f32]) {
     assert!(
-        item_len > 0 && out.len() % item_len == 0,
+        item_len > 0 && out.len().is_multiple_of(item_len),
         "fill_train_noise: {} elements is not a whole number of items of {item_len}",
         out.len()
     );
-    for (i, item) in out.chunks_mut(item_len).enumerate() {
-        let s = stream(NoisePurpose::TrainNoise, step, first_item + i as u64);
-        fill_normal(seed, s, item);
-    }
+    // Items in parallel (each item's own stream; `fill_normal` splits a large one further).
+    out.par_chunks_mut(item_len)
+        .enumerate()
+        .for_each(|(i, item)| {
+            let s = stream(NoisePurpose::TrainNoise, step, first_item + i as u64);
+            fill_normal(seed, s, item);
+        });
 }
 
 /// The training timestep of global batch item `item` at optimizer step `step`: uniform on

@@ -81,7 +81,7 @@ impl GaussianFit {
     pub fn from_features(features: &[f64], dim: usize) -> Result<Self> {
         ensure!(dim > 0, "GaussianFit: feature dimension must be nonzero");
         ensure!(
-            features.len() % dim == 0,
+            features.len().is_multiple_of(dim),
             "GaussianFit: {} values is not a whole number of {dim}-dim features",
             features.len()
         );

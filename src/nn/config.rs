@@ -356,7 +356,7 @@ impl UNetConfig {
             MAX_TIME_EMBED_DIM,
         )?;
         let down_factor = 1usize << (levels - 1);
-        if self.sample_size % down_factor != 0 {
+        if !self.sample_size.is_multiple_of(down_factor) {
             return Err(err(
                 "sample_size",
                 format!(

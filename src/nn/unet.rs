@@ -368,7 +368,7 @@ impl UNet {
     ) -> Result<usize, ShapeError> {
         let err = |msg: String| Err(ShapeError::new("unet", msg));
         let item = self.input_shape(1);
-        if x_len == 0 || x_len % item.len() != 0 {
+        if x_len == 0 || !x_len.is_multiple_of(item.len()) {
             return err(format!(
                 "input holds {x_len} values, expected a positive multiple of {} (images of shape ({}, {}, {}))",
                 item.len(),

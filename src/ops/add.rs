@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use super::simd::multiversion;
 use super::PAR_CHUNK;
 use crate::float::Real;
 use crate::shape::{expect_len, Nchw};
@@ -41,6 +42,19 @@ pub fn add_backward<T: Real>(dy: &[T], da: &mut [T], db: &mut [T]) {
     db.copy_from_slice(dy);
 }
 
+/// acc += x, in place (the backend's gradient accumulation: a residual path's dx, d(emb)).
+pub fn add_inplace<T: Real>(acc: &mut [T], x: &[T]) {
+    let shape = format!("({})", acc.len());
+    expect_len("add_inplace", "x", x.len(), acc.len(), &shape);
+    acc.par_chunks_mut(PAR_CHUNK)
+        .zip(x.par_chunks(PAR_CHUNK))
+        .for_each(|(acc, x)| {
+            for (a, &b) in acc.iter_mut().zip(x) {
+                *a += b;
+            }
+        });
+}
+
 /// y = alpha · x. The backward is the same op on dy: dx = alpha · dy.
 pub fn scale<T: Real>(x: &[T], alpha: T, y: &mut [T]) {
     expect_len("scale", "y", y.len(), x.len(), format!("({})", x.len()));
@@ -65,17 +79,44 @@ pub fn add_channel_bias<T: Real>(shape: Nchw, x: &[T], t: &[T], y: &mut [T]) {
     );
     expect_len("add_channel_bias", "y", y.len(), shape.len(), shape);
     let hw = shape.hw().max(1);
-    y.par_chunks_mut(hw)
-        .zip(x.par_chunks(hw))
-        .zip(t.par_iter())
-        .for_each(|((y, x), &tv)| {
-            for (yv, &xv) in y.iter_mut().zip(x) {
-                *yv = xv + tv;
+    // Whole planes per task, about PAR_CHUNK elements.
+    let planes = planes_per_task(hw);
+    y.par_chunks_mut(planes * hw)
+        .zip(x.par_chunks(planes * hw))
+        .zip(t.par_chunks(planes))
+        .for_each(|((y, x), t)| {
+            for ((y, x), &tv) in y.chunks_exact_mut(hw).zip(x.chunks_exact(hw)).zip(t) {
+                for (yv, &xv) in y.iter_mut().zip(x) {
+                    *yv = xv + tv;
+                }
             }
         });
 }
 
-/// dx = dy (when asked for), dt[n, c] = Σ_hw dy[n, c, :, :]  (both written)
+/// (N, C) planes of `hw` elements that make a rayon task of about [`PAR_CHUNK`] elements.
+fn planes_per_task(hw: usize) -> usize {
+    (PAR_CHUNK / hw).max(1)
+}
+
+multiversion! {
+    /// dt[p] = Σ plane p of dy, in f64 with sixteen lanes (fixed order: the same for any
+    /// threads), rounded once.
+    fn plane_sums<T: Real>(dy: &[T], hw: usize, dt: &mut [T]) {
+        for (d, plane) in dt.iter_mut().zip(dy.chunks_exact(hw)) {
+            let mut lanes = [0.0f64; 16];
+            let chunks = plane.chunks_exact(16);
+            let tail: f64 = chunks.remainder().iter().map(|v| v.as_f64()).sum();
+            for c in chunks {
+                for (acc, &v) in lanes.iter_mut().zip(c) {
+                    *acc += v.as_f64();
+                }
+            }
+            *d = T::lit(lanes.iter().sum::<f64>() + tail);
+        }
+    }
+}
+
+/// dx = dy (when asked for), dt[n, c] = Σ_hw dy[n, c, :, :]  (both written; the sums in f64)
 pub fn add_channel_bias_backward<T: Real>(
     shape: Nchw,
     dy: &[T],
@@ -107,7 +148,8 @@ pub fn add_channel_bias_backward<T: Real>(
         dx.copy_from_slice(dy);
     }
     let hw = shape.hw().max(1);
-    dt.par_iter_mut()
-        .zip(dy.par_chunks(hw))
-        .for_each(|(d, g)| *d = g.iter().copied().sum());
+    let planes = planes_per_task(hw);
+    dt.par_chunks_mut(planes)
+        .zip(dy.par_chunks(planes * hw))
+        .for_each(|(dt, dy)| plane_sums(dy, hw, dt));
 }

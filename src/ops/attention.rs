@@ -29,7 +29,7 @@ impl AttentionShape {
         channels: usize,
         heads: usize,
     ) -> Result<Self, ShapeError> {
-        if heads == 0 || channels == 0 || channels % heads != 0 {
+        if heads == 0 || channels == 0 || !channels.is_multiple_of(heads) {
             return Err(ShapeError::new(
                 "attention",
                 format!("{channels} channels cannot be split into {heads} heads of equal width"),

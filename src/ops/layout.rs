@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use super::simd::multiversion;
+use super::PAR_CHUNK;
 use crate::float::Real;
 use crate::shape::{expect_len, Nchw};
 
@@ -30,13 +32,40 @@ fn transpose_items<T: Real>(
     if shape.is_empty() {
         return;
     }
-    dst.par_chunks_mut(rows * cols)
-        .zip(src.par_chunks(rows * cols))
+    let item = rows * cols;
+    // Per item, bands of TILE destination rows (source columns); within a band, TILE × TILE
+    // tiles, so both the reads and the writes stay within a few cache lines per row.
+    let band = TILE * rows;
+    dst.par_chunks_mut(item)
+        .zip(src.par_chunks(item))
         .for_each(|(d, s)| {
-            for r in 0..rows {
-                for c in 0..cols {
-                    d[c * rows + r] = s[r * cols + c];
+            d.par_chunks_mut(band)
+                .enumerate()
+                .with_min_len((PAR_CHUNK / band).max(1))
+                .for_each(|(k, d)| transpose_band(s, d, rows, cols, k * TILE));
+        });
+}
+
+/// Side of the tiles a transpose moves at once.
+const TILE: usize = 16;
+
+multiversion! {
+    /// d holds destination rows c0.. (each `rows` long) of the (cols, rows) transpose of the
+    /// (rows, cols) matrix `s`: d[(c − c0) · rows + r] = s[r · cols + c].
+    fn transpose_band<T: Real>(s: &[T], d: &mut [T], rows: usize, cols: usize, c0: usize) {
+        let band_cols = d.len() / rows;
+        assert!(s.len() == rows * cols && d.len() == band_cols * rows && c0 + band_cols <= cols);
+        for r0 in (0..rows).step_by(TILE) {
+            let r1 = (r0 + TILE).min(rows);
+            for c in 0..band_cols {
+                for r in r0..r1 {
+                    // SAFETY: r < rows and c0 + c < cols, so both indices are in bounds by the
+                    // assertion above.
+                    unsafe {
+                        *d.get_unchecked_mut(c * rows + r) = *s.get_unchecked(r * cols + c0 + c);
+                    }
                 }
             }
-        });
+        }
+    }
 }

@@ -14,12 +14,15 @@ pub mod concat;
 pub mod conv2d;
 pub mod dropout;
 pub mod embedding;
+pub mod fma_peak;
 pub mod groupnorm;
 pub mod layout;
 pub mod linear;
 pub mod loss;
 pub mod matmul;
 pub mod silu;
+pub(crate) mod simd;
+pub mod tile;
 pub mod upsample;
 
 /// Elements per rayon task in elementwise ops: large enough that scheduling costs nothing.

@@ -3,8 +3,15 @@
 
 use rayon::prelude::*;
 
+use super::PAR_CHUNK;
 use crate::float::Real;
 use crate::shape::{expect_len, Nchw};
+
+/// Rows of x (of `w` values) per rayon task: about [`PAR_CHUNK`] elements of y. Planes are
+/// contiguous, so the N·C·H rows are the whole tensor, and a task may span planes.
+fn rows_per_task(w: usize) -> usize {
+    (PAR_CHUNK / (4 * w)).max(1)
+}
 
 /// x: (N, C, H, W) → y: (N, C, 2H, 2W)
 pub fn upsample_nearest2x_forward<T: Real>(x_shape: Nchw, x: &[T], y: &mut [T]) {
@@ -26,14 +33,18 @@ pub fn upsample_nearest2x_forward<T: Real>(x_shape: Nchw, x: &[T], y: &mut [T]) 
     if x_shape.is_empty() {
         return;
     }
-    y.par_chunks_mut(4 * h * w)
-        .zip(x.par_chunks(h * w))
-        .for_each(|(y_p, x_p)| {
-            for (oy, y_row) in y_p.chunks_exact_mut(2 * w).enumerate() {
-                let x_row = &x_p[(oy / 2) * w..(oy / 2 + 1) * w];
-                for (ox, v) in y_row.iter_mut().enumerate() {
-                    *v = x_row[ox / 2];
+    // Each row of x becomes two rows of y, of 2W values each.
+    let rows = rows_per_task(w);
+    y.par_chunks_mut(4 * w * rows)
+        .zip(x.par_chunks(w * rows))
+        .for_each(|(y, x)| {
+            for (y_rows, x_row) in y.chunks_exact_mut(4 * w).zip(x.chunks_exact(w)) {
+                let (top, bottom) = y_rows.split_at_mut(2 * w);
+                for (pair, &v) in top.chunks_exact_mut(2).zip(x_row) {
+                    pair[0] = v;
+                    pair[1] = v;
                 }
+                bottom.copy_from_slice(top);
             }
         });
 }
@@ -58,14 +69,15 @@ pub fn upsample_nearest2x_backward<T: Real>(x_shape: Nchw, dy: &[T], dx: &mut [T
     if x_shape.is_empty() {
         return;
     }
-    dx.par_chunks_mut(h * w)
-        .zip(dy.par_chunks(4 * h * w))
-        .for_each(|(dx_p, dy_p)| {
-            for i in 0..h {
-                for j in 0..w {
-                    let top = (2 * i) * 2 * w + 2 * j;
-                    let bottom = top + 2 * w;
-                    dx_p[i * w + j] = dy_p[top] + dy_p[top + 1] + dy_p[bottom] + dy_p[bottom + 1];
+    let rows = rows_per_task(w);
+    dx.par_chunks_mut(w * rows)
+        .zip(dy.par_chunks(4 * w * rows))
+        .for_each(|(dx, dy)| {
+            for (dx_row, dy_rows) in dx.chunks_exact_mut(w).zip(dy.chunks_exact(4 * w)) {
+                let (top, bottom) = dy_rows.split_at(2 * w);
+                let pairs = top.chunks_exact(2).zip(bottom.chunks_exact(2));
+                for (d, (t, b)) in dx_row.iter_mut().zip(pairs) {
+                    *d = t[0] + t[1] + b[0] + b[1];
                 }
             }
         });

@@ -12,10 +12,9 @@
 //! Per-step scalars are computed in f64 and rounded once ([`AdamWCoeffs`]); moments and weights
 //! are f32.
 
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{OptimError, CHUNK};
+use super::OptimError;
 use crate::shape::expect_len;
 
 /// AdamW hyperparameters; missing fields take the defaults (DDPM's lr of 2e-4, no decay).
@@ -124,7 +123,7 @@ pub struct AdamWCoeffs {
 }
 
 /// One element of an AdamW update: moves `p`, `m`, `v` in place.
-#[inline]
+#[inline(always)]
 pub fn adamw_element(c: &AdamWCoeffs, p: &mut f32, g: f32, m: &mut f32, v: &mut f32) {
     *m = c.beta1 * *m + c.one_minus_beta1 * g;
     *v = c.beta2 * *v + c.one_minus_beta2 * (g * g);
@@ -169,25 +168,23 @@ impl AdamW {
 
     /// One AdamW update of `params` with `grads` (both of the length given to [`AdamW::new`]).
     pub fn update(&mut self, params: &mut [f32], grads: &[f32]) {
+        let (c, m, v) = self.begin_update(params.len(), grads.len());
+        super::fused::update_arena(&c, None, None, params, grads, m, v);
+    }
+
+    /// Counts one more update and hands out its scalars and the moments, after checking that
+    /// `params` and `grads` hold as many values as the moments.
+    pub(crate) fn begin_update(
+        &mut self,
+        params: usize,
+        grads: usize,
+    ) -> (AdamWCoeffs, &mut [f32], &mut [f32]) {
         let n = self.m.len();
         let shape = format!("({n})");
-        expect_len("adamw", "params", params.len(), n, &shape);
-        expect_len("adamw", "grads", grads.len(), n, &shape);
+        expect_len("adamw", "params", params, n, &shape);
+        expect_len("adamw", "grads", grads, n, &shape);
         self.step += 1;
-        let c = self.cfg.coeffs(self.step);
-        params
-            .par_chunks_mut(CHUNK)
-            .zip(grads.par_chunks(CHUNK))
-            .zip(
-                self.m
-                    .par_chunks_mut(CHUNK)
-                    .zip(self.v.par_chunks_mut(CHUNK)),
-            )
-            .for_each(|((p, g), (m, v))| {
-                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                    adamw_element(&c, p, g, m, v);
-                }
-            });
+        (self.cfg.coeffs(self.step), &mut self.m, &mut self.v)
     }
 
     /// (updates done, first moments, second moments), for checkpoints.

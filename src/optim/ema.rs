@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{OptimError, CHUNK};
+use crate::ops::simd::multiversion;
 use crate::shape::expect_len;
 
 /// When and how fast the EMA follows the weights.
@@ -50,7 +51,7 @@ impl EmaConfig {
     pub fn action(&self, step: u64) -> EmaAction {
         if step < self.start_step {
             EmaAction::Copy
-        } else if step % self.update_every != 0 {
+        } else if !step.is_multiple_of(self.update_every) {
             EmaAction::Skip
         } else {
             EmaAction::Average {
@@ -91,6 +92,15 @@ impl EmaConfig {
     }
 }
 
+multiversion! {
+    /// e += rate · (p − e)
+    fn average(rate: f32, p: &[f32], e: &mut [f32]) {
+        for (e, &p) in e.iter_mut().zip(p) {
+            *e += rate * (p - *e);
+        }
+    }
+}
+
 /// The averaged weights, in the parameter arena's layout.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Ema {
@@ -124,24 +134,23 @@ impl Ema {
     /// Follows `params` after optimizer step `step`: a copy before `start_step`, then
     /// ema += (1 − decay)(θ − ema) at every step that is a multiple of `update_every`.
     pub fn update(&mut self, step: u64, params: &[f32]) {
+        let (action, weights) = self.begin_update(step, params.len());
+        match action {
+            EmaAction::Copy => weights.copy_from_slice(params),
+            EmaAction::Skip => {}
+            EmaAction::Average { rate } => weights
+                .par_chunks_mut(CHUNK)
+                .zip(params.par_chunks(CHUNK))
+                .for_each(|(e, p)| average(rate, p, e)),
+        }
+    }
+
+    /// What step `step` does, and the weights to do it to, after checking that `params` holds
+    /// as many values.
+    pub(crate) fn begin_update(&mut self, step: u64, params: usize) -> (EmaAction, &mut [f32]) {
         let n = self.weights.len();
-        expect_len("ema", "params", params.len(), n, format!("({n})"));
-        let rate = match self.cfg.action(step) {
-            EmaAction::Copy => {
-                self.weights.copy_from_slice(params);
-                return;
-            }
-            EmaAction::Skip => return,
-            EmaAction::Average { rate } => rate,
-        };
-        self.weights
-            .par_chunks_mut(CHUNK)
-            .zip(params.par_chunks(CHUNK))
-            .for_each(|(e, p)| {
-                for (e, &p) in e.iter_mut().zip(p) {
-                    *e += rate * (p - *e);
-                }
-            });
+        expect_len("ema", "params", params, n, format!("({n})"));
+        (self.cfg.action(step), &mut self.weights)
     }
 
     /// Restores checkpointed weights; they must match the parameter count.

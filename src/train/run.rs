@@ -26,6 +26,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::run_lock::RunLock;
 use super::{checkpoint_dir, Checkpoint, StepStats, TrainConfig, TrainEngine, Trainer};
 use crate::atomic_file::write_atomic;
+use crate::cpu_memory;
 use crate::cuda::train::GpuTrainer;
 use crate::data::{self, DataSpec, Dataset, Loader, LoaderConfig};
 use crate::device::Device;
@@ -84,6 +85,34 @@ pub struct RunSummary {
 
 const CSV_HEADER: &str = "step,loss,lr,grad_norm,images_per_s,skipped";
 
+/// Batches the data loader prepares ahead of the steps.
+const PREFETCH: usize = 4;
+
+/// On the CPU, refuses a batch size the memory available cannot hold (with the largest that
+/// fits), before the data is loaded or anything is written: the GPU trainer checks its device's
+/// memory the same way when it is built. A config the trainer would refuse is left for it to
+/// report. A class-conditional model's label embedding, added once the data is read, is left
+/// out: a few thousand values.
+fn check_cpu_memory(
+    device: &Device,
+    model: &UNetConfig,
+    train: &TrainConfig,
+    resumed: bool,
+) -> Result<()> {
+    if !matches!(device, Device::Cpu) {
+        return Ok(());
+    }
+    let (Ok(()), Ok(net)) = (train.validate(), UNet::new(model.clone())) else {
+        return Ok(());
+    };
+    let job = cpu_memory::Job::Train {
+        grid: train.sample_count,
+        prefetch: PREFETCH,
+        resumed,
+    };
+    cpu_memory::check_fits(&net, job, train.batch_size)
+}
+
 /// Loads what `--resume` names: a checkpoint file as is, or a run directory's newest
 /// checkpoint that verifies (telling which, and which newer ones it passed over).
 fn resume_from(path: &Path, say: &dyn Fn(String)) -> Result<(PathBuf, Checkpoint)> {
@@ -128,6 +157,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                     opts.out.display()
                 )));
             }
+            check_cpu_memory(&opts.device, &model, &train, false)?;
             let dataset = load_data(&train)?;
             if train.class_conditional && model.num_class_embeds.is_none() {
                 ensure!(
@@ -177,6 +207,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 ck.step,
                 cfg.steps
             );
+            check_cpu_memory(&opts.device, &ck.model, &ck.train, true)?;
             let dataset = load_data(&ck.train)?;
             let t: Box<dyn TrainEngine> = match &opts.device {
                 Device::Cpu => Box::new(Trainer::from_checkpoint(ck)?),
@@ -244,7 +275,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             seed: cfg.seed,
             hflip: cfg.hflip,
             start_step: trainer.step(),
-            prefetch: 4,
+            prefetch: PREFETCH,
         },
     );
 

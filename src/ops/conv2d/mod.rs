@@ -1,11 +1,20 @@
-//! 2-d convolution, NCHW, any kernel size, stride and (asymmetric) zero padding: im2col + GEMM.
+//! 2-d convolution, NCHW, any kernel size, stride and (asymmetric) zero padding.
 //!
-//! Per image, the input patch under every output position is unrolled into a column
-//! (`col`: (C_in·kh·kw, H_out·W_out)); then the convolution is one GEMM:
+//! Written as matrix products over the unrolled input patches (`col`: (C_in·kh·kw, H_out·W_out)
+//! per image, the input under every kernel tap of every output position):
 //!   forward      y_n  = W · col_n + b                 W: (C_out, C_in·kh·kw)
 //!   grad weight  dW  += dy_n · col_nᵀ
 //!   grad input   dcol = Wᵀ · dy_n,  dx_n = col2im(dcol)
 //! Saved for backward: nothing beyond the input x (the columns are recomputed).
+//!
+//! Two implementations of the same functions:
+//! - [`packed`] (what [`conv2d_forward`] and [`conv2d_backward`] run): packed GEMMs on the
+//!   register tile of [`crate::ops::tile`], panels gathered straight from x, no im2col buffer;
+//! - `*_im2col` below: the textbook form, an explicit im2col buffer per image and the `gemm`
+//!   crate, kept as the independent reference the packed path is tested against (and used for
+//!   the input gradient of strided convolutions).
+
+pub mod packed;
 
 use rayon::prelude::*;
 
@@ -200,18 +209,114 @@ pub fn col2im<T: Real>(s: &Conv2dShape, col: &[T], dx_n: &mut [T]) {
 }
 
 /// y = conv(x, W) + b.   x: (B, C_in, H, W), W: (C_out, C_in, kh, kw), b: (C_out),
-/// y: (B, C_out, H_out, W_out). Parallel over the batch.
+/// y: (B, C_out, H_out, W_out). The packed path; weights packed once for the whole batch.
 pub fn conv2d_forward<T: Real>(s: &Conv2dShape, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
-    s.check("conv2d_forward", x.len(), w.len(), y.len());
+    check_forward("conv2d_forward", s, x, w, b, y);
+    let a = packed::PackedLeft::weights(s, w);
+    packed::forward(s, x, &a, b, y);
+}
+
+fn check_forward<T: Real>(op: &str, s: &Conv2dShape, x: &[T], w: &[T], b: Option<&[T]>, y: &[T]) {
+    s.check(op, x.len(), w.len(), y.len());
     if let Some(b) = b {
-        expect_len(
-            "conv2d_forward",
-            "bias",
-            b.len(),
-            s.c_out,
-            format!("({})", s.c_out),
-        );
+        expect_len(op, "bias", b.len(), s.c_out, format!("({})", s.c_out));
     }
+}
+
+/// Backward of [`conv2d_forward`]: `dx` (when asked for) is written; `dw` and `db` accumulate.
+pub fn conv2d_backward<T: Real>(
+    s: &Conv2dShape,
+    x: &[T],
+    w: &[T],
+    dy: &[T],
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+) {
+    conv2d_backward_weights(s, x, dy, dw, db);
+    if let Some(dx) = dx {
+        conv2d_backward_data(s, w, dy, dx);
+    }
+}
+
+/// dW += Σ_n dy_n · col_nᵀ and db += Σ dy per channel.
+pub fn conv2d_backward_weights<T: Real>(
+    s: &Conv2dShape,
+    x: &[T],
+    dy: &[T],
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+) {
+    let op = "conv2d_backward_weights";
+    expect_len(op, "x", x.len(), s.input.len(), s.input);
+    expect_len(op, "dy", dy.len(), s.output().len(), s.output());
+    expect_len(op, "dw", dw.len(), s.weight_len(), "weight");
+    packed::backward_weights(s, x, dy, dw);
+    if let Some(db) = db {
+        bias_grad(s, dy, db);
+    }
+}
+
+/// dx = col2im(Wᵀ · dy) (written). Stride 1 runs the packed forward on dy with the flipped,
+/// transposed weights; other strides the im2col reference.
+pub fn conv2d_backward_data<T: Real>(s: &Conv2dShape, w: &[T], dy: &[T], dx: &mut [T]) {
+    let op = "conv2d_backward_data";
+    expect_len(op, "dx", dx.len(), s.input.len(), s.input);
+    s.check(op, dx.len(), w.len(), dy.len());
+    if packed::backward_data_stride1(s, w, dy, dx).is_none() {
+        backward_data_im2col(s, w, dy, dx);
+    }
+}
+
+/// db += Σ_{n, positions} dy per output channel.
+fn bias_grad<T: Real>(s: &Conv2dShape, dy: &[T], db: &mut [T]) {
+    let p = s.out_h * s.out_w;
+    expect_len(
+        "conv2d_backward",
+        "db",
+        db.len(),
+        s.c_out,
+        format!("({})", s.c_out),
+    );
+    db.par_iter_mut().enumerate().for_each(|(c, d)| {
+        for dy_n in dy.chunks_exact(s.c_out * p) {
+            *d += dy_n[c * p..(c + 1) * p].iter().copied().sum::<T>();
+        }
+    });
+}
+
+/// dx_n = col2im(Wᵀ · dy_n) per image, in parallel over the batch.
+fn backward_data_im2col<T: Real>(s: &Conv2dShape, w: &[T], dy: &[T], dx: &mut [T]) {
+    let (k, p) = (s.patch_len(), s.out_h * s.out_w);
+    let w_mat = MatRef::rows(w, s.c_out, k);
+    dx.par_chunks_mut(s.input.chw())
+        .zip(dy.par_chunks(s.c_out * p))
+        .for_each_init(
+            || vec![T::zero(); k * p],
+            |dcol, (dx_n, dy_n)| {
+                let dy_mat = MatRef::rows(dy_n, s.c_out, p);
+                gemm(
+                    MatMut::rows(dcol, k, p),
+                    w_mat.t(),
+                    dy_mat,
+                    T::one(),
+                    false,
+                    Threads::Serial,
+                );
+                col2im(s, dcol, dx_n);
+            },
+        );
+}
+
+/// [`conv2d_forward`] the textbook way: im2col per image, then one GEMM (the reference).
+pub fn conv2d_forward_im2col<T: Real>(
+    s: &Conv2dShape,
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    y: &mut [T],
+) {
+    check_forward("conv2d_forward_im2col", s, x, w, b, y);
     let (k, p) = (s.patch_len(), s.out_h * s.out_w);
     let pointwise = s.is_pointwise();
     let col_len = if pointwise { 0 } else { k * p };
@@ -248,8 +353,8 @@ pub fn conv2d_forward<T: Real>(s: &Conv2dShape, x: &[T], w: &[T], b: Option<&[T]
 /// reduced in group order: parallel, yet bitwise independent of the thread count.
 const WEIGHT_GRAD_GROUPS: usize = 8;
 
-/// Backward of [`conv2d_forward`]. `dx` (when asked for) is written; `dw` and `db` accumulate.
-pub fn conv2d_backward<T: Real>(
+/// [`conv2d_backward`] the textbook way (the reference): im2col per image, GEMMs, col2im.
+pub fn conv2d_backward_im2col<T: Real>(
     s: &Conv2dShape,
     x: &[T],
     w: &[T],
@@ -258,8 +363,8 @@ pub fn conv2d_backward<T: Real>(
     dw: &mut [T],
     db: Option<&mut [T]>,
 ) {
-    s.check("conv2d_backward", x.len(), w.len(), dy.len());
-    expect_len("conv2d_backward", "dw", dw.len(), w.len(), "weight");
+    s.check("conv2d_backward_im2col", x.len(), w.len(), dy.len());
+    expect_len("conv2d_backward_im2col", "dw", dw.len(), w.len(), "weight");
     let (k, p) = (s.patch_len(), s.out_h * s.out_w);
     let (x_item, y_item) = (s.input.chw(), s.c_out * p);
     let batch = s.input.n;
@@ -343,17 +448,6 @@ pub fn conv2d_backward<T: Real>(
     });
 
     if let Some(db) = db {
-        expect_len(
-            "conv2d_backward",
-            "db",
-            db.len(),
-            s.c_out,
-            format!("({})", s.c_out),
-        );
-        db.par_iter_mut().enumerate().for_each(|(c, d)| {
-            for dy_n in dy.chunks_exact(y_item) {
-                *d += dy_n[c * p..(c + 1) * p].iter().copied().sum::<T>();
-            }
-        });
+        bias_grad(s, dy, db);
     }
 }

@@ -1,0 +1,738 @@
+//! The fast CPU convolution: packed GEMMs on the register tile of [`crate::ops::tile`], whose
+//! convolution panels are gathered straight from the input tensor (an implicit im2col, never
+//! materialised) and whose weights are packed once per call and reused by the whole batch.
+//!
+//! Every pass is one GEMM over the positions of the whole batch, so the small levels of a UNet
+//! (4×4, 8×8) still give the tile full rows, and the work splits into many equal tasks:
+//! ```text
+//! forward        y[co, q]  = Σ_k W[co, k] · col[k, q]          (M = C_out, N = B·P, K = C_in·kh·kw)
+//! grad weight    dW[co, k] += Σ_q dy[co, q] · col[k, q]        (M = C_out, N = K,   K = B·P)
+//! grad input     stride 1: dx = conv(dy, W flipped and transposed), padding mirrored
+//! ```
+//! where q runs over (image, output position) and col[k, q] is the input value under tap k of
+//! position q (zero in the padding). Each output element is summed by one task in a fixed order,
+//! so results do not depend on the number of threads.
+
+use rayon::prelude::*;
+
+use super::Conv2dShape;
+use crate::float::Real;
+use crate::ops::simd::{is_f32, multiversion};
+use crate::ops::tile::{self, DotFn, TileFn, DC, DQ, DR, MR, NR};
+use crate::profile::{self, Op};
+
+/// Reduction steps per packed block: a right panel (KC × NR) stays in L1, a block of left
+/// panels (C_out × KC) in L2.
+const KC: usize = 192;
+/// Output columns per forward task: four tiles wide, so one packed block serves four tiles.
+const NC: usize = 4 * NR;
+/// Columns of dW per weight-gradient task (a multiple of the dot tile's DC).
+const NCW: usize = 16 * DC;
+/// Positions per block of the weight gradient: a multiple of DQ; the task's patch rows
+/// (NCW × QB) stay in L2.
+const QB: usize = 1024;
+
+/// A pointer to an output that tasks write in disjoint parts.
+#[derive(Clone, Copy)]
+struct Shared<T>(*mut T);
+// SAFETY: every task writes a region no other task touches (argued at each use).
+unsafe impl<T> Send for Shared<T> {}
+unsafe impl<T> Sync for Shared<T> {}
+
+impl<T> Shared<T> {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn get(&self) -> *mut T {
+        self.0
+    }
+}
+
+/// A left operand (M × K) packed as ⌈M/MR⌉ tiles of `[K][MR]`, rows past M zero.
+pub struct PackedLeft<T> {
+    data: Vec<T>,
+    m: usize,
+    k: usize,
+}
+
+impl<T: Real> PackedLeft<T> {
+    /// Packs the rows `fill(row, out)` writes (out: K values) for rows < m, in parallel over
+    /// tiles.
+    fn pack(m: usize, k: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Self {
+        let tiles = m.div_ceil(MR);
+        let mut data = vec![T::zero(); tiles * k * MR];
+        data.par_chunks_mut((k * MR).max(1))
+            .enumerate()
+            .for_each_init(
+                || vec![T::zero(); k],
+                |row, (i, tile)| {
+                    for r in 0..MR.min(m - i * MR) {
+                        fill(i * MR + r, row);
+                        for (v, &x) in tile.iter_mut().skip(r).step_by(MR).zip(row.iter()) {
+                            *v = x;
+                        }
+                    }
+                },
+            );
+        Self { data, m, k }
+    }
+
+    /// The weights of a convolution as its forward's left operand: W (C_out, C_in·kh·kw).
+    pub fn weights(s: &Conv2dShape, w: &[T]) -> Self {
+        let k = s.patch_len();
+        Self::pack(s.c_out, k, |co, row| {
+            row.copy_from_slice(&w[co * k..(co + 1) * k])
+        })
+    }
+
+    /// The left operand of the stride-1 input gradient: W′[ci, (co, t)] = W[co, ci, flip(t)],
+    /// t = ky·kw + kx, flip(t) = kh·kw − 1 − t (both kernel axes reversed).
+    fn weights_flipped_transposed(s: &Conv2dShape, w: &[T]) -> Self {
+        let taps = s.kernel.0 * s.kernel.1;
+        let c_in = s.input.c;
+        Self::pack(c_in, s.c_out * taps, |ci, row| {
+            for (co, out) in row.chunks_exact_mut(taps).enumerate() {
+                let kernel = &w[(co * c_in + ci) * taps..(co * c_in + ci + 1) * taps];
+                out.iter_mut()
+                    .zip(kernel.iter().rev())
+                    .for_each(|(o, &v)| *o = v);
+            }
+        })
+    }
+
+    /// Rows `[i·MR, i·MR + MR)`, reduction steps `[k0, k0 + kc)`: `kc·MR` values.
+    fn panel(&self, i: usize, k0: usize) -> *const T {
+        debug_assert!(i * MR < self.m && k0 <= self.k);
+        self.data[(i * self.k + k0) * MR..].as_ptr()
+    }
+}
+
+/// A piece of one row of col: `len` zeros (padding), or values copied from the input.
+enum Piece<'a, T> {
+    Zeros(usize),
+    Copy(&'a [T]),
+}
+
+/// Where [`gather_tap`] puts the pieces of a row of col (a trait with inlined methods rather
+/// than a closure, so each multiversioned caller compiles the writes with its own instructions).
+trait Sink<T> {
+    /// `piece` belongs at offset `at` of the row.
+    fn put(&mut self, at: usize, piece: Piece<'_, T>);
+}
+
+/// Walks col[k, q0..q0 + len) (the input under tap k of batch positions q) as pieces, calling
+/// `sink.put(at, piece)` with `at` the offset from q0. Positions run over (image, output row,
+/// output column); inside one output row a stride-1 tap is a contiguous run of the input.
+#[inline(always)]
+fn gather_tap<T: Real>(
+    s: &Conv2dShape,
+    x: &[T],
+    k: usize,
+    q0: usize,
+    len: usize,
+    sink: &mut impl Sink<T>,
+) {
+    let (kh, kw) = s.kernel;
+    let (ci, ky, kx) = (k / (kh * kw), (k / kw) % kh, k % kw);
+    let (h, w) = (s.input.h, s.input.w);
+    let out_shape = s.output();
+    let (oh, ow) = (out_shape.h, out_shape.w);
+    let p = oh * ow;
+    let (mut img, rem) = (q0 / p, q0 % p);
+    let (mut oy, mut ox) = (rem / ow, rem % ow);
+    let mut at = 0;
+    while at < len {
+        let run = (ow - ox).min(len - at);
+        let iy = (oy * s.stride.0 + ky) as isize - s.pad.top as isize;
+        if iy < 0 || iy >= h as isize {
+            sink.put(at, Piece::Zeros(run));
+        } else {
+            let row_at = (img * s.input.c + ci) * h * w + iy as usize * w;
+            let row = &x[row_at..row_at + w];
+            let first = (ox * s.stride.1 + kx) as isize - s.pad.left as isize;
+            if s.stride.1 == 1 {
+                // Column t of the run reads row[first + t]; those outside [0, w) are padding.
+                let lo = (-first).clamp(0, run as isize) as usize;
+                let hi = ((w as isize - first).clamp(0, run as isize) as usize).max(lo);
+                if lo > 0 {
+                    sink.put(at, Piece::Zeros(lo));
+                }
+                if hi > lo {
+                    let from = (first + lo as isize) as usize;
+                    sink.put(at + lo, Piece::Copy(&row[from..from + (hi - lo)]));
+                }
+                if run > hi {
+                    sink.put(at + hi, Piece::Zeros(run - hi));
+                }
+            } else {
+                for t in 0..run {
+                    let ix = first + (t * s.stride.1) as isize;
+                    if ix >= 0 && ix < w as isize {
+                        sink.put(at + t, Piece::Copy(&row[ix as usize..ix as usize + 1]));
+                    } else {
+                        sink.put(at + t, Piece::Zeros(1));
+                    }
+                }
+            }
+        }
+        at += run;
+        ox += run;
+        if ox == ow {
+            ox = 0;
+            oy += 1;
+            if oy == oh {
+                oy = 0;
+                img += 1;
+            }
+        }
+    }
+}
+
+/// Writes a piece into `dst` (same length) without a call into memcpy: the pieces are short
+/// (an output row), and fixed 16-element copies compile to a few vector moves.
+#[inline(always)]
+fn put<T: Real>(dst: &mut [T], piece: &Piece<'_, T>, from: usize) {
+    match piece {
+        Piece::Zeros(_) => dst.iter_mut().for_each(|d| *d = T::zero()),
+        Piece::Copy(src) => {
+            let src = &src[from..from + dst.len()];
+            let mut d = dst.chunks_exact_mut(16);
+            let mut s = src.chunks_exact(16);
+            for (d16, s16) in (&mut d).zip(&mut s) {
+                let s16: &[T; 16] = s16.try_into().expect("16 elements");
+                let d16: &mut [T; 16] = d16.try_into().expect("16 elements");
+                *d16 = *s16;
+            }
+            for (dv, &sv) in d.into_remainder().iter_mut().zip(s.remainder()) {
+                *dv = sv;
+            }
+        }
+    }
+}
+
+impl<T> Piece<'_, T> {
+    #[inline(always)]
+    fn len(&self) -> usize {
+        match self {
+            Piece::Zeros(n) => *n,
+            Piece::Copy(s) => s.len(),
+        }
+    }
+}
+
+/// Packs col[k0..k0 + kc, q0..q0 + nc) as ⌈nc/NR⌉ panels of [kc][NR] (the forward's right
+/// operand); columns past nc are zero.
+#[inline(always)]
+fn pack_right<T: Real>(
+    s: &Conv2dShape,
+    x: &[T],
+    k0: usize,
+    kc: usize,
+    q0: usize,
+    nc: usize,
+    b: &mut [T],
+) {
+    /// Row kk of the block: offset `at` is column at % NR of panel at / NR.
+    struct Panels<'b, T> {
+        b: &'b mut [T],
+        kc: usize,
+        kk: usize,
+    }
+    impl<T: Real> Sink<T> for Panels<'_, T> {
+        #[inline(always)]
+        fn put(&mut self, at: usize, piece: Piece<'_, T>) {
+            // Split the piece where it crosses from one panel into the next.
+            let mut done = 0;
+            while done < piece.len() {
+                let pos = at + done;
+                let (j, l) = (pos / NR, pos % NR);
+                let n = (NR - l).min(piece.len() - done);
+                let start = (j * self.kc + self.kk) * NR + l;
+                put(&mut self.b[start..start + n], &piece, done);
+                done += n;
+            }
+        }
+    }
+    for kk in 0..kc {
+        gather_tap(s, x, k0 + kk, q0, nc, &mut Panels { b: &mut *b, kc, kk });
+        if !nc.is_multiple_of(NR) {
+            let start = ((nc / NR) * kc + kk) * NR + nc % NR;
+            b[start..start + NR - nc % NR].fill(T::zero());
+        }
+    }
+}
+
+/// y = conv(x, W) (+ b), with W already packed ([`PackedLeft::weights`]).
+/// x: `s.input`, y: `s.output()`. Parallel over blocks of NC batch positions.
+pub fn forward<T: Real>(
+    s: &Conv2dShape,
+    x: &[T],
+    a: &PackedLeft<T>,
+    bias: Option<&[T]>,
+    y: &mut [T],
+) {
+    let (m, k) = (s.c_out, s.patch_len());
+    debug_assert_eq!((a.m, a.k), (m, k));
+    let out = s.output();
+    let p = out.h * out.w;
+    let n_total = out.n * p;
+    let tiles = m.div_ceil(MR);
+    let kern: TileFn<T> = tile::kernel::<T>();
+    let y_out = Shared(y.as_mut_ptr());
+    let tasks = n_total.div_ceil(NC);
+    let direct = Direct::new(s, x);
+    let direct = direct.as_ref();
+    (0..tasks).into_par_iter().for_each_init(
+        || (vec![T::zero(); KC * NC], vec![T::zero(); tiles * MR * NC]),
+        |(b, c), task| forward_task(s, x, a, bias, y_out, kern, direct, b, c, task),
+    );
+}
+
+/// A stride-1 convolution's input, zero-padded once, so that the tile can read its right
+/// operand in place ([`crate::ops::tile`]'s `tile_direct`) instead of from packed panels: the
+/// input under tap (ci, ky, kx) of output position (image, oy, ox) sits at
+/// `base(image, oy, ox) + offset(ci, ky, kx)`. Only for f32 on AVX-512, and output rows a
+/// whole number of 16-lane vectors wide (every vector of a tile within one row).
+struct Direct {
+    /// (B, C, H + pad, W + pad)
+    padded: Vec<f32>,
+    /// Per tap k = (ci, ky, kx): ci·Hp·Wp + ky·Wp + kx.
+    offsets: Vec<u32>,
+    hp: usize,
+    wp: usize,
+}
+
+impl Direct {
+    fn new<T: Real>(s: &Conv2dShape, x: &[T]) -> Option<Self> {
+        let out = s.output();
+        let (c, h, w) = (s.input.c, s.input.h, s.input.w);
+        let (hp, wp) = (h + s.pad.top + s.pad.bottom, w + s.pad.left + s.pad.right);
+        let usable = cfg!(target_arch = "x86_64")
+            && is_f32::<T>()
+            && tile::has_avx512()
+            && s.stride == (1, 1)
+            && out.w.is_multiple_of(16)
+            && u32::try_from(c * hp * wp).is_ok();
+        if !usable {
+            return None;
+        }
+        // SAFETY: T is f32 (checked above).
+        let x: &[f32] = unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) };
+        let mut padded = vec![0f32; s.input.n * c * hp * wp];
+        padded
+            .par_chunks_mut(hp * wp)
+            .zip(x.par_chunks(h * w))
+            .for_each(|(dst, src)| {
+                for (r, row) in src.chunks_exact(w).enumerate() {
+                    let at = (r + s.pad.top) * wp + s.pad.left;
+                    dst[at..at + w].copy_from_slice(row);
+                }
+            });
+        let (kh, kw) = s.kernel;
+        let offsets = (0..s.patch_len())
+            .map(|k| {
+                let (ci, ky, kx) = (k / (kh * kw), (k / kw) % kh, k % kw);
+                (ci * hp * wp + ky * wp + kx) as u32
+            })
+            .collect();
+        Some(Self {
+            padded,
+            offsets,
+            hp,
+            wp,
+        })
+    }
+
+    /// Where the 16 output positions from batch position q (clamped into the batch) read tap 0.
+    fn base(&self, s: &Conv2dShape, q: usize) -> *const f32 {
+        let out = s.output();
+        let p = out.h * out.w;
+        let q = q.min(out.n * p - 16);
+        let (img, oy, ox) = (q / p, (q % p) / out.w, q % out.w);
+        self.padded[img * s.input.c * self.hp * self.wp + oy * self.wp + ox..].as_ptr()
+    }
+}
+
+multiversion! {
+    /// One forward task: batch positions [task·NC, task·NC + NC) of every output channel, in the
+    /// scratch `b` (packed panels) and `c` (the C block), then into y.
+    fn forward_task<T: Real>(
+        s: &Conv2dShape,
+        x: &[T],
+        a: &PackedLeft<T>,
+        bias: Option<&[T]>,
+        y_out: Shared<T>,
+        kern: TileFn<T>,
+        direct: Option<&Direct>,
+        b: &mut [T],
+        c: &mut [T],
+        task: usize,
+    ) {
+        let (m, k) = (s.c_out, s.patch_len());
+        let p = s.output().h * s.output().w;
+        let n_total = s.output().n * p;
+        let tiles = m.div_ceil(MR);
+        let n0 = task * NC;
+        let nc = NC.min(n_total - n0);
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            if let Some(d) = direct {
+                direct_block(s, d, a, k0, kc, n0, nc, c);
+                continue;
+            }
+            let t = profile::start();
+            pack_right(s, x, k0, kc, n0, nc, b);
+            profile::stop(Op::ConvPacking, t);
+            for j in 0..nc.div_ceil(NR) {
+                let cols = NR.min(nc - j * NR);
+                for i in 0..tiles {
+                    let rows = MR.min(m - i * MR);
+                    // SAFETY: the packed panels hold kc·MR and kc·NR values from these
+                    // offsets; the C tile lies inside `c` (tiles·MR rows of NC).
+                    unsafe {
+                        kern(
+                            kc,
+                            a.panel(i, k0),
+                            b[j * kc * NR..].as_ptr(),
+                            c[i * MR * NC + j * NR..].as_mut_ptr(),
+                            NC,
+                            rows,
+                            cols,
+                            k0 > 0,
+                        );
+                    }
+                }
+            }
+        }
+        // Columns n0..n0+nc of C go to y[image, co, position] (+ bias).
+        let mut q = n0;
+        while q < n0 + nc {
+            let (img, pos) = (q / p, q % p);
+            let run = (p - pos).min(n0 + nc - q);
+            for co in 0..m {
+                let src = &c[co * NC + (q - n0)..][..run];
+                let bias_c = bias.map_or(T::zero(), |b| b[co]);
+                // SAFETY: task `task` alone writes batch positions [n0, n0 + nc) of every
+                // channel, and this run lies inside image `img`'s channel `co`.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        y_out.get().add((img * m + co) * p + pos),
+                        run,
+                    )
+                };
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d = v + bias_c;
+                }
+            }
+            q += run;
+        }
+    }
+}
+
+/// One reduction block of a forward task on the in-place tile: C (+)= A[:, k0..k0 + kc] ·
+/// col[k0..k0 + kc, n0..n0 + nc).
+#[allow(clippy::too_many_arguments)]
+fn direct_block<T: Real>(
+    s: &Conv2dShape,
+    d: &Direct,
+    a: &PackedLeft<T>,
+    k0: usize,
+    kc: usize,
+    n0: usize,
+    nc: usize,
+    c: &mut [T],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let m = s.c_out;
+        for j in 0..nc.div_ceil(NR) {
+            let q = n0 + j * NR;
+            let bases = [d.base(s, q), d.base(s, q + 16), d.base(s, q + 32)];
+            let cols = NR.min(nc - j * NR);
+            for i in 0..m.div_ceil(MR) {
+                // SAFETY: `Direct` exists only for f32 on AVX-512, so T is f32; the panel holds
+                // kc·MR values, offsets[k0..k0 + kc] exist, every base + offset + 16 lies in
+                // the padded input (the tap stays inside the padded row), and the C tile lies
+                // in `c`.
+                unsafe {
+                    tile::avx512::tile_direct(
+                        kc,
+                        a.panel(i, k0).cast(),
+                        d.offsets[k0..].as_ptr(),
+                        bases,
+                        c[i * MR * NC + j * NR..].as_mut_ptr().cast(),
+                        NC,
+                        MR.min(m - i * MR),
+                        cols,
+                        k0 > 0,
+                    );
+                }
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!(
+        "the in-place tile is x86-64 only: {s:?} {k0} {kc} {n0} {nc} {}",
+        c.len() + d.hp + a.m
+    );
+}
+
+/// dx = the input gradient of a stride-1 convolution, as a forward convolution of dy with the
+/// flipped, transposed weights and mirrored padding. None when the geometry does not allow it
+/// (a stride above 1, or padding wider than the kernel).
+pub fn backward_data_stride1<T: Real>(
+    s: &Conv2dShape,
+    w: &[T],
+    dy: &[T],
+    dx: &mut [T],
+) -> Option<()> {
+    let mirrored = mirrored_shape(s)?;
+    let a = PackedLeft::weights_flipped_transposed(s, w);
+    forward(&mirrored, dy, &a, None, dx);
+    Some(())
+}
+
+/// The geometry of [`backward_data_stride1`]: input dy (B, C_out, H′, W′), output (B, C_in, H, W),
+/// padding k − 1 − p on each side.
+fn mirrored_shape(s: &Conv2dShape) -> Option<Conv2dShape> {
+    if s.stride != (1, 1) {
+        return None;
+    }
+    let (kh, kw) = s.kernel;
+    let mirror = |p: usize, k: usize| (k - 1).checked_sub(p);
+    let pad = super::Padding {
+        top: mirror(s.pad.top, kh)?,
+        bottom: mirror(s.pad.bottom, kh)?,
+        left: mirror(s.pad.left, kw)?,
+        right: mirror(s.pad.right, kw)?,
+    };
+    let g = Conv2dShape::new(s.output(), s.input.c, s.kernel, (1, 1), pad).ok()?;
+    (g.output() == s.input).then_some(g)
+}
+
+/// dW += Σ_q dy[co, q] · col[k, q] over every batch position q, as dot products along q (both
+/// operands are contiguous in q, so neither is transposed). dy is copied once into rows of all
+/// batch positions; the patches are gathered per block of QB positions. Tasks own disjoint
+/// blocks of dW and add each block's partial sums in ascending q, so the result does not
+/// depend on the thread count.
+pub fn backward_weights<T: Real>(s: &Conv2dShape, x: &[T], dy: &[T], dw: &mut [T]) {
+    let (m, k) = (s.c_out, s.patch_len());
+    let out = s.output();
+    let p = out.h * out.w;
+    let n_total = out.n * p;
+    if n_total == 0 {
+        return;
+    }
+    // (m rounded up to DR, positions rounded up to DQ): zero rows and columns of padding.
+    let (m_pad, q_pad) = (m.next_multiple_of(DR), n_total.next_multiple_of(DQ));
+    let mut left = vec![T::zero(); m_pad * q_pad];
+    left.par_chunks_mut(q_pad)
+        .take(m)
+        .enumerate()
+        .for_each(|(co, row)| {
+            for (img, part) in row[..n_total].chunks_exact_mut(p).enumerate() {
+                part.copy_from_slice(&dy[(img * m + co) * p..(img * m + co + 1) * p]);
+            }
+        });
+    let kern: DotFn<T> = tile::dot_kernel::<T>();
+    let dw_out = Shared(dw.as_mut_ptr());
+    let k_chunks = k.div_ceil(NCW);
+    // Few columns (a 1×1 or RGB-input convolution): split the rows too, to fill the threads.
+    let m_chunk = if k_chunks >= 8 {
+        m_pad
+    } else {
+        (m_pad / (8 / k_chunks)).next_multiple_of(DR).max(DR)
+    };
+    let m_chunks = m_pad.div_ceil(m_chunk);
+    (0..k_chunks * m_chunks).into_par_iter().for_each_init(
+        || vec![T::zero(); NCW * QB],
+        |b, task| {
+            let (k0, r0) = ((task / m_chunks) * NCW, (task % m_chunks) * m_chunk);
+            let (ncw, rows_here) = (NCW.min(k - k0), m_chunk.min(m_pad - r0));
+            for q0 in (0..q_pad).step_by(QB) {
+                let qb = QB.min(q_pad - q0);
+                let real = n_total.saturating_sub(q0).min(qb);
+                let t = profile::start();
+                gather_rows(s, x, k0, ncw, q0, qb, real, b);
+                profile::stop(Op::ConvPacking, t);
+                // j outer: a DC-row panel of b stays in L1 while the rows of dy stream past.
+                for j in (0..ncw).step_by(DC) {
+                    for i in (r0..(r0 + rows_here).min(m)).step_by(DR) {
+                        // SAFETY: DR rows of `left` from row i (m_pad rows) and DC rows of `b`
+                        // from row j (padded to DC) hold qb values from q0; dW's (i, k0 + j)
+                        // tile lies in this task's columns and inside dW.
+                        unsafe {
+                            kern(
+                                qb,
+                                left[i * q_pad + q0..].as_ptr(),
+                                q_pad,
+                                b[j * qb..].as_ptr(),
+                                qb,
+                                dw_out.get().add(i * k + k0 + j),
+                                k,
+                                DR.min(m - i),
+                                DC.min(ncw - j),
+                                true,
+                            );
+                        }
+                    }
+                }
+            }
+        },
+    );
+}
+
+/// A contiguous row: offset `at` is element `at`.
+struct Row<'r, T>(&'r mut [T]);
+
+impl<T: Real> Sink<T> for Row<'_, T> {
+    #[inline(always)]
+    fn put(&mut self, at: usize, piece: Piece<'_, T>) {
+        put(&mut self.0[at..at + piece.len()], &piece, 0);
+    }
+}
+
+multiversion! {
+    /// The weight gradient's right operand: rows k0..k0 + ncw of col over positions
+    /// q0..q0 + real, `qb` apart in `b`; padding (rows up to a multiple of DC, columns up to qb)
+    /// zero.
+    fn gather_rows<T: Real>(
+        s: &Conv2dShape,
+        x: &[T],
+        k0: usize,
+        ncw: usize,
+        q0: usize,
+        qb: usize,
+        real: usize,
+        b: &mut [T],
+    ) {
+        for kk in 0..ncw.next_multiple_of(DC) {
+            let row = &mut b[kk * qb..(kk + 1) * qb];
+            if kk < ncw {
+                gather_tap(s, x, k0 + kk, q0, real, &mut Row(&mut *row));
+                row[real..].fill(T::zero());
+            } else {
+                row.fill(T::zero());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{
+        conv2d_backward, conv2d_backward_im2col, conv2d_forward, conv2d_forward_im2col, Padding,
+    };
+    use super::*;
+    use crate::rng::Philox;
+    use crate::shape::Nchw;
+
+    /// Geometries that exercise every edge: ragged tiles in M and N, positions of one block
+    /// spanning images, strides, asymmetric padding, 1×1, a kernel wider than tall, a
+    /// reduction longer than one KC block, and rows 16 and 32 wide (the in-place tile).
+    fn shapes() -> Vec<Conv2dShape> {
+        let g = |n, c, h, w, co, k: (usize, usize), st: (usize, usize), pad| {
+            Conv2dShape::new(Nchw::new(n, c, h, w), co, k, st, pad).unwrap()
+        };
+        vec![
+            g(2, 3, 7, 5, 5, (3, 3), (1, 1), Padding::same(1)),
+            g(3, 24, 8, 8, 16, (3, 3), (1, 1), Padding::same(1)),
+            g(1, 9, 12, 12, 3, (3, 3), (1, 1), Padding::same(1)),
+            g(2, 5, 9, 6, 11, (3, 3), (2, 2), Padding::bottom_right(1)),
+            g(2, 4, 6, 6, 7, (3, 3), (2, 2), Padding::same(1)),
+            g(3, 13, 5, 4, 9, (1, 1), (1, 1), Padding::default()),
+            g(
+                2,
+                3,
+                6,
+                7,
+                4,
+                (1, 3),
+                (1, 1),
+                Padding {
+                    top: 0,
+                    bottom: 0,
+                    left: 2,
+                    right: 0,
+                },
+            ),
+            g(1, 40, 4, 4, 17, (3, 3), (1, 1), Padding::same(1)),
+            // Rows a whole number of vectors wide: the in-place tile (f32 on AVX-512).
+            g(2, 5, 16, 16, 7, (3, 3), (1, 1), Padding::same(1)),
+            g(1, 3, 5, 32, 10, (3, 3), (1, 1), Padding::same(1)),
+            g(3, 20, 4, 16, 9, (1, 1), (1, 1), Padding::default()),
+            g(1, 70, 3, 16, 12, (3, 3), (1, 1), Padding::same(1)),
+        ]
+    }
+
+    fn data<T: Real>(n: usize, seed: u64) -> Vec<T> {
+        Philox::new(seed).normal_vec(n, 1.0)
+    }
+
+    fn close<T: Real>(what: &str, got: &[T], want: &[T], tol: f64) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (a, b)) in got.iter().zip(want).enumerate() {
+            let (a, b) = (a.as_f64(), b.as_f64());
+            assert!(
+                (a - b).abs() <= tol * (1.0 + b.abs()),
+                "{what}[{i}]: {a} vs {b}"
+            );
+        }
+    }
+
+    /// The packed forward and both gradients against the im2col reference.
+    fn matches_reference<T: Real>(tol: f64) {
+        for (n, s) in shapes().iter().enumerate() {
+            let seed = 10 * n as u64;
+            let x = data::<T>(s.input.len(), seed);
+            let w = data::<T>(s.weight_len(), seed + 1);
+            let b = data::<T>(s.c_out, seed + 2);
+            let dy = data::<T>(s.output().len(), seed + 3);
+            let what = |part: &str| format!("{} {s:?}: {part}", T::NAME);
+
+            let (mut y, mut y_ref) = (vec![T::zero(); dy.len()], vec![T::zero(); dy.len()]);
+            conv2d_forward(s, &x, &w, Some(&b), &mut y);
+            conv2d_forward_im2col(s, &x, &w, Some(&b), &mut y_ref);
+            close(&what("y"), &y, &y_ref, tol);
+
+            // dw and db accumulate onto what is there.
+            let start = data::<T>(w.len(), seed + 4);
+            let (mut dx, mut dw, mut db) = (vec![T::zero(); x.len()], start.clone(), b.clone());
+            let (mut dx_ref, mut dw_ref, mut db_ref) = (vec![T::zero(); x.len()], start, b.clone());
+            conv2d_backward(s, &x, &w, &dy, Some(&mut dx), &mut dw, Some(&mut db));
+            conv2d_backward_im2col(
+                s,
+                &x,
+                &w,
+                &dy,
+                Some(&mut dx_ref),
+                &mut dw_ref,
+                Some(&mut db_ref),
+            );
+            close(&what("dx"), &dx, &dx_ref, tol);
+            close(&what("dw"), &dw, &dw_ref, tol);
+            close(&what("db"), &db, &db_ref, tol);
+        }
+    }
+
+    #[test]
+    fn packed_convolution_matches_im2col_in_f64() {
+        matches_reference::<f64>(1e-12);
+    }
+
+    #[test]
+    fn packed_convolution_matches_im2col_in_f32() {
+        matches_reference::<f32>(1e-4);
+    }
+
+    #[test]
+    fn the_mirrored_geometry_is_refused_where_it_does_not_exist() {
+        let strided =
+            Conv2dShape::new(Nchw::new(1, 2, 8, 8), 2, (3, 3), (2, 2), Padding::same(1)).unwrap();
+        assert!(mirrored_shape(&strided).is_none());
+        let wide_pad =
+            Conv2dShape::new(Nchw::new(1, 2, 8, 8), 2, (1, 1), (1, 1), Padding::same(1)).unwrap();
+        assert!(mirrored_shape(&wide_pad).is_none());
+        let same =
+            Conv2dShape::new(Nchw::new(1, 2, 8, 8), 2, (3, 3), (1, 1), Padding::same(1)).unwrap();
+        assert_eq!(mirrored_shape(&same).unwrap().output(), same.input);
+    }
+}
