@@ -57,10 +57,7 @@ impl<T: Real> Backend for Cpu<T> {
         profile::time(Op::Elementwise, 0, || x.clone())
     }
     fn accumulate(&mut self, acc: &mut Vec<T>, x: &Vec<T>) {
-        profile::time(Op::Elementwise, 0, || {
-            debug_assert_eq!(acc.len(), x.len());
-            acc.iter_mut().zip(x).for_each(|(a, &b)| *a += b);
-        })
+        profile::time(Op::Elementwise, 0, || ops::add::add_inplace(acc, x))
     }
 
     fn conv2d_forward(

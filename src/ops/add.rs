@@ -44,8 +44,15 @@ pub fn add_backward<T: Real>(dy: &[T], da: &mut [T], db: &mut [T]) {
 
 /// acc += x, in place (the backend's gradient accumulation: a residual path's dx, d(emb)).
 pub fn add_inplace<T: Real>(acc: &mut [T], x: &[T]) {
-    let shape = format!("({})", acc.len());
-    expect_len("add_inplace", "x", x.len(), acc.len(), &shape);
+    if x.len() != acc.len() {
+        expect_len(
+            "add_inplace",
+            "x",
+            x.len(),
+            acc.len(),
+            format!("({})", acc.len()),
+        );
+    }
     acc.par_chunks_mut(PAR_CHUNK)
         .zip(x.par_chunks(PAR_CHUNK))
         .for_each(|(acc, x)| {

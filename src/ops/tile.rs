@@ -248,6 +248,76 @@ pub(crate) mod avx512 {
         unsafe { store(&acc, c, ldc, rows, cols, accumulate) };
     }
 
+    /// One stretch of a dot-product tile's reduction read in place: DR rows of `a` (`lda`
+    /// apart) and DC rows of `b` (each its own pointer), `len` values each, a multiple of 16.
+    #[derive(Clone, Copy, Debug)]
+    pub struct DotRun {
+        pub a: *const f32,
+        pub b: [*const f32; super::DC],
+        pub len: usize,
+    }
+
+    /// The DR × DC vector accumulators of a dot-product tile kept between calls (16 partial
+    /// sums each), so the lanes are added up once at the end rather than after every stretch.
+    pub type DotPartials = [[__m512; super::DC]; super::DR];
+
+    /// partials (+)= the products of every run (written when `first`).
+    ///
+    /// # Safety
+    /// Every run's rows must hold `len` readable values; AVX-512F present.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn dot_runs(runs: &[DotRun], lda: usize, partials: &mut DotPartials, first: bool) {
+        use super::{DC, DR};
+        let mut acc = if first {
+            [[_mm512_setzero_ps(); DC]; DR]
+        } else {
+            *partials
+        };
+        for run in runs {
+            let (mut a, mut b) = (run.a, run.b);
+            for _ in 0..run.len / 16 {
+                // SAFETY: the caller's promise: `len` values in every row.
+                unsafe {
+                    let av = [
+                        _mm512_loadu_ps(a),
+                        _mm512_loadu_ps(a.add(lda)),
+                        _mm512_loadu_ps(a.add(2 * lda)),
+                        _mm512_loadu_ps(a.add(3 * lda)),
+                    ];
+                    for (j, bj) in b.iter_mut().enumerate() {
+                        let bv = _mm512_loadu_ps(*bj);
+                        for (row, &ai) in acc.iter_mut().zip(&av) {
+                            row[j] = _mm512_fmadd_ps(ai, bv, row[j]);
+                        }
+                        *bj = bj.add(16);
+                    }
+                    a = a.add(16);
+                }
+            }
+        }
+        *partials = acc;
+    }
+
+    /// dst[i·ldc + j] += Σ lanes of partials[i][j] for i < rows, j < cols.
+    ///
+    /// # Safety
+    /// `dst` valid for `rows` rows of `cols` values `ldc` apart; AVX-512F present.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn add_partials(
+        partials: &DotPartials,
+        dst: *mut f32,
+        ldc: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        for (i, row) in partials.iter().enumerate().take(rows) {
+            for (j, &v) in row.iter().enumerate().take(cols) {
+                // SAFETY: (i, j) lies inside the caller's rows × cols.
+                unsafe { *dst.add(i * ldc + j) += hsum(v) };
+            }
+        }
+    }
+
     /// Σ of the 16 lanes by a fixed tree (256-bit halves, 128-bit quarters, pairs, lanes):
     /// deterministic. Written out because `_mm512_reduce_add_ps` upsets the register
     /// allocation of the loop before it.
