@@ -277,9 +277,10 @@ pub fn forward<T: Real>(
     let tiles = m.div_ceil(MR);
     let kern: TileFn<T> = tile::kernel::<T>();
     let y_out = Shared(y.as_mut_ptr());
-    let tasks = n_total.div_ceil(NC);
     let direct = Direct::new(s, x);
     let direct = direct.as_ref();
+    let columns = direct.map_or(n_total, |d| d.columns(s));
+    let tasks = columns.div_ceil(NC);
     (0..tasks).into_par_iter().for_each_init(
         || (vec![T::zero(); KC * NC], vec![T::zero(); tiles * MR * NC]),
         |(b, c), task| forward_task(s, x, a, bias, y_out, kern, direct, b, c, task),
@@ -289,9 +290,16 @@ pub fn forward<T: Real>(
 /// A stride-1 convolution's input, zero-padded once, so that the tile can read its right
 /// operand in place ([`crate::ops::tile`]'s `tile_direct`) instead of from packed panels: the
 /// input under tap (ci, ky, kx) of output position (image, oy, ox) sits at
-/// `base(image, oy, ox) + offset(ci, ky, kx)`. Only for f32 on AVX-512, and output rows a
-/// whole number of 16-lane vectors wide (every vector of a tile within one row).
+/// `base(image, oy, ox) + offset(ci, ky, kx)`. Only for f32 on AVX-512.
+///
+/// The GEMM's columns are the batch's output positions when rows are a whole number of
+/// 16-lane vectors wide (every vector within one row). Otherwise (rows of 8 or more) they are
+/// *padded* positions q = oy·Wp + ox, ox < Wp, per image rounded up to 16: every 16 of them are
+/// 16 consecutive values of the padded input, and the columns with ox ≥ W′ are computed and
+/// dropped.
 struct Direct {
+    /// Padded positions per image, when the columns are padded positions.
+    padded_columns: Option<usize>,
     /// (B, C, H + pad, W + pad)
     padded: Vec<f32>,
     /// Per tap k = (ci, ky, kx): ci·Hp·Wp + ky·Wp + kx.
@@ -301,12 +309,30 @@ struct Direct {
 }
 
 impl Direct {
-    /// For the forward (and the stride-1 input gradient): rows a whole number of vectors wide.
+    /// For the forward (and the stride-1 input gradient): rows of at least 8 (narrower ones
+    /// would be mostly padding).
     fn new<T: Real>(s: &Conv2dShape, x: &[T]) -> Option<Self> {
-        if !s.output().w.is_multiple_of(16) {
+        let out = s.output();
+        if out.w < 8 {
             return None;
         }
-        Self::padded(s, x)
+        let mut d = Self::padded(s, x)?;
+        if !out.w.is_multiple_of(16) {
+            d.padded_columns = Some((out.h * d.wp).next_multiple_of(16));
+        }
+        Some(d)
+    }
+
+    /// The forward's GEMM columns over the batch.
+    fn columns(&self, s: &Conv2dShape) -> usize {
+        let out = s.output();
+        self.padded_columns.unwrap_or(out.h * out.w) * out.n
+    }
+
+    /// Which output values columns [q, end) start with: (columns in the run, and the run's
+    /// (image, position) when it holds real outputs rather than padding).
+    fn output_run(&self, s: &Conv2dShape, q: usize, end: usize) -> (usize, Option<(usize, usize)>) {
+        output_run(s, self.padded_columns.map(|lq| (lq, self.wp)), q, end)
     }
 
     /// The padded input of any stride-1 convolution (f32 on AVX-512), followed by 32 + kw
@@ -343,6 +369,7 @@ impl Direct {
             })
             .collect();
         Some(Self {
+            padded_columns: None,
             padded,
             offsets,
             hp,
@@ -350,13 +377,51 @@ impl Direct {
         })
     }
 
-    /// Where the 16 output positions from batch position q (clamped into the batch) read tap 0.
+    /// Where the 16 columns from column q (clamped into the batch) read tap 0.
     fn base(&self, s: &Conv2dShape, q: usize) -> *const f32 {
         let out = s.output();
-        let p = out.h * out.w;
-        let q = q.min(out.n * p - 16);
-        let (img, oy, ox) = (q / p, (q % p) / out.w, q % out.w);
-        self.padded[img * s.input.c * self.hp * self.wp + oy * self.wp + ox..].as_ptr()
+        let image = s.input.c * self.hp * self.wp;
+        let q = q.min(self.columns(s) - 16);
+        let at = match self.padded_columns {
+            // Padded position q′ of an image is q′ values past its top-left.
+            Some(lq) => (q / lq) * image + q % lq,
+            None => {
+                let p = out.h * out.w;
+                let (img, oy, ox) = (q / p, (q % p) / out.w, q % out.w);
+                img * image + oy * self.wp + ox
+            }
+        };
+        self.padded[at..].as_ptr()
+    }
+}
+
+/// The run of GEMM columns from q (before `end`) that maps to one stretch of output: its length
+/// and, unless it is padding, its (image, position). `padded`: (columns per image, Wp) when the
+/// columns are padded positions, else None (columns are batch positions).
+fn output_run(
+    s: &Conv2dShape,
+    padded: Option<(usize, usize)>,
+    q: usize,
+    end: usize,
+) -> (usize, Option<(usize, usize)>) {
+    let out = s.output();
+    let p = out.h * out.w;
+    match padded {
+        None => {
+            let (img, pos) = (q / p, q % p);
+            ((p - pos).min(end - q), Some((img, pos)))
+        }
+        Some((lq, wp)) => {
+            let (img, qq) = (q / lq, q % lq);
+            let (oy, ox) = (qq / wp, qq % wp);
+            if oy >= out.h {
+                ((lq - qq).min(end - q), None) // the rounding up to 16 at the image's end
+            } else if ox >= out.w {
+                ((wp - ox).min(end - q), None) // the padding columns of a row
+            } else {
+                ((out.w - ox).min(end - q), Some((img, oy * out.w + ox)))
+            }
+        }
     }
 }
 
@@ -377,10 +442,10 @@ multiversion! {
     ) {
         let (m, k) = (s.c_out, s.patch_len());
         let p = s.output().h * s.output().w;
-        let n_total = s.output().n * p;
+        let columns = direct.map_or(s.output().n * p, |d| d.columns(s));
         let tiles = m.div_ceil(MR);
         let n0 = task * NC;
-        let nc = NC.min(n_total - n0);
+        let nc = NC.min(columns - n0);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             if let Some(d) = direct {
@@ -411,16 +476,23 @@ multiversion! {
                 }
             }
         }
-        // Columns n0..n0+nc of C go to y[image, co, position] (+ bias).
+        // Columns n0..n0+nc of C go to y[image, co, position] (+ bias); padding is dropped.
         let mut q = n0;
         while q < n0 + nc {
-            let (img, pos) = (q / p, q % p);
-            let run = (p - pos).min(n0 + nc - q);
+            let (run, at) = match direct {
+                Some(d) => d.output_run(s, q, n0 + nc),
+                None => output_run(s, None, q, n0 + nc),
+            };
+            let Some((img, pos)) = at else {
+                q += run;
+                continue;
+            };
             for co in 0..m {
                 let src = &c[co * NC + (q - n0)..][..run];
                 let bias_c = bias.map_or(T::zero(), |b| b[co]);
-                // SAFETY: task `task` alone writes batch positions [n0, n0 + nc) of every
-                // channel, and this run lies inside image `img`'s channel `co`.
+                // SAFETY: task `task` alone writes the outputs of columns [n0, n0 + nc) of every
+                // channel (columns map to distinct outputs), and this run lies inside image
+                // `img`'s channel `co`.
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(
                         y_out.get().add((img * m + co) * p + pos),
@@ -459,8 +531,9 @@ fn direct_block<T: Real>(
             for i in 0..m.div_ceil(MR) {
                 // SAFETY: `Direct` exists only for f32 on AVX-512, so T is f32; the panel holds
                 // kc·MR values, offsets[k0..k0 + kc] exist, every base + offset + 16 lies in
-                // the padded input (the tap stays inside the padded row), and the C tile lies
-                // in `c`.
+                // the padded input (inside the padded row for batch-position columns, inside
+                // the tail after the last image for padded-position ones; see
+                // `Direct::padded`), and the C tile lies in `c`.
                 unsafe {
                     tile::avx512::tile_direct(
                         kc,
