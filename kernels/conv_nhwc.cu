@@ -1,6 +1,6 @@
 // The layout kernels of the shifted-GEMM 3×3 convolution (stride 1, padding 1 all round): the
 // products themselves are cuBLAS GEMMs over shifted views of a zero-padded NHWC buffer. Launch
-// glue and the whole design: src/cuda/ops/conv_shifted.rs. CPU reference: src/ops/conv2d.rs.
+// glue and the whole design: src/cuda/ops/conv_shifted.rs. CPU reference: src/ops/conv2d/mod.rs.
 //
 // The padded row space: a chunk of `images` images of (H, W) becomes (images, H+2, W+2, C),
 // rows r = (n·(H+2) + y')·(W+2) + x' over the padded positions, channels contiguous. The valid

@@ -1,5 +1,5 @@
 // Convolution as im2col + GEMM: the unrolling (im2col), its adjoint (col2im) and the bias kernels
-// shared by conv2d and linear. CPU reference: src/ops/conv2d.rs (im2col, col2im, bias) and
+// shared by conv2d and linear. CPU reference: src/ops/conv2d/mod.rs (im2col, col2im, bias) and
 // src/ops/linear.rs (bias). Launch glue: src/cuda/ops/conv2d.rs.
 //
 // Layouts, per image: x (C_in, H, W); col (K, P) with K = C_in·kh·kw rows ordered (ci, ky, kx)

@@ -89,16 +89,23 @@ impl Job {
 const F32: usize = std::mem::size_of::<f32>();
 
 /// Bytes the ops allocate for themselves, at most, for the op geometries of a planned pass:
-/// on each worker thread, im2col columns (and their gradient, and a weight-gradient partial, in
-/// the backward) or one head's attention probabilities; and once, a repacked copy of the
-/// largest convolution's operands (its input and output).
+/// on each worker thread, the packed convolution's panels and C block
+/// ([`crate::ops::conv2d::packed::scratch_per_thread`]; a strided convolution's input gradient
+/// also an im2col buffer per image) or one head's attention probabilities; and once, the
+/// convolution's padded input and output copies and its packed weights (at most twice its
+/// input and output, plus the weights).
 fn scratch_bytes(plan: &crate::backend::plan::Planner<f32>, threads: usize) -> usize {
     let per_thread = plan
         .convs
         .iter()
         .map(|g| {
             let out = g.output();
-            2 * g.patch_len() * out.h * out.w + g.weight_len()
+            let im2col = if g.stride == (1, 1) {
+                0
+            } else {
+                g.patch_len() * out.h * out.w
+            };
+            crate::ops::conv2d::packed::scratch_per_thread(g) + im2col
         })
         .chain(plan.attentions.iter().map(|a| 2 * a.len * a.len))
         .max()
@@ -106,7 +113,7 @@ fn scratch_bytes(plan: &crate::backend::plan::Planner<f32>, threads: usize) -> u
     let operands = plan
         .convs
         .iter()
-        .map(|g| g.input.len() + g.output().len())
+        .map(|g| 2 * (g.input.len() + g.output().len()) + g.weight_len())
         .max()
         .unwrap_or(0);
     F32 * (threads * per_thread + operands)

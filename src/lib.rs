@@ -26,6 +26,7 @@ pub mod diffusers;
 pub mod diffusion;
 pub mod float;
 pub mod gradcheck;
+pub mod heap;
 pub mod imaging;
 pub mod info;
 pub mod json_fields;

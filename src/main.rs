@@ -7,6 +7,7 @@ fn main() -> std::process::ExitCode {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("error: internal error, a bug in ddpm (please report it): {info}");
     }));
+    ddpm::heap::keep_freed_memory();
     let cli = ddpm::cli::Cli::parse();
     match ddpm::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -357,6 +357,84 @@ fn bench_train_and_sample_report_images_per_second_on_the_cpu() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--preset huge: unknown"));
 }
 
+/// `--profile` prints the op table (its rows add up to no more than the step), `--json` keeps
+/// the JSON last with the peak resident set, `--image-size/--channels` change the geometry, and
+/// `bench peak` measures the FMA peak on the global `--threads`.
+#[test]
+fn bench_profile_peak_and_geometry_overrides() {
+    let out = ddpm(&[
+        "--threads",
+        "2",
+        "bench",
+        "train",
+        "--device",
+        "cpu",
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "2",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--image-size",
+        "8",
+        "--channels",
+        "1",
+        "--profile",
+        "--json",
+    ]);
+    let text = ok(&out);
+    for row in [
+        "| conv forward |",
+        "| conv backward (weights) |",
+        "| group norm (+ SiLU) |",
+        "| clip, AdamW, EMA |",
+    ] {
+        assert!(text.contains(row), "no {row} row in:\n{text}");
+    }
+    assert!(text.contains("f32 FMA peak measured now"), "{text}");
+    let json: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a last line")).expect("JSON last");
+    assert!(
+        json["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{json}"
+    );
+    assert_eq!(json["threads"], 2, "{json}");
+    // The overrides reach the model: a 1-channel 8×8 model's parameter count differs from tiny's.
+    let plain = ok(&ddpm(&[
+        "bench",
+        "train",
+        "--device",
+        "cpu",
+        "--preset",
+        "tiny",
+        "--batch-size",
+        "1",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]));
+    let plain: serde_json::Value = serde_json::from_str(plain.lines().last().unwrap()).unwrap();
+    assert_ne!(
+        json["params"], plain["params"],
+        "--channels 1 did not change the model"
+    );
+
+    let peak = ok(&ddpm(&["--threads", "1", "bench", "peak"]));
+    assert!(
+        peak.contains("f32 FMA peak") && peak.contains("on 1"),
+        "{peak}"
+    );
+    fails_with(
+        &ddpm(&["bench", "sample", "--device", "cpu", "--image-size", "6"]),
+        2,
+        "--image-size",
+    );
+}
+
 // ---- diffusers directories ------------------------------------------------------------------
 
 fn diffusers_fixture(rel: &str) -> PathBuf {

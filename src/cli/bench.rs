@@ -31,13 +31,9 @@ pub enum BenchCommand {
     /// Every sampler × step count on a trained model: sample quality (Fréchet distance of
     /// pooled pixels to the training images) and time, as a Markdown table.
     Samplers(Box<sampler_table::SamplerTableArgs>),
-    /// The CPU's measured f32 FMA peak (GFLOP/s), the ceiling for the convolution rows of
-    /// `--profile`.
-    Peak {
-        /// Threads to run on (default: all of rayon's).
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
-        threads: Option<u64>,
-    },
+    /// The CPU's measured f32 FMA peak (GFLOP/s) on one thread and on all (`--threads`), the
+    /// ceiling for the convolution rows of `--profile`.
+    Peak,
 }
 
 #[derive(Debug, Args)]
@@ -78,8 +74,8 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Train(a) => bench_train(&a),
         BenchCommand::Sample(a) => bench_sample(&a),
         BenchCommand::Samplers(a) => sampler_table::run(&a),
-        BenchCommand::Peak { threads } => {
-            let n = threads.map_or(rayon::current_num_threads(), |t| t as usize);
+        BenchCommand::Peak => {
+            let n = rayon::current_num_threads();
             let (one, code) = crate::ops::fma_peak::measure(1, 200);
             let (all, _) = crate::ops::fma_peak::measure(n, 200);
             println!(

@@ -6,7 +6,7 @@
 //! (AVX-512), and picks the best the CPU has at each call. Rust never contracts `a * b + c` into
 //! a fused multiply-add, and nothing here calls `mul_add`, so every version performs the same
 //! IEEE operations in the same order: **results are bitwise identical whichever version runs**
-//! (the unit tests below check it).
+//! (unit tests in `ops::groupnorm`, `optim::clip` and `optim::fused` check it).
 //!
 //! [`sigmoid`] computes σ(x) exactly as [`crate::float::sigmoid`] does, except that f32 takes its
 //! exponential from [`exp_neg_f32`] (at most 2 ulp from e^x, vectorisable) instead of libm's

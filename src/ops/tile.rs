@@ -55,8 +55,9 @@ pub fn kernel<T: Real>() -> TileFn<T> {
     portable::<T>
 }
 
-/// Whether the AVX-512 kernel runs on this CPU (and is not switched off with
-/// `DDPM_CPU_KERNEL=portable`, which the tests use to compare the two).
+/// Whether the AVX-512 kernels run on this CPU (and are not switched off with
+/// `DDPM_CPU_KERNEL=portable`: then f32 convolutions take the path of a CPU without AVX-512,
+/// the im2col reference on the `gemm` crate).
 pub fn has_avx512() -> bool {
     use std::sync::OnceLock;
     static YES: OnceLock<bool> = OnceLock::new();
@@ -208,7 +209,7 @@ pub(crate) mod avx512 {
     /// The tile with its right operand read in place instead of from a packed panel: step p
     /// loads the 16 values at `bases[v] + offsets[p]` as vector v. A stride-1 convolution over a
     /// padded input is such an operand: `offsets` holds each tap's (channel, ky, kx) offset and
-    /// each base is 16 consecutive output positions of one row.
+    /// each base is where 16 consecutive columns (output or padded positions) read tap 0.
     ///
     /// # Safety
     /// As [`super::TileFn`] for `a` and `c`; `offsets` valid for `k` reads, and 16 values at

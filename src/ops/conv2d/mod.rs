@@ -212,8 +212,19 @@ pub fn col2im<T: Real>(s: &Conv2dShape, col: &[T], dx_n: &mut [T]) {
 /// y: (B, C_out, H_out, W_out). The packed path; weights packed once for the whole batch.
 pub fn conv2d_forward<T: Real>(s: &Conv2dShape, x: &[T], w: &[T], b: Option<&[T]>, y: &mut [T]) {
     check_forward("conv2d_forward", s, x, w, b, y);
+    if !packed_path::<T>() {
+        return conv2d_forward_im2col(s, x, w, b, y);
+    }
     let a = packed::PackedLeft::weights(s, w);
     packed::forward(s, x, &a, b, y);
+}
+
+/// Whether the packed path runs for `T`: always for f64 (so the gradient checks exercise its
+/// indexing), and for f32 where the AVX-512 tiles run. An f32 CPU without AVX-512 runs the
+/// im2col reference instead, whose `gemm` crate picks AVX2/FMA kernels at run time and beats
+/// the portable tile.
+fn packed_path<T: Real>() -> bool {
+    !crate::ops::simd::is_f32::<T>() || crate::ops::tile::has_avx512()
 }
 
 fn check_forward<T: Real>(op: &str, s: &Conv2dShape, x: &[T], w: &[T], b: Option<&[T]>, y: &[T]) {
@@ -251,6 +262,10 @@ pub fn conv2d_backward_weights<T: Real>(
     expect_len(op, "x", x.len(), s.input.len(), s.input);
     expect_len(op, "dy", dy.len(), s.output().len(), s.output());
     expect_len(op, "dw", dw.len(), s.weight_len(), "weight");
+    if !packed_path::<T>() {
+        let w = vec![T::zero(); s.weight_len()]; // unread: no input gradient is asked for
+        return conv2d_backward_im2col(s, x, &w, dy, None, dw, db);
+    }
     packed::backward_weights(s, x, dy, dw);
     if let Some(db) = db {
         bias_grad(s, dy, db);
@@ -263,7 +278,7 @@ pub fn conv2d_backward_data<T: Real>(s: &Conv2dShape, w: &[T], dy: &[T], dx: &mu
     let op = "conv2d_backward_data";
     expect_len(op, "dx", dx.len(), s.input.len(), s.input);
     s.check(op, dx.len(), w.len(), dy.len());
-    if packed::backward_data_stride1(s, w, dy, dx).is_none() {
+    if !packed_path::<T>() || packed::backward_data_stride1(s, w, dy, dx).is_none() {
         backward_data_im2col(s, w, dy, dx);
     }
 }

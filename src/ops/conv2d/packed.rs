@@ -12,6 +12,12 @@
 //! where q runs over (image, output position) and col[k, q] is the input value under tap k of
 //! position q (zero in the padding). Each output element is summed by one task in a fixed order,
 //! so results do not depend on the number of threads.
+//!
+//! Two ways to feed the tile col: gathered into packed panels ([`gather_tap`], any geometry and
+//! type), or — f32 on AVX-512, stride 1 — read in place from a zero-padded copy of the input
+//! ([`Direct`]), where tap k of a position is the position's base plus a per-tap offset. In place,
+//! the columns may be *padded* positions (rows Wp wide, the extra columns computed and
+//! dropped, or multiplied by zeros in the weight gradient), so N is then B·H′·Wp rounded up.
 
 use rayon::prelude::*;
 
@@ -31,6 +37,14 @@ const NCW: usize = 16 * DC;
 /// Positions per block of the weight gradient: a multiple of DQ; the task's patch rows
 /// (NCW × QB) stay in L2.
 const QB: usize = 1024;
+
+/// Elements of scratch one thread allocates for a convolution of geometry `s`: the forward's
+/// packed panels and C block, or the weight gradient's gathered rows (the larger).
+pub fn scratch_per_thread(s: &Conv2dShape) -> usize {
+    let forward = KC * NC + s.c_out.div_ceil(MR) * MR * NC;
+    let weights = NCW * QB + s.c_out.next_multiple_of(DR) * DC * 16;
+    forward.max(weights)
+}
 
 /// A pointer to an output that tasks write in disjoint parts.
 #[derive(Clone, Copy)]
@@ -601,6 +615,8 @@ pub fn backward_weights<T: Real>(s: &Conv2dShape, x: &[T], dy: &[T], dw: &mut [T
     let p = out.h * out.w;
     let n_total = out.n * p;
     if n_total == 0 || backward_weights_in_place(s, x, dy, dw).is_some() {
+        // (An inf or NaN input value in the columns past W′ meets a zero of dy there and makes a
+        // NaN the gathered path would not: a step with non-finite inputs is skipped anyway.)
         return;
     }
     // (m rounded up to DR, positions rounded up to DQ): zero rows and columns of padding.
@@ -722,7 +738,8 @@ fn backward_weights_in_place<T: Real>(
             let ncw = NCW.min(k - k0);
             let rows_end = (r0 + m_chunk).min(m);
             let (i_tiles, j_tiles) = ((rows_end - r0).div_ceil(DR), ncw.div_ceil(DC));
-            let zero = unsafe { std::mem::zeroed::<DotPartials>() };
+            // SAFETY: AVX-512F is present (`Direct` exists).
+            let zero: DotPartials = unsafe { [[std::arch::x86_64::_mm512_setzero_ps(); DC]; DR] };
             let mut partials = vec![zero; i_tiles * j_tiles];
             let mut runs = Vec::with_capacity(per_block);
             for img0 in (0..out.n).step_by(per_block) {
@@ -859,6 +876,39 @@ mod tests {
             // Rows of 33 and 40: the in-place weight gradient with rows not a multiple of 16.
             g(2, 4, 3, 40, 6, (3, 3), (1, 1), Padding::same(1)),
             g(3, 6, 2, 33, 5, (3, 3), (1, 1), Padding::same(1)),
+            // Stride 1 with asymmetric padding on the in-place paths, one output channel, and a
+            // kernel wider than a vector.
+            g(
+                2,
+                3,
+                9,
+                20,
+                4,
+                (3, 3),
+                (1, 1),
+                Padding {
+                    top: 0,
+                    bottom: 2,
+                    left: 2,
+                    right: 0,
+                },
+            ),
+            g(2, 7, 8, 8, 1, (3, 3), (1, 1), Padding::same(1)),
+            g(
+                1,
+                2,
+                3,
+                40,
+                3,
+                (1, 17),
+                (1, 1),
+                Padding {
+                    top: 0,
+                    bottom: 0,
+                    left: 8,
+                    right: 8,
+                },
+            ),
         ]
     }
 
