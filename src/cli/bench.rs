@@ -387,7 +387,7 @@ impl Report {
                 "params": self.params,
                 "threads": rayon::current_num_threads(),
                 "cpu": profile::cpu_model(),
-                "cpu_kernel": crate::ops::tile::kernel_name(),
+                "cpu_kernel": matches!(device, Device::Cpu).then(crate::ops::tile::kernel_name),
                 "peak_rss_bytes": peak_rss,
             });
             println!("{line}");

@@ -568,6 +568,7 @@ mod tests {
 
     #[test]
     fn every_instruction_set_gives_the_same_bits() {
+        let _levels = crate::ops::simd::level_lock();
         let c = case::<f32>(Nchw::new(3, 32, 9, 9), 8, true, 7);
         let run = |l: Level| {
             force_level(l).then(|| {

@@ -73,8 +73,17 @@ fn detect() -> Level {
     Level::Baseline
 }
 
+/// Held by a test for as long as it forces levels, so two such tests running at once cannot
+/// switch the level under each other (and end up comparing a level with itself).
+#[cfg(test)]
+pub(crate) fn level_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Forces a level (tests compare the versions; they give the same bits, so other tests running
-/// meanwhile are unaffected). Levels the CPU lacks are ignored.
+/// meanwhile are unaffected; tests that force levels hold [`level_lock`]). Levels the CPU lacks
+/// are ignored.
 #[cfg(test)]
 pub(crate) fn force_level(l: Level) -> bool {
     if l as u8 > detect() as u8 {
