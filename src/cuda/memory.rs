@@ -81,21 +81,8 @@ pub fn bytes_needed(net: &UNet, job: Job, batch: usize) -> Result<usize> {
 
 /// The largest batch size up to `max` whose need (with [`MARGIN`]) fits in `free` bytes.
 pub fn largest_batch(net: &UNet, job: Job, max: usize, free: usize) -> Result<Option<usize>> {
-    let fits = |b: usize| -> Result<bool> { Ok(bytes_needed(net, job, b)? + MARGIN <= free) };
-    if max == 0 || !fits(1)? {
-        return Ok(None);
-    }
-    // The need grows with the batch: binary search for the last size that fits.
-    let (mut lo, mut hi) = (1, max);
-    while lo < hi {
-        let mid = lo + (hi - lo).div_ceil(2);
-        if fits(mid)? {
-            lo = mid;
-        } else {
-            hi = mid - 1;
-        }
-    }
-    Ok(Some(lo))
+    // The need grows with the batch, so the shared binary search applies.
+    crate::cpu_memory::largest_fitting(max, |b| Ok(bytes_needed(net, job, b)? + MARGIN <= free))
 }
 
 fn gib(bytes: usize) -> f64 {

@@ -463,6 +463,35 @@ mod tests {
     use super::*;
     use crate::rng::Philox;
 
+    /// Checks one tile written (or added) into `c` (`tile_rows` rows, `ldc` apart, starting as
+    /// `start`): the `rows × cols` inside equal `dot(i, j)` (plus the start when accumulating)
+    /// to f32 accuracy, and nothing outside was touched.
+    #[allow(clippy::too_many_arguments)]
+    fn check_tile(
+        what: &str,
+        c: &[f32],
+        start: &[f32],
+        (tile_rows, ldc): (usize, usize),
+        (rows, cols): (usize, usize),
+        accumulate: bool,
+        dot: impl Fn(usize, usize) -> f64,
+    ) {
+        for i in 0..tile_rows {
+            for j in 0..ldc {
+                let (got, was) = (c[i * ldc + j], start[i * ldc + j]);
+                if i >= rows || j >= cols {
+                    assert_eq!(got, was, "{what}: wrote outside the tile at ({i}, {j})");
+                    continue;
+                }
+                let want = dot(i, j) + if accumulate { was as f64 } else { 0.0 };
+                assert!(
+                    (got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
+                    "{what} ({rows}x{cols}, acc {accumulate}) at ({i}, {j}): {got} vs {want}"
+                );
+            }
+        }
+    }
+
     /// Both kernels against a plain triple loop, on a full tile and on ragged edges, writing
     /// and accumulating, with a row stride wider than the tile.
     #[test]
@@ -491,29 +520,19 @@ mod tests {
                             accumulate,
                         )
                     };
-                    for i in 0..MR {
-                        for j in 0..ldc {
-                            let got = c[i * ldc + j];
-                            if i >= rows || j >= cols {
-                                assert_eq!(
-                                    got,
-                                    start[i * ldc + j],
-                                    "{name}: wrote outside the tile at ({i}, {j})"
-                                );
-                                continue;
-                            }
-                            let dot: f64 = (0..k)
+                    check_tile(
+                        name,
+                        &c,
+                        &start,
+                        (MR, ldc),
+                        (rows, cols),
+                        accumulate,
+                        |i, j| {
+                            (0..k)
                                 .map(|p| a[p * MR + i] as f64 * b[p * NR + j] as f64)
-                                .sum();
-                            let want = dot
-                                + if accumulate {
-                                    start[i * ldc + j] as f64
-                                } else {
-                                    0.0
-                                };
-                            assert!((got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()), "{name} ({rows}x{cols}, acc {accumulate}) at ({i}, {j}): {got} vs {want}");
-                        }
-                    }
+                                .sum()
+                        },
+                    );
                 }
             }
         }
@@ -551,32 +570,19 @@ mod tests {
                             accumulate,
                         )
                     };
-                    for i in 0..DR {
-                        for j in 0..ldc {
-                            let got = c[i * ldc + j];
-                            if i >= rows || j >= cols {
-                                assert_eq!(
-                                    got,
-                                    start[i * ldc + j],
-                                    "{name}: wrote outside at ({i}, {j})"
-                                );
-                                continue;
-                            }
-                            let dot: f64 = (0..len)
+                    check_tile(
+                        name,
+                        &c,
+                        &start,
+                        (DR, ldc),
+                        (rows, cols),
+                        accumulate,
+                        |i, j| {
+                            (0..len)
                                 .map(|q| a[i * lda + q] as f64 * b[j * ldb + q] as f64)
-                                .sum();
-                            let want = dot
-                                + if accumulate {
-                                    start[i * ldc + j] as f64
-                                } else {
-                                    0.0
-                                };
-                            assert!(
-                                (got as f64 - want).abs() < 1e-4 * (1.0 + want.abs()),
-                                "{name} ({rows}x{cols}, acc {accumulate}) at ({i}, {j}): {got} vs {want}"
-                            );
-                        }
-                    }
+                                .sum()
+                        },
+                    );
                 }
             }
         }

@@ -262,11 +262,11 @@ pub fn conv2d_backward_weights<T: Real>(
     expect_len(op, "x", x.len(), s.input.len(), s.input);
     expect_len(op, "dy", dy.len(), s.output().len(), s.output());
     expect_len(op, "dw", dw.len(), s.weight_len(), "weight");
-    if !packed_path::<T>() {
-        let w = vec![T::zero(); s.weight_len()]; // unread: no input gradient is asked for
-        return conv2d_backward_im2col(s, x, &w, dy, None, dw, db);
+    if packed_path::<T>() {
+        packed::backward_weights(s, x, dy, dw);
+    } else {
+        backward_weights_im2col(s, x, dy, dw);
     }
-    packed::backward_weights(s, x, dy, dw);
     if let Some(db) = db {
         bias_grad(s, dy, db);
     }
@@ -300,7 +300,8 @@ fn bias_grad<T: Real>(s: &Conv2dShape, dy: &[T], db: &mut [T]) {
     });
 }
 
-/// dx_n = col2im(Wᵀ · dy_n) per image, in parallel over the batch.
+/// dx_n = col2im(Wᵀ · dy_n) per image, in parallel over the batch (a 1×1 convolution's col2im
+/// is a copy).
 fn backward_data_im2col<T: Real>(s: &Conv2dShape, w: &[T], dy: &[T], dx: &mut [T]) {
     let (k, p) = (s.patch_len(), s.out_h * s.out_w);
     let w_mat = MatRef::rows(w, s.c_out, k);
@@ -379,7 +380,26 @@ pub fn conv2d_backward_im2col<T: Real>(
     db: Option<&mut [T]>,
 ) {
     s.check("conv2d_backward_im2col", x.len(), w.len(), dy.len());
-    expect_len("conv2d_backward_im2col", "dw", dw.len(), w.len(), "weight");
+    backward_weights_im2col(s, x, dy, dw);
+    if let Some(db) = db {
+        bias_grad(s, dy, db);
+    }
+    if let Some(dx) = dx {
+        expect_len("conv2d_backward_im2col", "dx", dx.len(), x.len(), s.input);
+        backward_data_im2col(s, w, dy, dx);
+    }
+}
+
+/// dW += Σ_n dy_n · col_nᵀ with an im2col buffer per image: partial sums per fixed group of
+/// images, then added in group order.
+fn backward_weights_im2col<T: Real>(s: &Conv2dShape, x: &[T], dy: &[T], dw: &mut [T]) {
+    expect_len(
+        "conv2d_backward_im2col",
+        "dw",
+        dw.len(),
+        s.weight_len(),
+        "weight",
+    );
     let (k, p) = (s.patch_len(), s.out_h * s.out_w);
     let (x_item, y_item) = (s.input.chw(), s.c_out * p);
     let batch = s.input.n;
@@ -387,30 +407,14 @@ pub fn conv2d_backward_im2col<T: Real>(
         return;
     }
     let per_group = batch.div_ceil(WEIGHT_GRAD_GROUPS);
-    let dx_groups: Vec<Option<&mut [T]>> = match dx {
-        Some(dx) => {
-            expect_len("conv2d_backward", "dx", dx.len(), x.len(), s.input);
-            dx.chunks_mut(per_group * x_item).map(Some).collect()
-        }
-        None => (0..batch.div_ceil(per_group)).map(|_| None).collect(),
-    };
     let pointwise = s.is_pointwise();
-    let w_mat = MatRef::rows(w, s.c_out, k);
-
-    let partials: Vec<Vec<T>> = dx_groups
-        .into_par_iter()
-        .zip(x.par_chunks(per_group * x_item))
+    let partials: Vec<Vec<T>> = x
+        .par_chunks(per_group * x_item)
         .zip(dy.par_chunks(per_group * y_item))
-        .map(|((mut dx_g, x_g), dy_g)| {
+        .map(|(x_g, dy_g)| {
             let mut dw_part = vec![T::zero(); s.c_out * k];
-            let scratch = if pointwise { 0 } else { k * p };
-            let (mut col, mut dcol) = (vec![T::zero(); scratch], vec![T::zero(); scratch]);
-            for (i, (x_n, dy_n)) in x_g
-                .chunks_exact(x_item)
-                .zip(dy_g.chunks_exact(y_item))
-                .enumerate()
-            {
-                let dy_mat = MatRef::rows(dy_n, s.c_out, p);
+            let mut col = vec![T::zero(); if pointwise { 0 } else { k * p }];
+            for (x_n, dy_n) in x_g.chunks_exact(x_item).zip(dy_g.chunks_exact(y_item)) {
                 let cols: &[T] = if pointwise {
                     x_n
                 } else {
@@ -418,39 +422,14 @@ pub fn conv2d_backward_im2col<T: Real>(
                     &col
                 };
                 // dW += dy_n · col_nᵀ   (C_out, P) · (P, K)
-                let dw_mat = MatMut::rows(&mut dw_part, s.c_out, k);
                 gemm(
-                    dw_mat,
-                    dy_mat,
+                    MatMut::rows(&mut dw_part, s.c_out, k),
+                    MatRef::rows(dy_n, s.c_out, p),
                     MatRef::rows(cols, k, p).t(),
                     T::one(),
                     true,
                     Threads::Serial,
                 );
-                if let Some(dx_g) = dx_g.as_deref_mut() {
-                    let dx_n = &mut dx_g[i * x_item..(i + 1) * x_item];
-                    // dcol = Wᵀ · dy_n   (K, C_out) · (C_out, P)
-                    if pointwise {
-                        gemm(
-                            MatMut::rows(dx_n, k, p),
-                            w_mat.t(),
-                            dy_mat,
-                            T::one(),
-                            false,
-                            Threads::Serial,
-                        );
-                    } else {
-                        gemm(
-                            MatMut::rows(&mut dcol, k, p),
-                            w_mat.t(),
-                            dy_mat,
-                            T::one(),
-                            false,
-                            Threads::Serial,
-                        );
-                        col2im(s, &dcol, dx_n);
-                    }
-                }
             }
             dw_part
         })
@@ -461,8 +440,4 @@ pub fn conv2d_backward_im2col<T: Real>(
             *d += part[i];
         }
     });
-
-    if let Some(db) = db {
-        bias_grad(s, dy, db);
-    }
 }
