@@ -15,6 +15,7 @@
 //!   the input gradient of strided convolutions).
 
 pub mod packed;
+mod tap_table;
 
 use rayon::prelude::*;
 

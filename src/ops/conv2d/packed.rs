@@ -21,6 +21,7 @@
 
 use rayon::prelude::*;
 
+use super::tap_table::TapTable;
 use super::Conv2dShape;
 use crate::float::Real;
 use crate::ops::simd::{is_f32, multiversion};
@@ -235,6 +236,7 @@ impl<T> Piece<'_, T> {
 /// Packs col[k0..k0 + kc, q0..q0 + nc) as ⌈nc/NR⌉ panels of [kc][NR] (the forward's right
 /// operand); columns past nc are zero.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn pack_right<T: Real>(
     s: &Conv2dShape,
     x: &[T],
@@ -242,8 +244,26 @@ fn pack_right<T: Real>(
     kc: usize,
     q0: usize,
     nc: usize,
+    table: Option<&TapTable>,
     b: &mut [T],
 ) {
+    if let Some(table) = table {
+        // Whole vectors (positions per image are a multiple of 16, and so are q0 and nc).
+        for kk in 0..kc {
+            let row = |v: usize| {
+                let (j, l) = ((16 * v) / NR, (16 * v) % NR);
+                b[(j * kc + kk) * NR + l..].as_mut_ptr()
+            };
+            // SAFETY: the table exists only for f32 and this geometry; each 16 values from
+            // column l < NR of panel j's row kk lie inside `b` (⌈nc/NR⌉ panels of kc × NR).
+            unsafe { table.gather(x, k0 + kk, q0, nc / 16, row) };
+            if !nc.is_multiple_of(NR) {
+                let start = ((nc / NR) * kc + kk) * NR + nc % NR;
+                b[start..start + NR - nc % NR].fill(T::zero());
+            }
+        }
+        return;
+    }
     /// Row kk of the block: offset `at` is column at % NR of panel at / NR.
     struct Panels<'b, T> {
         b: &'b mut [T],
@@ -275,7 +295,7 @@ fn pack_right<T: Real>(
 }
 
 /// y = conv(x, W) (+ b), with W already packed ([`PackedLeft::weights`]).
-/// x: `s.input`, y: `s.output()`. Parallel over blocks of NC batch positions.
+/// x: `s.input`, y: `s.output()`. Parallel over blocks of batch positions ([`task_width`]).
 pub fn forward<T: Real>(
     s: &Conv2dShape,
     x: &[T],
@@ -293,12 +313,35 @@ pub fn forward<T: Real>(
     let y_out = Shared(y.as_mut_ptr());
     let direct = Direct::new(s, x);
     let direct = direct.as_ref();
+    let table = if direct.is_none() && TapTable::pays(s) {
+        TapTable::new::<T>(s)
+    } else {
+        None
+    };
+    let table = table.as_ref();
     let columns = direct.map_or(n_total, |d| d.columns(s));
-    let tasks = columns.div_ceil(NC);
-    (0..tasks).into_par_iter().for_each_init(
+    let width = task_width(columns);
+    (0..columns.div_ceil(width)).into_par_iter().for_each_init(
         || (vec![T::zero(); KC * NC], vec![T::zero(); tiles * MR * NC]),
-        |(b, c), task| forward_task(s, x, a, bias, y_out, kern, direct, b, c, task),
+        |(b, c), task| {
+            let n0 = task * width;
+            let nc = width.min(columns - n0);
+            forward_task(s, x, a, bias, y_out, kern, direct, table, b, c, n0, nc)
+        },
     );
+}
+
+/// Columns per forward task: NC, or fewer (whole tiles) when that leaves under four tasks per
+/// thread — the small levels of a UNet have a few hundred columns, and three tasks on two
+/// threads would leave one idle a third of the time. Every column is still summed in the same
+/// order, so results do not depend on the width.
+fn task_width(columns: usize) -> usize {
+    let wanted = 4 * rayon::current_num_threads();
+    if columns >= wanted * NC {
+        NC
+    } else {
+        (columns / wanted / NR * NR).clamp(NR, NC)
+    }
 }
 
 /// A stride-1 convolution's input, zero-padded once, so that the tile can read its right
@@ -440,8 +483,8 @@ fn output_run(
 }
 
 multiversion! {
-    /// One forward task: batch positions [task·NC, task·NC + NC) of every output channel, in the
-    /// scratch `b` (packed panels) and `c` (the C block), then into y.
+    /// One forward task: batch positions [n0, n0 + nc) (nc ≤ NC) of every output channel, in
+    /// the scratch `b` (packed panels) and `c` (the C block), then into y.
     fn forward_task<T: Real>(
         s: &Conv2dShape,
         x: &[T],
@@ -450,16 +493,15 @@ multiversion! {
         y_out: Shared<T>,
         kern: TileFn<T>,
         direct: Option<&Direct>,
+        table: Option<&TapTable>,
         b: &mut [T],
         c: &mut [T],
-        task: usize,
+        n0: usize,
+        nc: usize,
     ) {
         let (m, k) = (s.c_out, s.patch_len());
         let p = s.output().h * s.output().w;
-        let columns = direct.map_or(s.output().n * p, |d| d.columns(s));
         let tiles = m.div_ceil(MR);
-        let n0 = task * NC;
-        let nc = NC.min(columns - n0);
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             if let Some(d) = direct {
@@ -467,7 +509,7 @@ multiversion! {
                 continue;
             }
             let t = profile::start();
-            pack_right(s, x, k0, kc, n0, nc, b);
+            pack_right(s, x, k0, kc, n0, nc, table, b);
             profile::stop(Op::ConvPacking, t);
             for j in 0..nc.div_ceil(NR) {
                 let cols = NR.min(nc - j * NR);
@@ -631,6 +673,8 @@ pub fn backward_weights<T: Real>(s: &Conv2dShape, x: &[T], dy: &[T], dw: &mut [T
             }
         });
     let kern: DotFn<T> = tile::dot_kernel::<T>();
+    let table = TapTable::pays(s).then(|| TapTable::new::<T>(s)).flatten();
+    let table = table.as_ref();
     let dw_out = Shared(dw.as_mut_ptr());
     let k_chunks = k.div_ceil(NCW);
     // Few columns (a 1×1 or RGB-input convolution): split the rows too, to fill the threads.
@@ -649,7 +693,7 @@ pub fn backward_weights<T: Real>(s: &Conv2dShape, x: &[T], dy: &[T], dw: &mut [T
                 let qb = QB.min(q_pad - q0);
                 let real = n_total.saturating_sub(q0).min(qb);
                 let t = profile::start();
-                gather_rows(s, x, k0, ncw, q0, qb, real, b);
+                gather_rows(s, x, table, k0, ncw, q0, qb, real, b);
                 profile::stop(Op::ConvPacking, t);
                 // j outer: a DC-row panel of b stays in L1 while the rows of dy stream past.
                 for j in (0..ncw).step_by(DC) {
@@ -810,6 +854,7 @@ multiversion! {
     fn gather_rows<T: Real>(
         s: &Conv2dShape,
         x: &[T],
+        table: Option<&TapTable>,
         k0: usize,
         ncw: usize,
         q0: usize,
@@ -820,7 +865,15 @@ multiversion! {
         for kk in 0..ncw.next_multiple_of(DC) {
             let row = &mut b[kk * qb..(kk + 1) * qb];
             if kk < ncw {
-                gather_tap(s, x, k0 + kk, q0, real, &mut Row(&mut *row));
+                match table {
+                    // SAFETY: the table exists only for f32 and this geometry; q0 (a multiple
+                    // of QB) and real (to the batch's end) are whole vectors; row holds qb ≥
+                    // real values.
+                    Some(t) => unsafe {
+                        t.gather(x, k0 + kk, q0, real / 16, |v| row[16 * v..].as_mut_ptr())
+                    },
+                    None => gather_tap(s, x, k0 + kk, q0, real, &mut Row(&mut *row)),
+                }
                 row[real..].fill(T::zero());
             } else {
                 row.fill(T::zero());
@@ -868,6 +921,14 @@ mod tests {
                 },
             ),
             g(1, 40, 4, 4, 17, (3, 3), (1, 1), Padding::same(1)),
+            // Whole vectors of positions per image with narrow rows or a stride: the vector
+            // gatherer (f32 on AVX-512) — a permute of one-vector planes, hardware gathers of
+            // larger ones, more than one weight-gradient block of positions, and rows of 8
+            // with more channels than the in-place weight gradient takes.
+            g(70, 3, 4, 4, 5, (3, 3), (1, 1), Padding::same(1)),
+            g(2, 6, 8, 8, 5, (3, 3), (2, 2), Padding::bottom_right(1)),
+            g(2, 3, 16, 16, 4, (3, 3), (2, 2), Padding::same(1)),
+            g(1, 6, 4, 8, 70, (3, 3), (1, 1), Padding::same(1)),
             // Rows a whole number of vectors wide: the in-place tile (f32 on AVX-512).
             g(2, 5, 16, 16, 7, (3, 3), (1, 1), Padding::same(1)),
             g(1, 3, 5, 32, 10, (3, 3), (1, 1), Padding::same(1)),
