@@ -9,7 +9,7 @@
 //! timed loop. GEMM-bound ops report FLOPs as criterion "elements" (`Gelem/s` reads as GFLOP/s),
 //! the others the bytes they must read plus write at minimum (`GiB/s`).
 //!
-//! Beside each bench its two floors are printed once (DESIGN.md, "How we measure speed"):
+//! Beside each bench its two floors are printed once (docs/benchmarks.md):
 //! bytes / the device-to-device copy bandwidth measured at startup (1 GiB copy, bytes read plus
 //! written), and FLOPs / the FP32 CUDA-core peak (SMs × FP32 lanes per SM × 2 × clock; 128 lanes
 //! for sm_86 and newer, sm_90 included, 64 for sm_80). Our GEMMs are fp32 without TF32 (cuBLAS

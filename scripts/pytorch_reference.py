@@ -2,7 +2,7 @@
 """The PyTorch side of ddpm's speed comparison: the same UNet, batch and precision, in PyTorch.
 
 ddpm is measured against PyTorch on the same device (a GPU, or the CPU with the same thread
-count), with the same model, batch size and precision (DESIGN.md, "How we measure speed"). This
+count), with the same model, batch size and precision (docs/benchmarks.md). This
 script is that PyTorch program. It needs only torch (no diffusers): the UNet is written out below
 in plain torch.nn, mirroring ddpm's (which is diffusers' `UNet2DModel` architecture), with
 diffusers' parameter names so that a diffusers state_dict loads into it strictly.

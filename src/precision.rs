@@ -1,4 +1,4 @@
-//! The storage precision of GPU activations (DESIGN.md, "Precision policy").
+//! The storage precision of GPU activations (docs/mixed-precision.md).
 //!
 //! Only what is *stored* changes: every kernel computes in fp32, every matrix product
 //! accumulates in fp32, and what must stay exact stays fp32 whatever the precision: master

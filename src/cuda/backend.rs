@@ -7,7 +7,7 @@
 //! trait's ops cannot return errors (the CPU cannot fail), so the first CUDA error of a pass is
 //! kept, later launches are skipped, and the caller collects it with [`GpuBackend::finish`].
 //!
-//! Precision ([`Precision`], DESIGN.md's policy): every activation buffer of the arena (and its
+//! Precision ([`Precision`], docs/mixed-precision.md): every activation buffer of the arena (and its
 //! gradient) is stored as the backend's `dt` — fp32, bf16 or fp16 — and every kernel computes in
 //! fp32. Group-norm statistics stay fp32 ([`Backend::alloc_stats`]); parameters have fp32
 //! master values and gradients, and the GEMMs read a copy of the weights in `dt`.
