@@ -20,6 +20,7 @@ pub mod layout;
 pub mod linear;
 pub mod loss;
 pub mod matmul;
+pub(crate) mod scratch;
 pub mod silu;
 pub(crate) mod simd;
 pub mod tile;

@@ -24,6 +24,7 @@ use rayon::prelude::*;
 use super::tap_table::TapTable;
 use super::Conv2dShape;
 use crate::float::Real;
+use crate::ops::scratch::with_scratch;
 use crate::ops::simd::{is_f32, multiversion};
 use crate::ops::tile::{self, DotFn, TileFn, DC, DQ, DR, MR, NR};
 use crate::profile::{self, Op};
@@ -321,14 +322,16 @@ pub fn forward<T: Real>(
     let table = table.as_ref();
     let columns = direct.map_or(n_total, |d| d.columns(s));
     let width = task_width(columns);
-    (0..columns.div_ceil(width)).into_par_iter().for_each_init(
-        || (vec![T::zero(); KC * NC], vec![T::zero(); tiles * MR * NC]),
-        |(b, c), task| {
+    (0..columns.div_ceil(width))
+        .into_par_iter()
+        .for_each(|task| {
             let n0 = task * width;
             let nc = width.min(columns - n0);
-            forward_task(s, x, a, bias, y_out, kern, direct, table, b, c, n0, nc)
-        },
-    );
+            with_scratch(KC * NC + tiles * MR * NC, |scratch: &mut [T]| {
+                let (b, c) = scratch.split_at_mut(KC * NC);
+                forward_task(s, x, a, bias, y_out, kern, direct, table, b, c, n0, nc)
+            })
+        });
 }
 
 /// Columns per forward task: NC, or fewer (whole tiles) when that leaves under four tasks per
@@ -684,9 +687,8 @@ pub fn backward_weights<T: Real>(s: &Conv2dShape, x: &[T], dy: &[T], dw: &mut [T
         (m_pad / (8 / k_chunks)).next_multiple_of(DR).max(DR)
     };
     let m_chunks = m_pad.div_ceil(m_chunk);
-    (0..k_chunks * m_chunks).into_par_iter().for_each_init(
-        || vec![T::zero(); NCW * QB],
-        |b, task| {
+    (0..k_chunks * m_chunks).into_par_iter().for_each(|task| {
+        with_scratch(NCW * QB, |b: &mut [T]| {
             let (k0, r0) = ((task / m_chunks) * NCW, (task % m_chunks) * m_chunk);
             let (ncw, rows_here) = (NCW.min(k - k0), m_chunk.min(m_pad - r0));
             for q0 in (0..q_pad).step_by(QB) {
@@ -718,16 +720,17 @@ pub fn backward_weights<T: Real>(s: &Conv2dShape, x: &[T], dy: &[T], dw: &mut [T
                     }
                 }
             }
-        },
-    );
+        })
+    });
 }
 
 /// [`backward_weights`] for a stride-1 convolution with the patches read in place from the
-/// padded input (f32 on AVX-512, rows wide enough for the channel count; None otherwise). The sum runs over *padded* positions
-/// q = oy·Wp + ox, ox < Wp: there tap k of image n reads padded[n, offset(k) + q], one
-/// contiguous run per image, and dy is copied with zeros at ox ≥ W′ (and up to a multiple of
-/// 16), so the extra positions add nothing. Each task keeps its tiles' 16-lane partial sums
-/// across blocks of images and adds the lanes up once, in a fixed order.
+/// padded input (f32 on AVX-512, rows wide enough for the channel count; None otherwise). The
+/// sum runs over *padded* positions q = oy·Wp + ox, ox < Wp: there tap k of image n reads
+/// padded[n, offset(k) + q], one contiguous run per image, and dy is copied with zeros at
+/// ox ≥ W′ (and up to a multiple of 16), so the extra positions add nothing. Each task keeps
+/// its tiles' 16-lane partial sums across blocks of images and adds the lanes up once, in a
+/// fixed order.
 fn backward_weights_in_place<T: Real>(
     s: &Conv2dShape,
     x: &[T],
