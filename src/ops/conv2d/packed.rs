@@ -411,16 +411,34 @@ impl Direct {
         }
         // SAFETY: T is f32 (checked above).
         let x: &[f32] = unsafe { std::slice::from_raw_parts(x.as_ptr().cast(), x.len()) };
-        let mut padded = vec![0f32; s.input.n * c * hp * wp + 32 + s.kernel.1];
-        padded
-            .par_chunks_mut(hp * wp)
+        // Every value written once (zeros around each plane, the plane's rows between), with
+        // no zeroing pass over the whole buffer first: this copy is made at every convolution.
+        let planes = s.input.n * c;
+        let len = planes * hp * wp + 32 + s.kernel.1;
+        let mut padded: Vec<f32> = Vec::with_capacity(len);
+        let (body, tail) = padded.spare_capacity_mut()[..len].split_at_mut(planes * hp * wp);
+        body.par_chunks_mut(hp * wp)
             .zip(x.par_chunks(h * w))
             .for_each(|(dst, src)| {
-                for (r, row) in src.chunks_exact(w).enumerate() {
-                    let at = (r + s.pad.top) * wp + s.pad.left;
-                    dst[at..at + w].copy_from_slice(row);
+                let zero = std::mem::MaybeUninit::new(0f32);
+                let (top, rest) = dst.split_at_mut(s.pad.top * wp);
+                top.fill(zero);
+                let (rows, bottom) = rest.split_at_mut(h * wp);
+                bottom.fill(zero);
+                for (line, row) in rows.chunks_exact_mut(wp).zip(src.chunks_exact(w)) {
+                    let (left, rest) = line.split_at_mut(s.pad.left);
+                    left.fill(zero);
+                    let (inside, right) = rest.split_at_mut(w);
+                    for (d, &v) in inside.iter_mut().zip(row) {
+                        d.write(v);
+                    }
+                    right.fill(zero);
                 }
             });
+        tail.fill(std::mem::MaybeUninit::new(0f32));
+        // SAFETY: every one of the `len` values was written above (each plane's top rows, rows
+        // of left padding, values and right padding, bottom rows; then the tail).
+        unsafe { padded.set_len(len) };
         let (kh, kw) = s.kernel;
         let offsets = (0..s.patch_len())
             .map(|k| {
