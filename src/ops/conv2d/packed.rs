@@ -19,6 +19,8 @@
 //! the columns may be *padded* positions (rows Wp wide, the extra columns computed and
 //! dropped, or multiplied by zeros in the weight gradient), so N is then B·H′·Wp rounded up.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::tap_table::TapTable;
@@ -684,15 +686,16 @@ pub fn backward_weights<T: Real>(s: &Conv2dShape, x: &[T], dy: &[T], dw: &mut [T
     }
     // (m rounded up to DR, positions rounded up to DQ): zero rows and columns of padding.
     let (m_pad, q_pad) = (m.next_multiple_of(DR), n_total.next_multiple_of(DQ));
-    let mut left = vec![T::zero(); m_pad * q_pad];
-    left.par_chunks_mut(q_pad)
-        .take(m)
-        .enumerate()
-        .for_each(|(co, row)| {
-            for (img, part) in row[..n_total].chunks_exact_mut(p).enumerate() {
-                part.copy_from_slice(&dy[(img * m + co) * p..(img * m + co + 1) * p]);
+    // SAFETY: each row is written whole: every image's positions, then the rounding up to DQ.
+    let left = unsafe {
+        rows_written(m_pad, q_pad, m, |co, row| {
+            let (real, end) = row.split_at_mut(n_total);
+            for (img, part) in real.chunks_exact_mut(p).enumerate() {
+                write(part, &dy[(img * m + co) * p..(img * m + co + 1) * p]);
             }
-        });
+            zero(end);
+        })
+    };
     let kern: DotFn<T> = tile::dot_kernel::<T>();
     let table = TapTable::pays(s).then(|| TapTable::new::<T>(s)).flatten();
     let table = table.as_ref();
@@ -776,18 +779,22 @@ fn backward_weights_in_place<T: Real>(
         let m_pad = m.next_multiple_of(DR);
         let lda = out.n * lq;
         // dy (B, C_out, H′, W′) → rows co of (image, padded position), zero where ox ≥ W′.
-        let mut left = vec![0f32; m_pad * lda];
-        left.par_chunks_mut(lda)
-            .take(m)
-            .enumerate()
-            .for_each(|(co, row)| {
+        // SAFETY: each row's images are written whole: rows of values and padding, then the
+        // rounding up to 16.
+        let left = unsafe {
+            rows_written(m_pad, lda, m, |co, row| {
                 for (img, part) in row.chunks_exact_mut(lq).enumerate() {
                     let src = &dy[(img * m + co) * p..(img * m + co + 1) * p];
-                    for (oy, line) in src.chunks_exact(out.w).enumerate() {
-                        part[oy * wp..oy * wp + out.w].copy_from_slice(line);
+                    let (lines, end) = part.split_at_mut(out.h * wp);
+                    for (line, values) in lines.chunks_exact_mut(wp).zip(src.chunks_exact(out.w)) {
+                        let (inside, past) = line.split_at_mut(out.w);
+                        write(inside, values);
+                        zero(past);
                     }
+                    zero(end);
                 }
-            });
+            })
+        };
         // Images per block: about 1024 positions, so a tile's rows of b stay in L1.
         let per_block = (1024 / lq).max(1);
         let k_chunks = k.div_ceil(NCW);
@@ -856,6 +863,40 @@ fn backward_weights_in_place<T: Real>(
         let _ = (s, x, dy, dw);
         None
     }
+}
+
+/// A (rows × len) matrix whose rows r < `filled` are written by `fill(r, row)` and the others
+/// are zero, in parallel over rows. Built without zeroing the buffer first: these are copies of
+/// dy made at every weight gradient.
+///
+/// # Safety
+/// `fill` must write every value of the row it is given.
+unsafe fn rows_written<T: Real>(
+    rows: usize,
+    len: usize,
+    filled: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
+) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(rows * len);
+    out.spare_capacity_mut()[..rows * len]
+        .par_chunks_mut(len.max(1))
+        .enumerate()
+        .for_each(|(r, row)| if r < filled { fill(r, row) } else { zero(row) });
+    // SAFETY: every row was written, by `fill` (the caller's promise) or with zeros.
+    unsafe { out.set_len(rows * len) };
+    out
+}
+
+/// Writes `src` into `dst` (same length).
+fn write<T: Real>(dst: &mut [MaybeUninit<T>], src: &[T]) {
+    for (d, &v) in dst.iter_mut().zip(src) {
+        d.write(v);
+    }
+}
+
+/// Writes zeros into `dst`.
+fn zero<T: Real>(dst: &mut [MaybeUninit<T>]) {
+    dst.fill(MaybeUninit::new(T::zero()));
 }
 
 /// A contiguous row: offset `at` is element `at`.
