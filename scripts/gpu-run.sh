@@ -15,7 +15,8 @@
 #                           fp32; bf16 also with DDPM_CONV=shifted) and cifar10-small
 #
 # The side-by-side comparison with PyTorch is a separate command (torch.compile alone takes
-# minutes): python3 scripts/side_by_side.py --ddpm bundle/bin/ddpm
+# minutes): . bundle/env.sh; python3 scripts/side_by_side.py --ddpm bundle/bin/ddpm. For the
+# first loan, bundle/gpu-check.sh (scripts/gpu-check.sh) is the shorter, prioritised run.
 #   precision-curves        scripts/precision_curves.py: tiny for 2000 steps in fp32, bf16 and
 #                           fp16, loss curves against fp32 (table in logs/precision/)
 #   criterion-<bench>       each bundle/benches/* with --bench and short criterion settings
@@ -43,6 +44,10 @@ budget="${DDPM_GPU_RUN_BUDGET:-540}"
 reserve=20 # seconds kept back for the summary and packing
 LOGS="$OUT/logs"
 mkdir -p "$LOGS"
+# gpu-bundle.sh packs the executables that only this script runs into more.tar.gz.
+if [ -f "$B/more.tar.gz" ]; then
+  tar -xzf "$B/more.tar.gz" -C "$B" || echo "gpu-run: could not unpack $B/more.tar.gz"
+fi
 chmod +x "$B"/bin/* "$B"/tests/* "$B"/benches/* 2>/dev/null
 t_start=$SECONDS
 
@@ -155,46 +160,12 @@ run_step() { # run_step NAME TIMEOUT COMMAND...
 
 # --- the machine ------------------------------------------------------------------------------
 
-# cudarc dlopens libcuda.so.1, libcublas(.so.13), libcublasLt and libnvrtc by name: when the
-# loader cannot see one, look in the usual CUDA and pip (nvidia/*) folders and extend
-# LD_LIBRARY_PATH.
-lib_visible() {
-  ldconfig -p 2>/dev/null | grep -q "[[:space:]]$1[[:space:]]" && return 0
-  local d
-  IFS=: read -ra dirs <<<"${LD_LIBRARY_PATH:-}"
-  for d in "${dirs[@]}"; do [ -n "$d" ] && [ -e "$d/$1" ] && return 0; done
-  return 1
-}
-lib_report=()
-setup_libs() {
-  local site=() cands=() lib d found
-  if command -v python3 >/dev/null; then
-    mapfile -t site < <(python3 -c 'import site; print("\n".join(site.getsitepackages()))' 2>/dev/null)
-  fi
-  cands=("${CUDA_HOME:-/usr/local/cuda}/lib64" /usr/local/cuda/lib64
-    /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64 /usr/local/nvidia/lib
-    /usr/lib/x86_64-linux-gnu)
-  for d in "${site[@]}"; do
-    for lib in "$d"/nvidia/*/lib; do [ -d "$lib" ] && cands+=("$lib"); done
-  done
-  for lib in libcuda.so.1 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13; do
-    if lib_visible "$lib"; then
-      lib_report+=("$lib: visible to the loader")
-      continue
-    fi
-    found=
-    for d in "${cands[@]}"; do
-      if [ -e "$d/$lib" ]; then found=$d && break; fi
-    done
-    if [ -n "$found" ]; then
-      export LD_LIBRARY_PATH="$found${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-      lib_report+=("$lib: added $found to LD_LIBRARY_PATH")
-    else
-      lib_report+=("$lib: NOT FOUND")
-    fi
-  done
-}
-setup_libs
+# bundle/env.sh (scripts/gpu-env.sh): libcuda, libcublas and libcublasLt where the loader finds
+# them (LD_LIBRARY_PATH extended from the usual CUDA, driver and pip nvidia/* folders),
+# compute-sanitizer and nvidia-smi on PATH, bundle/bin first on PATH.
+# shellcheck source=gpu-env.sh
+if [ -f "$B/env.sh" ]; then . "$B/env.sh"; else . "$B/../scripts/gpu-env.sh"; fi
+mapfile -t lib_report <<<"$DDPM_ENV_REPORT"
 
 gpu_line="no GPU (nvidia-smi not found)"
 {
@@ -212,9 +183,8 @@ gpu_line="no GPU (nvidia-smi not found)"
   echo "$(uname -srm), $(nproc) CPUs, $(free -g 2>/dev/null | awk '/^Mem:/ {print $2 " GiB memory"}')"
   ldd --version 2>&1 | head -n 1
   echo
-  echo "# CUDA libraries"
+  echo "# CUDA libraries (bundle/env.sh)"
   printf '%s\n' "${lib_report[@]}"
-  echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
   echo
   echo "# bundle/MANIFEST"
   cat "$B/MANIFEST" 2>/dev/null || echo "(no MANIFEST)"
@@ -281,9 +251,12 @@ if [ "${DDPM_GPU_RUN_CPU_TESTS:-1}" != 0 ]; then
       mkdir -p "$(dirname "$build_dir")" && ln -s "$PWD" "$build_dir" &&
         echo "gpu-run: linked $build_dir -> $PWD for the CPU tests"
     fi
-    if [ -d "$build_dir" ] && [ ! -e "$build_dir/target/release/ddpm" ]; then
-      mkdir -p "$build_dir/target/release" && cp "$ddpm" "$build_dir/target/release/ddpm" &&
-        echo "gpu-run: copied bin/ddpm to $build_dir/target/release/ddpm for tests/cli.rs"
+    # CARGO_BIN_EXE_ddpm: <target_dir>/release/ddpm (target_dir: target/gpu-bundle by default).
+    target_dir="$(sed -n 's/^target_dir: *//p' "$B/MANIFEST" 2>/dev/null | head -n 1)"
+    target_dir="${target_dir:-$build_dir/target}"
+    if [ -d "$build_dir" ] && [ ! -e "$target_dir/release/ddpm" ]; then
+      mkdir -p "$target_dir/release" && cp "$ddpm" "$target_dir/release/ddpm" &&
+        echo "gpu-run: copied bin/ddpm to $target_dir/release/ddpm for tests/cli.rs"
     fi
   fi
   for exe in "$B"/tests/*; do
