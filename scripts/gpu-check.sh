@@ -554,7 +554,9 @@ else
   write_summary
 
   # The first failure under compute-sanitizer: memcheck, then racecheck if 30 s are left.
-  first_bad="$(awk -F'\t' '$2 != "ok" && $2 != "SKIPPED" && $2 != "NOT RUN" { print $1; exit }' "$W/cuda-results.tsv")"
+  # (A failure or crash first; a hung test only when there is none: it would hang there too.)
+  first_bad="$(awk -F'\t' '$2 == "FAILED" || $2 == "CRASHED" { print $1; exit }' "$W/cuda-results.tsv")"
+  [ -n "$first_bad" ] || first_bad="$(awk -F'\t' '$2 == "HUNG" { print $1; exit }' "$W/cuda-results.tsv")"
   if grep -q 'SKIPPED, not run' "$W/cuda.log"; then
     record "2 compute-sanitizer" SKIPPED 0 "the suite could not open the GPU"
   elif [ -z "$first_bad" ]; then
