@@ -866,8 +866,9 @@ fn backward_weights_in_place<T: Real>(
 }
 
 /// A (rows × len) matrix whose rows r < `filled` are written by `fill(r, row)` and the others
-/// are zero, in parallel over rows. Built without zeroing the buffer first: these are copies of
-/// dy made at every weight gradient.
+/// are zero, in parallel over rows, starting on a 64-byte boundary (so that rows a multiple of
+/// 16 values long give the tile aligned vector loads, none split across two cache lines).
+/// Built without zeroing the buffer first: these are copies of dy made at every weight gradient.
 ///
 /// # Safety
 /// `fill` must write every value of the row it is given.
@@ -876,15 +877,33 @@ unsafe fn rows_written<T: Real>(
     len: usize,
     filled: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
-) -> Vec<T> {
-    let mut out: Vec<T> = Vec::with_capacity(rows * len);
-    out.spare_capacity_mut()[..rows * len]
+) -> AlignedRows<T> {
+    let size = std::mem::size_of::<T>();
+    let mut buf: Vec<T> = Vec::with_capacity(rows * len + 64 / size);
+    let start = (64 - buf.as_ptr() as usize % 64) % 64 / size;
+    let (before, matrix) = buf.spare_capacity_mut().split_at_mut(start);
+    zero(before);
+    matrix[..rows * len]
         .par_chunks_mut(len.max(1))
         .enumerate()
         .for_each(|(r, row)| if r < filled { fill(r, row) } else { zero(row) });
-    // SAFETY: every row was written, by `fill` (the caller's promise) or with zeros.
-    unsafe { out.set_len(rows * len) };
-    out
+    // SAFETY: the values before `start` are zeros; every row was written, by `fill` (the
+    // caller's promise) or with zeros.
+    unsafe { buf.set_len(start + rows * len) };
+    AlignedRows { buf, start }
+}
+
+/// [`rows_written`]'s matrix: the values of `buf` from `start`.
+struct AlignedRows<T> {
+    buf: Vec<T>,
+    start: usize,
+}
+
+impl<T> std::ops::Deref for AlignedRows<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.start..]
+    }
 }
 
 /// Writes `src` into `dst` (same length).
