@@ -9,11 +9,12 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
 
-use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::cublas::sys as blas_sys;
 
 use crate::precision::Precision;
 use cudarc::driver::{result, sys};
 
+use super::blas::{Blas, BlasFailure};
 use super::kernels;
 use super::probe::{self, DriverStatus};
 
@@ -209,7 +210,7 @@ pub struct Gpu {
     stream: sys::CUstream,
     modules: Vec<sys::CUmodule>,
     functions: HashMap<&'static str, sys::CUfunction>,
-    blas: blas_sys::cublasHandle_t,
+    blas: Blas,
     _blas_workspace: DeviceMemory,
     /// Device allocations made so far and their bytes: a step must not add to them.
     allocations: Cell<usize>,
@@ -222,20 +223,62 @@ pub struct Gpu {
 /// Bytes of the cuBLAS workspace (what cuBLAS recommends for Hopper).
 const BLAS_WORKSPACE: usize = 32 << 20;
 
+/// A failed cuBLAS call `op` as a [`CudaError`].
+fn blas_error(op: &'static str) -> impl Fn(BlasFailure) -> CudaError {
+    move |e| CudaError::new(CudaErrorKind::Blas, op, e.to_string())
+}
+
+/// What every handle gets, on a GPU and under the emulator alike: the stream, the math mode
+/// and a workspace (from `workspace`, owned by the caller as long as the handle lives).
+fn configure_blas(
+    blas: &Blas,
+    stream: blas_sys::cudaStream_t,
+    workspace: impl FnOnce() -> CudaResult<DeviceMemory>,
+) -> CudaResult<DeviceMemory> {
+    // SAFETY: a live handle; `stream` belongs to the current context.
+    unsafe { blas.set_stream(stream) }.map_err(blas_error("cublasSetStream"))?;
+    // Default math (full fp32, no TF32, so fp32 results agree with the CPU reference) with
+    // reduced-precision reductions disallowed (the enum's value is CUBLAS_DEFAULT_MATH, 0, with
+    // that flag): otherwise a split-K GEMM with a bf16/fp16 C may add its partial results in
+    // 16 bits, rounding each. The emulator models that, and without this flag the exact-integer
+    // and attention-bound tests fail under it.
+    // SAFETY: a live handle.
+    unsafe {
+        blas.set_math_mode(blas_sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION)
+    }
+    .map_err(blas_error("cublasSetMathMode"))?;
+    let ws = workspace()?;
+    // SAFETY: `ws` lives as long as the handle (both owned by the Gpu).
+    unsafe { blas.set_workspace(ws.ptr as *mut c_void, ws.bytes) }
+        .map_err(blas_error("cublasSetWorkspace"))?;
+    Ok(ws)
+}
+
 impl Gpu {
     /// Opens device `ordinal`: checks the driver and the kernel image first, so a machine
     /// without a GPU gets a sentence, never a panic.
     pub fn open(ordinal: usize) -> CudaResult<Self> {
         #[cfg(feature = "cuda-emulator")]
-        return Ok(Self::emulated(ordinal));
+        return Self::emulated(ordinal);
         #[cfg(not(feature = "cuda-emulator"))]
         Self::open_driver(ordinal)
     }
 
-    /// The CPU emulation of a GPU (the `cuda-emulator` feature; see `super::emulator`).
+    /// The CPU emulation of a GPU (the `cuda-emulator` feature; see `super::emulator`): its
+    /// cuBLAS handle is the emulator's, set up by the same calls as on a GPU.
     #[cfg(feature = "cuda-emulator")]
-    fn emulated(ordinal: usize) -> Self {
-        Self {
+    fn emulated(ordinal: usize) -> CudaResult<Self> {
+        let blas = Blas::create(true).map_err(blas_error("cublasCreate"))?;
+        let workspace = || {
+            let ptr = super::emulator::alloc_bytes(BLAS_WORKSPACE, "the cuBLAS workspace")?;
+            Ok(DeviceMemory {
+                ptr,
+                bytes: BLAS_WORKSPACE,
+                host: true,
+            })
+        };
+        let ws = configure_blas(&blas, std::ptr::null_mut(), workspace)?;
+        Ok(Self {
             ordinal,
             name: "CPU emulator (not a GPU)".into(),
             compute_capability: (9, 0),
@@ -244,17 +287,13 @@ impl Gpu {
             stream: std::ptr::null_mut(),
             modules: Vec::new(),
             functions: HashMap::new(),
-            blas: std::ptr::null_mut(),
-            _blas_workspace: DeviceMemory {
-                ptr: 0,
-                bytes: 0,
-                host: true,
-            },
-            allocations: Cell::new(0),
-            allocated_bytes: Cell::new(0),
+            blas,
+            _blas_workspace: ws,
+            allocations: Cell::new(1),
+            allocated_bytes: Cell::new(BLAS_WORKSPACE),
             emulated: true,
             _not_send: std::marker::PhantomData,
-        }
+        })
     }
 
     /// Whether this is the `cuda-emulator` stand-in rather than a real device.
@@ -341,41 +380,31 @@ impl Gpu {
             }
         }
 
-        let b = |op: &'static str| {
-            move |e: blas::CublasError| CudaError::new(CudaErrorKind::Blas, op, format!("{e:?}"))
-        };
         // SAFETY: the context is current on this thread.
         if !unsafe { blas_sys::is_culib_present() } {
             return Err(unavailable(
                 "libcublas could not be loaded (is CUDA's cuBLAS installed?)".into(),
             ));
         }
-        let handle = blas::create_handle().map_err(b("cublasCreate"))?;
-        let gpu_partial = |handle| -> CudaResult<DeviceMemory> {
-            // SAFETY: `handle` is live and `stream` belongs to the current context.
-            unsafe { blas::set_stream(handle, stream.cast()) }.map_err(b("cublasSetStream"))?;
-            // Full fp32 (no TF32) so fp32 results agree with the CPU reference.
-            // SAFETY: valid handle.
-            unsafe {
-                blas_sys::cublasSetMathMode(handle, blas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH)
-            }
-            .result()
-            .map_err(b("cublasSetMathMode"))?;
+        let mut handle = Blas::create(false).map_err(blas_error("cublasCreate"))?;
+        let workspace = || {
             // SAFETY: plain device allocation.
             let ptr = unsafe { result::malloc_sync(BLAS_WORKSPACE) }
                 .map_err(d("allocate the cuBLAS workspace"))?;
-            let ws = DeviceMemory {
+            Ok(DeviceMemory {
                 ptr,
                 bytes: BLAS_WORKSPACE,
                 host: false,
-            };
-            // SAFETY: `ws` lives as long as the handle (both owned by the Gpu).
-            unsafe { blas_sys::cublasSetWorkspace_v2(handle, ptr as *mut c_void, BLAS_WORKSPACE) }
-                .result()
-                .map_err(b("cublasSetWorkspace"))?;
-            Ok(ws)
+            })
         };
-        let ws = gpu_partial(handle)?;
+        let ws = match configure_blas(&handle, stream.cast(), workspace) {
+            Ok(ws) => ws,
+            Err(e) => {
+                // SAFETY: nothing was queued on the handle.
+                unsafe { handle.destroy() };
+                return Err(e);
+            }
+        };
         Ok(Self {
             ordinal,
             name: info.name.clone(),
@@ -422,7 +451,7 @@ impl Gpu {
         }
         #[cfg(feature = "cuda-emulator")]
         if self.emulated {
-            let ptr = super::emulator::alloc_bytes(bytes)?;
+            let ptr = super::emulator::alloc_bytes(bytes, what)?;
             self.allocations.set(self.allocations.get() + 1);
             self.allocated_bytes.set(self.allocated_bytes.get() + bytes);
             return Ok(DeviceMemory {
@@ -631,11 +660,11 @@ impl Gpu {
             return Ok(());
         }
         let flag = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
-        let fail = |e: blas::CublasError| {
+        let fail = |e: BlasFailure| {
             CudaError::new(
                 CudaErrorKind::Blas,
                 format!("{op}: gemm m={m} n={n} k={k} batch={batch}"),
-                format!("{e:?}"),
+                e.to_string(),
             )
         };
         let int = |v: usize| {
@@ -667,11 +696,6 @@ impl Gpu {
                 format!("fp32 operands with a {} result", c.dtype),
             ));
         }
-        #[cfg(feature = "cuda-emulator")]
-        if self.emulated {
-            super::emulator::gemm_rm((m, n, k), alpha, a, b, beta, c, batch);
-            return Ok(());
-        }
         if mixed {
             let ty = |p: Precision| match p {
                 Precision::Fp32 => cudarc::cublas::sys::cudaDataType::CUDA_R_32F,
@@ -680,8 +704,7 @@ impl Gpu {
             };
             // SAFETY: as below; α and β are f32, as compute type 32F requires.
             return unsafe {
-                blas::gemm_strided_batched_ex(
-                    self.blas,
+                self.blas.gemm_strided_batched_ex(
                     flag(b.transposed),
                     flag(a.transposed),
                     int(n)?,
@@ -711,8 +734,7 @@ impl Gpu {
         // Row-major C = A·B is column-major Cᵀ = Bᵀ·Aᵀ: swap the operands and m/n.
         // SAFETY: the caller guarantees the device ranges cover the described matrices.
         unsafe {
-            blas::sgemm_strided_batched(
-                self.blas,
+            self.blas.sgemm_strided_batched(
                 flag(b.transposed),
                 flag(a.transposed),
                 int(n)?,
@@ -771,12 +793,14 @@ impl Gpu {
 impl Drop for Gpu {
     fn drop(&mut self) {
         if self.emulated {
+            // SAFETY: the emulator ran every call to completion.
+            unsafe { self.blas.destroy() };
             return;
         }
         // SAFETY: every handle below was created by `open` and is not used after this.
         unsafe {
             let _ = result::stream::synchronize(self.stream);
-            let _ = blas::destroy_handle(self.blas);
+            self.blas.destroy();
             for &m in &self.modules {
                 let _ = result::module::unload(m);
             }

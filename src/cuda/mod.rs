@@ -3,6 +3,7 @@
 //! and the GPU implementation of [`crate::backend::Backend`].
 
 pub mod backend;
+pub mod blas;
 pub mod device;
 #[cfg(feature = "cuda-emulator")]
 mod emulator;

@@ -2,6 +2,7 @@
 //! harness (`harness = false`): without a GPU every test is listed as SKIPPED with the reason.
 
 mod attention;
+mod blas;
 mod conv;
 mod conv_shifted;
 mod diffusion;
@@ -15,6 +16,7 @@ use ddpm::cuda::testing::{run_main, Case};
 
 fn main() {
     let mut cases: Vec<Case> = Vec::new();
+    cases.extend(blas::cases());
     cases.extend(groupnorm::cases());
     cases.extend(conv::cases());
     cases.extend(conv_shifted::cases());
