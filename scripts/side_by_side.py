@@ -7,8 +7,9 @@ batch size, a task and a precision), run by up to three engines, one after anoth
 own child process of this one, on the same device (a GPU, or the CPU with the same thread count):
 
   ddpm      `ddpm bench train|sample ... --json` (the binary from --ddpm; default bundle/bin/ddpm
-            when it exists, else target/release/ddpm). Its last stdout line starting with `{` is
-            the result.
+            when it exists, else target/release/ddpm). Its stdout is the result, one JSON object
+            on one line (its other lines go to stderr); the last stdout line starting with `{`
+            is read, so older builds that printed their report lines first still parse.
   eager     scripts/pytorch_reference.py --mode eager: the same UNet in plain PyTorch (autocast
             for bf16/fp16; fp32 is plain fp32, TF32 off).
   compile   scripts/pytorch_reference.py --mode compile: the same, through torch.compile (on the

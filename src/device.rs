@@ -118,7 +118,7 @@ impl Device {
             DeviceArg::Auto => match Gpu::open(0) {
                 Ok(g) => Ok(Self::Cuda(Rc::new(g))),
                 Err(e) => {
-                    note(&format!("device: using the CPU ({})", e.msg));
+                    note(&format!("device: using the CPU: {}", e.msg));
                     Ok(Self::Cpu)
                 }
             },
@@ -160,7 +160,7 @@ mod tests {
         match d {
             Device::Cpu => {
                 assert_eq!(notes.len(), 1, "{notes:?}");
-                assert!(notes[0].starts_with("device: using the CPU ("), "{notes:?}");
+                assert!(notes[0].starts_with("device: using the CPU: "), "{notes:?}");
             }
             Device::Cuda(_) => assert!(notes.is_empty()),
         }

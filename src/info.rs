@@ -38,7 +38,12 @@ impl SystemInfo {
             kernels: KernelInfo {
                 built_in: kernels::built_in(),
                 nvcc_version: kernels::NVCC_VERSION,
-                targets: kernels::TARGETS,
+                // What the built-in kernels were compiled for: none when there are none.
+                targets: if kernels::built_in() {
+                    kernels::TARGETS
+                } else {
+                    &[]
+                },
                 modules: kernels::MODULES
                     .iter()
                     .map(|m| ModuleInfo {
@@ -106,8 +111,10 @@ impl fmt::Display for SystemInfo {
         }
         writeln!(
             f,
-            "CPU: {} threads in use ({} available)",
-            self.cpu_threads, self.cpu_cores
+            "CPU: {} thread{} in use ({} available)",
+            self.cpu_threads,
+            if self.cpu_threads == 1 { "" } else { "s" },
+            self.cpu_cores
         )
     }
 }

@@ -12,7 +12,7 @@ fn main() -> std::process::ExitCode {
     match ddpm::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", ddpm::usage_error::report(&e));
             // 2 for a flag that cannot work, as for clap's own errors; 1 for anything else.
             std::process::ExitCode::from(if ddpm::usage_error::is_usage(&e) {
                 2

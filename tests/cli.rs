@@ -384,7 +384,9 @@ fn bench_profile_peak_and_geometry_overrides() {
         "--profile",
         "--json",
     ]);
-    let text = ok(&out);
+    // With --json the JSON is all of stdout; the table and the other lines are on stderr.
+    let json: serde_json::Value = serde_json::from_str(&ok(&out)).expect("stdout is JSON");
+    let text = String::from_utf8_lossy(&out.stderr);
     for row in [
         "| conv forward |",
         "| conv backward (weights) |",
@@ -394,8 +396,6 @@ fn bench_profile_peak_and_geometry_overrides() {
         assert!(text.contains(row), "no {row} row in:\n{text}");
     }
     assert!(text.contains("f32 FMA peak measured now"), "{text}");
-    let json: serde_json::Value =
-        serde_json::from_str(text.lines().last().expect("a last line")).expect("JSON last");
     assert!(
         json["peak_rss_bytes"].as_u64().is_some_and(|b| b > 0),
         "{json}"
@@ -417,7 +417,7 @@ fn bench_profile_peak_and_geometry_overrides() {
         "0",
         "--json",
     ]));
-    let plain: serde_json::Value = serde_json::from_str(plain.lines().last().unwrap()).unwrap();
+    let plain: serde_json::Value = serde_json::from_str(&plain).unwrap();
     assert_ne!(
         json["params"], plain["params"],
         "--channels 1 did not change the model"
@@ -543,6 +543,7 @@ fn export_writes_a_pipeline_that_samples_like_its_checkpoint() {
             raw.to_str().unwrap(),
             "--out",
             dir.join("images").to_str().unwrap(),
+            "--force",
             "--device",
             "cpu",
             "-q",
@@ -561,7 +562,12 @@ fn export_writes_a_pipeline_that_samples_like_its_checkpoint() {
         "--out",
         exported.to_str().unwrap(),
     ]);
-    fails_with(&again, 1, "--force");
+    fails_with(&again, 2, "--force");
+    fails_with(
+        &again,
+        2,
+        "already holds 3 entries (model_index.json, scheduler/, unet/)",
+    );
     let not_a_model = dir.join("images");
     fails_with(
         &ddpm(&[
@@ -746,5 +752,343 @@ fn guided_sampling_progression_and_the_sampler_table() {
         let fd: f64 = row.split('|').nth(4).unwrap().trim().parse().unwrap();
         assert!(fd.is_finite() && fd >= 0.0, "{row}");
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---- outputs that do not mix, and messages that say what would work --------------------------
+
+/// Runs `ddpm` with `args` in the folder `cwd`.
+fn ddpm_in(cwd: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ddpm"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run ddpm")
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// A two-step run of the small model in `dir/run`.
+fn small_run(dir: &Path) -> PathBuf {
+    let model = dir.join("model.json");
+    std::fs::write(&model, SMALL_MODEL).unwrap();
+    let run = dir.join("run");
+    ok(&ddpm(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--out",
+        run.to_str().unwrap(),
+        "--device",
+        "cpu",
+        "-q",
+    ]));
+    run
+}
+
+/// `sample`, `invert` and `interpolate` write under runs/ by default, refuse an --out that
+/// holds anything, and with --force replace their own earlier files and nothing else.
+#[test]
+fn sample_invert_and_interpolate_never_mix_old_and_new_output() {
+    let dir = temp_dir("fresh");
+    let run = small_run(&dir);
+    let ck = run.to_str().unwrap();
+    let cpu = ["--device", "cpu"];
+    let sample = |extra: &[&str]| {
+        let mut args = vec![
+            "sample",
+            "--checkpoint",
+            ck,
+            "--sampler",
+            "ddim",
+            "--steps",
+            "2",
+        ];
+        args.extend_from_slice(&cpu);
+        args.extend_from_slice(extra);
+        ddpm_in(&dir, &args)
+    };
+    // The default --out is runs/samples; the summary names the checkpoint it used.
+    let first = sample(&["--num", "3"]);
+    ok(&first);
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        err.contains("wrote 3 images and grid.png to runs/samples (2 evaluations of ddim")
+            && err.contains("EMA weights of ")
+            && err.contains("step_0000002.safetensors"),
+        "{err}"
+    );
+    let samples = dir.join("runs/samples");
+    let three = [
+        "grid.png",
+        "sample_00000.png",
+        "sample_00001.png",
+        "sample_00002.png",
+    ];
+    assert_eq!(names(&samples), three);
+    // Again into the same folder: refused, naming it and what is there; nothing changes.
+    let again = sample(&["--num", "1"]);
+    fails_with(
+        &again,
+        2,
+        "--out runs/samples: already holds 4 entries (grid.png, sample_00000.png, \
+         sample_00001.png, sample_00002.png); choose another --out, or pass --force",
+    );
+    assert_eq!(names(&samples), three);
+    // --force replaces the earlier samples: no stale image stays beside the new one.
+    ok(&sample(&["--num", "1", "--force", "-q"]));
+    assert_eq!(names(&samples), ["grid.png", "sample_00000.png"]);
+    // Only ddpm's own files: anything else is refused, not removed.
+    std::fs::write(samples.join("notes.txt"), b"mine").unwrap();
+    fails_with(
+        &sample(&["--num", "1", "--force"]),
+        2,
+        "--force replaces only what `ddpm sample` writes",
+    );
+    assert_eq!(
+        names(&samples),
+        ["grid.png", "notes.txt", "sample_00000.png"]
+    );
+
+    // invert: runs/inverted by default, the same rules.
+    let image = samples.join("sample_00000.png");
+    let invert = |extra: &[&str]| {
+        let mut args = vec!["invert", "--checkpoint", ck, "--steps", "2", "-q"];
+        args.extend_from_slice(&cpu);
+        args.extend(["--images", image.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        ddpm_in(&dir, &args)
+    };
+    ok(&invert(&[]));
+    let inverted = dir.join("runs/inverted");
+    let written = names(&inverted);
+    assert!(written.contains(&"report.json".to_string()), "{written:?}");
+    fails_with(&invert(&[]), 2, "runs/inverted: already holds");
+    ok(&invert(&["--force"]));
+    assert_eq!(names(&inverted), written);
+
+    // interpolate: runs/interpolation; fewer frames under --force leave no stale frame.
+    let interpolate = |frames: &str, extra: &[&str]| {
+        let mut args = vec!["interpolate", "--checkpoint", ck, "--seeds", "1", "2"];
+        args.extend(["--steps", "2", "--frames", frames, "-q"]);
+        args.extend_from_slice(&cpu);
+        args.extend_from_slice(extra);
+        ddpm_in(&dir, &args)
+    };
+    ok(&interpolate("3", &[]));
+    let frames = dir.join("runs/interpolation");
+    assert!(frames.join("frame_02.png").is_file());
+    fails_with(
+        &interpolate("2", &[]),
+        2,
+        "or pass --force to replace the earlier output of `ddpm interpolate`",
+    );
+    ok(&interpolate("2", &["--force"]));
+    assert_eq!(
+        names(&frames),
+        [
+            "frame_00.png",
+            "frame_01.png",
+            "noise.safetensors",
+            "strip.png"
+        ]
+    );
+    // An --eta that cannot work says so, without a note about T.
+    let eta = sample(&["--eta", "2", "--out", "elsewhere"]);
+    fails_with(&eta, 2, "--eta: must be in [0, 1], got 2");
+    assert!(!String::from_utf8_lossy(&eta.stderr).contains("T ="));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `bench --json` writes the JSON object and nothing else on stdout, so it pipes into `jq`.
+#[test]
+fn bench_json_is_the_only_thing_on_stdout() {
+    for kind in ["train", "sample"] {
+        let out = ddpm(&[
+            "bench",
+            kind,
+            "--device",
+            "cpu",
+            "--batch-size",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--image-size",
+            "8",
+            "--json",
+        ]);
+        let stdout = ok(&out);
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        let v: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is JSON");
+        assert_eq!(v["task"], kind, "{v}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("bench {kind}: preset tiny")) && err.contains("images/s: "),
+            "{err}"
+        );
+    }
+}
+
+/// Each message names the flag the user gave and what would work.
+#[test]
+fn messages_name_the_flag_given_and_what_would_work() {
+    let dir = temp_dir("messages");
+    let out = dir.join("out");
+    let o = out.to_str().unwrap();
+    // A count of 0 says what it must be, for every command that takes one.
+    for args in [
+        &["train", "--steps", "0"][..],
+        &["train", "--batch-size", "0"],
+        &["sample", "--checkpoint", "x", "--steps", "0"],
+        &["sample", "--checkpoint", "x", "--num", "0"],
+        &[
+            "invert",
+            "--checkpoint",
+            "x",
+            "--images",
+            "y",
+            "--steps",
+            "0",
+        ],
+        &[
+            "interpolate",
+            "--checkpoint",
+            "x",
+            "--seeds",
+            "1",
+            "2",
+            "--steps",
+            "0",
+        ],
+        &["bench", "train", "--steps", "0"],
+        &["bench", "samplers", "--checkpoint", "x", "--steps", "10,0"],
+    ] {
+        let run = ddpm(args);
+        fails_with(&run, 2, "must be at least 1");
+        assert!(
+            !String::from_utf8_lossy(&run.stderr).contains("18446744073709551615"),
+            "{args:?}"
+        );
+    }
+    fails_with(
+        &ddpm(&[
+            "interpolate",
+            "--checkpoint",
+            "x",
+            "--seeds",
+            "1",
+            "2",
+            "--frames",
+            "1",
+        ]),
+        2,
+        "must be from 2 to 1000",
+    );
+    // A misspelt data kind: a usage error with the nearest kind, before the device is chosen.
+    let typo = ddpm(&["train", "--data", "synthtic", "--out", o]);
+    fails_with(&typo, 2, "--data synthtic: ");
+    fails_with(&typo, 2, "did you mean `synthetic`?");
+    assert!(!String::from_utf8_lossy(&typo.stderr).contains("device:"));
+    fails_with(
+        &ddpm(&["train", "--data", "minst:/data", "--out", o]),
+        2,
+        "did you mean `mnist:/data`?",
+    );
+    // A size that does not divide: the flag given and the nearest sizes, no other flag.
+    let size = ddpm(&["train", "--image-size", "30", "--out", o]);
+    fails_with(&size, 2, "--image-size 30: ");
+    fails_with(&size, 2, "the nearest sizes are 28 or 32");
+    let err = String::from_utf8_lossy(&size.stderr);
+    assert!(
+        !err.contains("--channels") && !err.contains("--dropout"),
+        "{err}"
+    );
+    fails_with(
+        &ddpm(&["bench", "sample", "--image-size", "30"]),
+        2,
+        "--image-size 30: the tiny preset",
+    );
+    // A missing folder: the OS error once.
+    let missing = ddpm(&["train", "--data", "folder:/no/such/dir", "--out", o]);
+    fails_with(&missing, 1, "/no/such/dir");
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+    assert!(!out.exists());
+
+    // Help: the one-line summary, the flags a user needs first, only accepted values.
+    let top = ok(&ddpm(&["--help"]));
+    assert!(
+        !top.contains("DDPM or DDIM") && top.contains("six samplers"),
+        "{top}"
+    );
+    let help = ok(&ddpm(&["sample", "--help"]));
+    // The line of each flag.
+    let at = |flag: &str| {
+        help.lines()
+            .position(|l| {
+                let l = l.trim_start();
+                l == flag || l.starts_with(&format!("{flag} "))
+            })
+            .unwrap_or_else(|| panic!("no {flag} in:\n{help}"))
+    };
+    let order: Vec<usize> = [
+        "--checkpoint",
+        "--num",
+        "--sampler",
+        "--steps",
+        "--seed",
+        "--out",
+        "--force",
+        "--device",
+        "--threads",
+    ]
+    .iter()
+    .map(|f| at(f))
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}\n{help}");
+    let help = ok(&ddpm(&["interpolate", "--help"]));
+    assert!(
+        help.contains("--sampler <ddim|euler|heun|dpm++2m>"),
+        "{help}"
+    );
+
+    // Plurals, the device line, and the targets of kernels that are not there.
+    let info = ok(&ddpm(&["--threads", "1", "info"]));
+    assert!(info.contains("CPU: 1 thread in use"), "{info}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&ddpm(&["info", "--json"]))).unwrap();
+    if !ddpm::cuda::kernels::built_in() {
+        assert_eq!(json["kernels"]["targets"], serde_json::json!([]), "{json}");
+    }
+    let model = dir.join("model.json");
+    std::fs::write(&model, SMALL_MODEL).unwrap();
+    let train = ddpm(&[
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--steps",
+        "1",
+        "--batch-size",
+        "1",
+        "--out",
+        o,
+    ]);
+    ok(&train);
+    let err = String::from_utf8_lossy(&train.stderr);
+    assert!(err.contains("1 res block per level"), "{err}");
+    assert!(!err.contains("(s)") && !err.contains("))"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }

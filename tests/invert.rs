@@ -271,6 +271,7 @@ fn sample_image0(dir: &Path, seed: &str, sampler: &[&str]) -> Vec<f32> {
         "--device",
         "cpu",
         "-q",
+        "--force",
         "--out",
     ];
     let out = dir.join(format!("seed{seed}"));
@@ -423,11 +424,11 @@ fn bad_flags_are_usage_errors_and_nothing_is_written() {
         (vec!["--images", s(&in_dir)], "--images"),
         (
             vec!["--seeds", "1", "2", "--sampler", "ddpm"],
-            "--sampler ddpm",
+            "ddpm draws fresh noise at every step",
         ),
         (
             vec!["--seeds", "1", "2", "--sampler", "euler-maruyama"],
-            "--sampler euler-maruyama",
+            "euler-maruyama draws fresh noise at every step",
         ),
         (vec!["--seeds", "1", "2", "--eta", "0.5"], "--eta"),
         (

@@ -298,7 +298,8 @@ fn flags_that_cannot_work_are_usage_errors_and_write_nothing() {
         ),
         (
             ddpm(&["train", "--image-size", "18", "--out", o]),
-            "18 is not divisible by 4",
+            "--image-size 18: the tiny preset halves the image 2 times (3 levels), so its side \
+             must be a multiple of 4; the nearest sizes are 16 or 20",
         ),
         (train(&["--channels", "2"]), "--channels 2"),
         (

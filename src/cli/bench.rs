@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{ensure, Result};
 use clap::{Args, Subcommand};
 
+use super::args::{at_least, between, geometry_error, plural};
 use crate::cuda::sample::GpuSampler;
 use crate::cuda::train::GpuTrainer;
 use crate::data::Batch;
@@ -39,22 +40,37 @@ pub enum BenchCommand {
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Model preset.
-    #[arg(long, default_value = "tiny")]
+    #[arg(long, value_name = "PRESET", default_value = "tiny")]
     pub preset: String,
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Images per step.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = at_least::<1>)]
     pub batch_size: u64,
-    /// Timed training steps, or DDIM steps of the timed sampling run.
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Timed training steps, or DDIM steps of the timed sampling run [default: 20 for train,
+    /// 50 for sample].
+    #[arg(long, value_name = "N", value_parser = at_least::<1>)]
     pub steps: Option<u64>,
     /// Untimed steps first (kernel loading, caches, clocks).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, value_name = "N", default_value_t = 3)]
     pub warmup: u64,
-    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda[:N]")]
+    /// Where to run: auto (CUDA when a GPU and the kernels are present, else the CPU), cpu,
+    /// cuda or cuda:N.
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|cpu|cuda[:N]",
+        display_order = 901
+    )]
     pub device: DeviceArg,
     /// What the GPU stores activations as (bf16 by default on a GPU; the CPU is fp32 only).
-    #[arg(long, default_value = "auto", value_name = "auto|bf16|fp16|fp32")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|bf16|fp16|fp32",
+        display_order = 902
+    )]
     pub precision: PrecisionArg,
-    /// Also print the result as one JSON object on the last line (for scripts/side_by_side.py).
+    /// Print the result as one JSON object, the only output on stdout (the other lines go to
+    /// stderr), as `jq` and scripts/side_by_side.py read it.
     #[arg(long)]
     pub json: bool,
     /// Print where a step goes: time per kind of op (convolution forward and backward,
@@ -62,10 +78,10 @@ pub struct BenchArgs {
     #[arg(long)]
     pub profile: bool,
     /// Image side length instead of the preset's (e.g. 28 for MNIST-sized images).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    #[arg(long, value_name = "PIXELS", value_parser = between::<1, 4096>)]
     pub image_size: Option<u64>,
     /// Image channels instead of the preset's (e.g. 1 for greyscale).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, value_name = "C", value_parser = between::<1, 64>)]
     pub channels: Option<u64>,
 }
 
@@ -108,13 +124,21 @@ fn setup(a: &BenchArgs, kind: BenchKind) -> Result<(UNetConfig, Device, Precisio
         model.in_channels = c as usize;
         model.out_channels = c as usize;
     }
-    if a.image_size.is_some() || a.channels.is_some() {
-        model.validate().map_err(|e| {
-            crate::usage_error::usage(format!(
-                "--image-size/--channels: the {} preset cannot take {}×{}×{} images: {e}",
-                a.preset, model.in_channels, model.sample_size, model.sample_size
-            ))
-        })?;
+    if let Err(e) = model.validate() {
+        let mut given = Vec::new();
+        if let Some(s) = a.image_size {
+            given.push(("sample_size", format!("--image-size {s}")));
+        }
+        if let Some(c) = a.channels {
+            given.push(("in_channels", format!("--channels {c}")));
+        }
+        return Err(geometry_error(
+            &format!("--preset {}", a.preset),
+            &format!("the {} preset", a.preset),
+            &model,
+            e,
+            &given,
+        ));
     }
     if let (BenchKind::Sample, Some(steps)) = (kind, a.steps) {
         let t = ScheduleConfig::default().num_train_timesteps as u64;
@@ -156,12 +180,16 @@ fn bench_train(a: &BenchArgs) -> Result<()> {
         ..TrainConfig::default()
     };
     let params = UNet::new(model.clone())?.num_params();
-    println!(
-        "bench train: preset {} ({:.2}M parameters), batch {b}, {precision}, {} warm-up + {steps} timed steps on {}",
-        a.preset,
-        params as f64 / 1e6,
-        a.warmup,
-        describe(&device)
+    say(
+        a,
+        format!(
+            "bench train: preset {} ({:.2}M parameters), batch {b}, {precision}, {} warm-up + {} timed on {}",
+            a.preset,
+            params as f64 / 1e6,
+            a.warmup,
+            plural(steps, "step", "steps"),
+            describe(&device)
+        ),
     );
     let seconds = match &device {
         Device::Cpu => {
@@ -209,7 +237,7 @@ fn bench_train(a: &BenchArgs) -> Result<()> {
                 before,
                 gpu.allocation_stats()
             );
-            println!("device allocations during the timed steps: 0");
+            say(a, "device allocations during the timed steps: 0".into());
             f64::from(ms) / 1e3
         }
     };
@@ -238,11 +266,14 @@ fn bench_sample(a: &BenchArgs) -> Result<()> {
         SamplerKind::Ddim { eta: 0.0 },
         a.warmup.max(1) as usize,
     );
-    println!(
-        "bench sample: preset {} ({:.2}M parameters), DDIM-{steps}, batch {b}, {precision}, on {}",
-        a.preset,
-        net.num_params() as f64 / 1e6,
-        device.describe()
+    say(
+        a,
+        format!(
+            "bench sample: preset {} ({:.2}M parameters), DDIM-{steps}, batch {b}, {precision}, on {}",
+            a.preset,
+            net.num_params() as f64 / 1e6,
+            describe(&device)
+        ),
     );
     let item = net.input_shape(1).len();
     let ids: Vec<u64> = (0..b as u64).collect();
@@ -322,14 +353,23 @@ fn bench_sample(a: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// A line for the reader: on stdout, or on stderr with `--json` (whose stdout is the JSON alone).
+fn say(a: &BenchArgs, line: String) {
+    if a.json {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
 /// The device in a benchmark header; for the CPU its model, threads and tile kernel, since
 /// CPU numbers mean nothing without them.
 fn describe(device: &Device) -> String {
     match device {
         Device::Cpu => format!(
-            "cpu ({}, {} threads, {} tile)",
+            "cpu ({}, {}, {} tile)",
             profile::cpu_model().unwrap_or_else(|| "unknown model".into()),
-            rayon::current_num_threads(),
+            plural(rayon::current_num_threads() as u64, "thread", "threads"),
             crate::ops::tile::kernel_name()
         ),
         Device::Cuda(_) => device.describe(),
@@ -351,26 +391,36 @@ impl Report {
         let ms = self.seconds * 1e3 / self.steps as f64;
         let per_s = self.images / self.seconds;
         let peak_rss = profile::peak_rss_bytes();
-        println!("time per {what}: {ms:.3} ms");
-        println!("images/s: {per_s:.1}");
+        say(a, format!("time per {what}: {ms:.3} ms"));
+        say(a, format!("images/s: {per_s:.1}"));
         if let Some(b) = peak_rss {
-            println!(
-                "peak resident memory: {:.1} MiB",
-                b as f64 / (1u64 << 20) as f64
+            say(
+                a,
+                format!(
+                    "peak resident memory: {:.1} MiB",
+                    b as f64 / (1u64 << 20) as f64
+                ),
             );
         }
         if a.profile {
             let threads = rayon::current_num_threads();
-            println!(
-                "\nwhere a {what} goes ({threads} threads, {} timed):\n{}",
-                self.steps,
-                profile::table(self.seconds / self.steps as f64, self.steps, threads)
+            let on = plural(threads as u64, "thread", "threads");
+            say(
+                a,
+                format!(
+                    "\nwhere a {what} goes ({on}, {} timed):\n{}",
+                    self.steps,
+                    profile::table(self.seconds / self.steps as f64, self.steps, threads)
+                ),
             );
             let (peak, code) = crate::ops::fma_peak::measure(threads, 100);
-            println!(
-                "f32 FMA peak measured now ({code}, {threads} threads): {peak:.1} GFLOP/s; \
-                 the GFLOP/s column against it: {}",
-                profile::shares_of_peak(peak)
+            say(
+                a,
+                format!(
+                    "f32 FMA peak measured now ({code}, {on}): {peak:.1} GFLOP/s; the GFLOP/s \
+                     column against it: {}",
+                    profile::shares_of_peak(peak)
+                ),
             );
         }
         if a.json {

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use super::model_source::ModelSource;
+use super::output::refuse_occupied;
 use crate::diffusers::{export, ExportOptions};
 
 #[derive(Debug, Args)]
@@ -32,6 +33,14 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> Result<()> {
+    if !a.force {
+        // As `sample`, `invert` and `interpolate` refuse theirs: checked before the model is read.
+        refuse_occupied(
+            &a.out,
+            "--out",
+            ", or pass --force to replace an earlier export",
+        )?;
+    }
     let src = ModelSource::open(&a.checkpoint, !a.no_ema)?;
     let notes = export(
         &a.out,
@@ -49,24 +58,19 @@ pub fn run(a: ExportArgs) -> Result<()> {
         for line in src.notes.iter().chain(&notes) {
             eprintln!("{line}");
         }
-        let weights = match (src.from_diffusers, a.no_ema) {
-            (true, _) => "weights",
-            (false, false) => "EMA weights",
-            (false, true) => "raw weights",
-        };
         let pipeline = if src.ddim_scheduler {
             "a DDIMPipeline directory"
         } else {
             "a DDPMPipeline directory"
         };
         eprintln!(
-            "wrote {} ({weights} of {}) to {}",
+            "wrote {} ({}) to {}",
             if a.unet_only {
                 "a UNet2DModel directory"
             } else {
                 pipeline
             },
-            src.path.display(),
+            src.describe_weights(!a.no_ema),
             a.out.display()
         );
     }

@@ -4,10 +4,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::{ArgGroup, Args};
+use clap::{ArgGroup, Args, ValueEnum};
 
+use super::args::{at_least, between, plural};
+use super::invert::raw_name_in;
 use super::invert::{parse_spacing, required_class, write_tensor};
-use super::output::{check_writable_file, OutputDir};
+use super::output::{check_writable_file, numbered, Naming, OutputDir};
 use super::sampling::{
     denoiser, flag_error, open_device, progress_bar, sampler_options, Loaded, ModelArgs,
     SamplerArg, StepArgs,
@@ -30,20 +32,33 @@ pub struct InterpolateArgs {
     /// Two images X Y (files, or a folder holding exactly two): the endpoints are their DDIM
     /// inversions (see `ddpm invert`). Nothing is clipped then, so the end frames reconstruct
     /// the images when decoded with DDIM.
-    #[arg(long, num_args = 1.., value_name = "FILE")]
+    #[arg(long, num_args = 1.., value_name = "FILE|DIR")]
     pub images: Vec<PathBuf>,
     /// Frames, endpoints included: α = k/(F − 1), k = 0 … F − 1.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(2..=1000))]
+    #[arg(long, value_name = "F", default_value_t = 8, value_parser = between::<2, 1000>)]
     pub frames: u64,
-    /// A deterministic sampler decodes each frame (ddpm and euler-maruyama draw fresh noise at
-    /// every step, so they are refused).
-    #[arg(long, value_enum, default_value = "ddim")]
+    /// The deterministic sampler that decodes each frame (ddpm and euler-maruyama draw fresh
+    /// noise at every step, so they cannot interpolate).
+    #[arg(long, value_name = "ddim|euler|heun|dpm++2m", default_value = "ddim", value_parser = deterministic_sampler)]
     pub sampler: SamplerArg,
     /// Steps of the decoding sampler [default: 20 for dpm++2m, else 50].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = at_least::<1>)]
     pub steps: Option<u64>,
+    /// Output directory for frame_00.png, …, strip.png and noise.safetensors (the frames'
+    /// noises, for `ddpm sample --init-noise`); it must be empty or new.
+    #[arg(long, value_name = "DIR", default_value = "runs/interpolation")]
+    pub out: PathBuf,
+    /// Replace the earlier output of `ddpm interpolate` in --out (its frame_*.png, strip.png
+    /// and noise.safetensors; anything else there is refused, not removed).
+    #[arg(long)]
+    pub force: bool,
     /// DDIM η; only 0 (deterministic) is accepted.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "ETA",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     pub eta: f64,
     #[command(flatten)]
     pub step: StepArgs,
@@ -51,24 +66,37 @@ pub struct InterpolateArgs {
     #[arg(long, value_name = "karras|timesteps")]
     pub sigmas: Option<SigmaSpacing>,
     /// DDIM steps of the inversion of --images [default: --steps with --sampler ddim, else 50].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = at_least::<1>)]
     pub inversion_steps: Option<u64>,
     /// Class of every frame, for a class-conditional model (required there).
-    #[arg(long)]
+    #[arg(long, value_name = "K")]
     pub class: Option<u32>,
-    /// Images per model evaluation (results do not depend on it).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
     /// Enlarge --images smaller than the model's size (otherwise they are refused).
     #[arg(long)]
     pub upscale: bool,
-    /// Output directory for frame_00.png, …, strip.png and noise.safetensors (the frames'
-    /// noises, for `ddpm sample --init-noise`).
-    #[arg(long, default_value = "interpolation")]
-    pub out: PathBuf,
     /// Also write the frames, in [-1, 1], as a safetensors tensor `sample` (F, C, H, W).
     #[arg(long, value_name = "FILE")]
     pub save_raw: Option<PathBuf>,
+    /// Images per model evaluation (results do not depend on it).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = at_least::<1>)]
+    pub batch_size: u64,
+}
+
+/// `--sampler`: the deterministic samplers only, the others refused with the reason.
+fn deterministic_sampler(s: &str) -> Result<SamplerArg, String> {
+    let sampler = SamplerArg::from_str(s, false)?;
+    match sampler {
+        SamplerArg::Ddpm | SamplerArg::EulerMaruyama => Err(format!(
+            "interpolation needs a deterministic sampler (ddim with η = 0, euler, heun or \
+             dpm++2m); {s} draws fresh noise at every step"
+        )),
+        _ => Ok(sampler),
+    }
+}
+
+/// What `ddpm interpolate` writes into `--out`.
+fn interpolate_naming(name: &str) -> bool {
+    matches!(name, "strip.png" | "noise.safetensors") || numbered(name, "frame_", 2, ".png")
 }
 
 pub fn run(a: InterpolateArgs) -> Result<()> {
@@ -83,22 +111,12 @@ pub fn run(a: InterpolateArgs) -> Result<()> {
     if !from_images && a.inversion_steps.is_some() {
         return Err(usage("--inversion-steps applies to --images only"));
     }
-    match a.sampler {
-        SamplerArg::Ddpm | SamplerArg::EulerMaruyama => {
-            return Err(usage(format!(
-                "--sampler {}: interpolation needs a deterministic sampler (ddim with η = 0, \
-                 euler, heun or dpm++2m); this one draws fresh noise at every step",
-                a.sampler.kind(0.0).name()
-            )))
-        }
-        SamplerArg::Ddim if a.eta != 0.0 => {
-            return Err(usage(format!(
-                "--eta {}: interpolation needs a deterministic sampler; DDIM is deterministic \
-                 only with η = 0",
-                a.eta
-            )))
-        }
-        _ => {}
+    if a.sampler == SamplerArg::Ddim && a.eta != 0.0 {
+        return Err(usage(format!(
+            "--eta {}: interpolation needs a deterministic sampler; DDIM is deterministic only \
+             with η = 0",
+            a.eta
+        )));
     }
     let frames = a.frames as usize;
     // Inverted endpoints are decoded without clipping: the inversion cannot undo a clip.
@@ -156,7 +174,14 @@ pub fn run(a: InterpolateArgs) -> Result<()> {
     } else {
         None
     };
-    let out_dir = OutputDir::prepare(&a.out, "--out")?;
+    let raw_name = raw_name_in(a.save_raw.as_deref(), &a.out);
+    let owns = |name: &str| interpolate_naming(name) || raw_name.as_deref() == Some(name);
+    let naming = Naming {
+        command: "ddpm interpolate",
+        pattern: "frame_*.png, strip.png, noise.safetensors",
+        owns: &owns,
+    };
+    let mut out_dir = OutputDir::prepare_fresh(&a.out, "--out", a.force, &naming)?;
     if let Some(raw) = &a.save_raw {
         check_writable_file(raw, "--save-raw")?;
     }
@@ -219,6 +244,7 @@ pub fn run(a: InterpolateArgs) -> Result<()> {
         bar.finish_and_clear();
     }
 
+    out_dir.clear_earlier()?;
     let digits = (frames - 1).to_string().len().max(2);
     let mut meta = HashMap::from([
         ("checkpoint".to_string(), src.path.display().to_string()),
@@ -268,11 +294,17 @@ pub fn run(a: InterpolateArgs) -> Result<()> {
             format!("{:.1}°", t.to_degrees())
         });
         eprintln!(
-            "wrote {frames} frames, strip.png and noise.safetensors to {} ({} of {}, {decode_evals} \
-             evaluation(s) per frame; angle between the endpoints {angle})",
+            "wrote {frames} frames, strip.png and noise.safetensors to {} ({} of {}, {} per \
+             frame, {}; angle between the endpoints {angle})",
             a.out.display(),
-            if from_images { "DDIM-inverted images" } else { "seed noises" },
+            if from_images {
+                "DDIM-inverted images"
+            } else {
+                "seed noises"
+            },
             sampler.kind.name(),
+            plural(decode_evals as u64, "evaluation", "evaluations"),
+            src.describe_weights(!a.model.no_ema),
         );
     }
     Ok(())

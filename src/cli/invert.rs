@@ -6,8 +6,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::output::{check_writable_file, OutputDir};
-use super::sampling::{denoiser, flag_error, open_device, progress_bar, Loaded, ModelArgs};
+use super::args::{at_least, plural};
+use super::output::{check_writable_file, numbered, Naming, OutputDir};
+use super::sample::same_dir;
+use super::sampling::{
+    denoiser, flag_error, open_device, progress_bar, Loaded, ModelArgs, SPACINGS,
+};
 use crate::atomic_file::write_atomic;
 use crate::diffusion::sampler::inversion_evaluations;
 use crate::diffusion::Spacing;
@@ -26,28 +30,39 @@ pub struct InvertArgs {
     #[arg(long, required = true, num_args = 1.., value_name = "FILE|DIR")]
     pub images: Vec<PathBuf>,
     /// DDIM steps of the inversion and of the reconstruction.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 50, value_parser = at_least::<1>)]
     pub steps: u64,
+    /// Output directory for noise.safetensors, reconstruction_00000.png, …, comparison.png and
+    /// report.json; it must be empty or new.
+    #[arg(long, value_name = "DIR", default_value = "runs/inverted")]
+    pub out: PathBuf,
+    /// Replace the earlier output of `ddpm invert` in --out (its noise.safetensors,
+    /// reconstruction_*.png, comparison.png and report.json; anything else there is refused,
+    /// not removed).
+    #[arg(long)]
+    pub force: bool,
     /// Timesteps visited: leading, trailing, linspace (diffusers), uniform, quad (DDIM paper
     /// code) [default: the schedule's timestep_spacing, leading unless set].
-    #[arg(long)]
+    #[arg(long, value_name = SPACINGS)]
     pub spacing: Option<String>,
     /// Class of every image, for a class-conditional model (required there).
-    #[arg(long)]
+    #[arg(long, value_name = "K")]
     pub class: Option<u32>,
-    /// Images per model evaluation (results do not depend on it).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
     /// Enlarge images smaller than the model's size (otherwise they are refused).
     #[arg(long)]
     pub upscale: bool,
-    /// Output directory for noise.safetensors, reconstruction_00000.png, …, comparison.png and
-    /// report.json.
-    #[arg(long, default_value = "inverted")]
-    pub out: PathBuf,
     /// Also write the reconstructions, in [-1, 1], as a safetensors tensor `sample` (N, C, H, W).
     #[arg(long, value_name = "FILE")]
     pub save_raw: Option<PathBuf>,
+    /// Images per model evaluation (results do not depend on it).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = at_least::<1>)]
+    pub batch_size: u64,
+}
+
+/// What `ddpm invert` writes into `--out`.
+fn invert_naming(name: &str) -> bool {
+    matches!(name, "noise.safetensors" | "comparison.png" | "report.json")
+        || numbered(name, "reconstruction_", 5, ".png")
 }
 
 /// One image's reconstruction error.
@@ -95,6 +110,15 @@ pub(super) fn parse_spacing(s: Option<&str>) -> Result<Option<Spacing>> {
     .transpose()
 }
 
+/// The file name of a `--save-raw` file that goes into `out` (then it is the command's output
+/// too, which `--force` may replace).
+pub(super) fn raw_name_in(save_raw: Option<&Path>, out: &Path) -> Option<String> {
+    save_raw
+        .filter(|r| r.parent().is_some_and(|d| same_dir(d, out)))
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
 /// Writes the f32 tensor `name` (shape `shape`) with `meta` to `path`, atomically.
 pub(super) fn write_tensor(
     path: &Path,
@@ -129,7 +153,14 @@ pub fn run(a: InvertArgs) -> Result<()> {
     let num = files.len();
     let labels = class.map(|k| vec![k; num]);
     let images = latent::load_images(&files, s, c, a.upscale)?;
-    let out_dir = OutputDir::prepare(&a.out, "--out")?;
+    let raw_name = raw_name_in(a.save_raw.as_deref(), &a.out);
+    let owns = |name: &str| invert_naming(name) || raw_name.as_deref() == Some(name);
+    let naming = Naming {
+        command: "ddpm invert",
+        pattern: "noise.safetensors, reconstruction_*.png, comparison.png, report.json",
+        owns: &owns,
+    };
+    let mut out_dir = OutputDir::prepare_fresh(&a.out, "--out", a.force, &naming)?;
     if let Some(raw) = &a.save_raw {
         check_writable_file(raw, "--save-raw")?;
     }
@@ -202,6 +233,7 @@ pub fn run(a: InvertArgs) -> Result<()> {
         .sum::<Option<f64>>()
         .map(|v| v / num as f64);
     let checkpoint = loaded.src.path.display().to_string();
+    out_dir.clear_earlier()?;
     let meta = HashMap::from([
         ("checkpoint".to_string(), checkpoint.clone()),
         ("sampler".to_string(), "ddim".to_string()),
@@ -255,17 +287,20 @@ pub fn run(a: InvertArgs) -> Result<()> {
         );
     }
     println!(
-        "mean  mse {:.6}  psnr {} dB  ({num} image(s))",
+        "mean  mse {:.6}  psnr {} dB  ({})",
         report.mean_mse,
-        fmt_psnr(report.mean_psnr_db)
+        fmt_psnr(report.mean_psnr_db),
+        plural(num as u64, "image", "images")
     );
     if !a.model.quiet {
         eprintln!(
-            "wrote noise.safetensors, {num} reconstruction(s), comparison.png and report.json to {} \
-             (DDIM inversion and η = 0 decoding, {} steps each, {} spacing)",
+            "wrote noise.safetensors, {}, comparison.png and report.json to {} (DDIM inversion \
+             and η = 0 decoding, {} each, {} spacing, {})",
+            plural(num as u64, "reconstruction", "reconstructions"),
             a.out.display(),
-            a.steps,
-            opts.spacing
+            plural(a.steps, "step", "steps"),
+            opts.spacing,
+            loaded.src.describe_weights(!a.model.no_ema)
         );
     }
     Ok(())

@@ -1,5 +1,6 @@
 //! Command-line interface: argument definitions and the commands they run.
 
+mod args;
 mod bench;
 mod export;
 mod interpolate;
@@ -24,9 +25,9 @@ pub use train::TrainArgs;
 #[derive(Debug, Parser)]
 #[command(name = "ddpm", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
-    /// CPU worker threads (default: one per core). Results do not depend on this number.
-    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub threads: Option<u16>,
+    /// CPU worker threads [default: one per core]. Results do not depend on this number.
+    #[arg(long, global = true, value_name = "N", value_parser = args::between::<1, 65535>, display_order = 904)]
+    pub threads: Option<u64>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -41,8 +42,9 @@ pub enum Command {
     /// shapes, about 10 minutes on two cores, writing sample grids, a loss curve, a CSV log and
     /// checkpoints to `runs/ddpm`.
     Train(Box<TrainArgs>),
-    /// Draw images with DDPM or DDIM from a ddpm checkpoint or a diffusers model directory: one
-    /// PNG per image plus a grid.
+    /// Draw images from a ddpm checkpoint or a diffusers model directory with one of six
+    /// samplers (ddpm, ddim, euler, heun, euler-maruyama, dpm++2m): one PNG per image plus a
+    /// grid.
     Sample(Box<SampleArgs>),
     /// Invert images to the noise a deterministic DDIM run decodes back to them (DDIM §5.4),
     /// decode that noise again, and report each image's reconstruction error: writes
@@ -108,4 +110,69 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Bench(cmd) => bench::run(cmd)?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command below `cmd`, `cmd` included, with its path (`ddpm sample`).
+    fn commands(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+        out.push((path.clone(), cmd.clone()));
+        for sub in cmd.get_subcommands() {
+            commands(sub, format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    /// Every flag says what it is for, and its placeholder has one style: an upper-case name
+    /// for a value (`<N>`, `<DIR>`, `<FILE|DIR>`), or the values themselves when they are a
+    /// fixed set (`<karras|timesteps>`).
+    #[test]
+    fn every_flag_has_a_description_and_one_placeholder_style() {
+        let mut all = Vec::new();
+        let mut cli = Cli::command();
+        cli.build();
+        commands(&cli, "ddpm".into(), &mut all);
+        let mut bad = Vec::new();
+        for (path, cmd) in &all {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                let flag = format!("{path} --{}", arg.get_long().unwrap_or(id));
+                if arg
+                    .get_help()
+                    .is_none_or(|h| h.to_string().trim().is_empty())
+                {
+                    bad.push(format!("{flag}: no description"));
+                }
+                if !arg.get_action().takes_values() || arg.is_positional() {
+                    continue;
+                }
+                let Some(names) = arg.get_value_names() else {
+                    bad.push(format!("{flag}: no explicit placeholder"));
+                    continue;
+                };
+                let name = names
+                    .iter()
+                    .map(|n| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let upper = name.trim_end_matches(",…").split('|').all(|w| {
+                    !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+                });
+                let choices =
+                    name.contains('|') && !name.chars().any(|c| c.is_ascii_uppercase() && c != 'N');
+                let fixed_set = !arg.get_possible_values().is_empty();
+                if fixed_set && !choices && !name.ends_with(",…") {
+                    bad.push(format!("{flag}: a fixed set of values shown as <{name}>"));
+                } else if !(upper || choices) {
+                    bad.push(format!("{flag}: placeholder <{name}>"));
+                }
+            }
+        }
+        assert!(bad.is_empty(), "{}", bad.join("\n"));
+    }
 }

@@ -41,6 +41,17 @@ fn is_run_dir(dir: &Path) -> bool {
 }
 
 impl ModelSource {
+    /// Which weights were read, for a summary line: `EMA weights of runs/ddpm/checkpoints/…`
+    /// (`ema` as passed to [`ModelSource::open`]).
+    pub fn describe_weights(&self, ema: bool) -> String {
+        let weights = match (self.from_diffusers, ema) {
+            (true, _) => "weights",
+            (false, true) => "EMA weights",
+            (false, false) => "raw weights",
+        };
+        format!("{weights} of {}", self.path.display())
+    }
+
     /// Loads `path`; `ema` picks a ddpm checkpoint's EMA weights over its raw ones.
     pub fn open(path: &Path, ema: bool) -> Result<Self> {
         if path.is_dir() {

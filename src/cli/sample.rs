@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 
-use super::invert::write_tensor;
-use super::output::{check_writable_file, OutputDir};
+use super::args::{at_least, between, plural};
+use super::invert::{raw_name_in, write_tensor};
+use super::output::{check_writable_file, numbered, Naming, OutputDir};
 use super::sampling::{
     denoiser, open_device, progress_bar, progress_fn, sampler_options, DdimEpsArg, Loaded,
-    ModelArgs, SamplerArg, StepArgs,
+    ModelArgs, SamplerArg, StepArgs, SAMPLERS,
 };
 use crate::cpu_memory;
 use crate::device::Device;
@@ -25,15 +26,38 @@ use crate::usage_error::usage;
 pub struct SampleArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// [default: ddim for a diffusers pipeline published with DDIMScheduler, else ddpm]
-    #[arg(long, value_enum)]
+    /// Number of images [default: 16, or as many as `--init-noise` holds].
+    #[arg(long, value_name = "N", value_parser = at_least::<1>)]
+    pub num: Option<u64>,
+    /// The sampler: ddpm (ancestral, DDPM), ddim (DDIM; --eta sets its noise), euler and heun
+    /// (probability-flow ODE, first and second order), euler-maruyama (reverse SDE) or dpm++2m
+    /// (DPM-Solver++(2M)) [default: ddim for a diffusers pipeline published with
+    /// DDIMScheduler, else ddpm].
+    #[arg(long, value_enum, value_name = SAMPLERS, hide_possible_values = true)]
     pub sampler: Option<SamplerArg>,
     /// Steps: timesteps visited (ddpm, ddim) or noise levels (the others; heun evaluates the
     /// model 2N − 1 times) [default: T for ddpm, 20 for dpm++2m, else 50].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = at_least::<1>)]
     pub steps: Option<u64>,
+    /// Seed of the initial noise and of every noise a sampler draws: the same seed and flags
+    /// give the same images.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory for `sample_00000.png`, …, `grid.png` (and `progression_00000.png`, …);
+    /// it must be empty or new.
+    #[arg(long, value_name = "DIR", default_value = "runs/samples")]
+    pub out: PathBuf,
+    /// Replace the earlier output of `ddpm sample` in --out (its sample_*.png, grid.png and
+    /// progression_*.png; anything else there is refused, not removed).
+    #[arg(long)]
+    pub force: bool,
     /// DDIM η: 0 is deterministic, 1 has DDPM's posterior variance.
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "ETA",
+        default_value_t = 0.0,
+        allow_negative_numbers = true
+    )]
     pub eta: f64,
     #[command(flatten)]
     pub step: StepArgs,
@@ -42,33 +66,22 @@ pub struct SampleArgs {
     /// karras, timesteps for dpm++2m].
     #[arg(long, value_name = "karras|timesteps")]
     pub sigmas: Option<SigmaSpacing>,
-    /// DDIM with clipping: the ε̂ carried to the next step [default: clipped for ddpm
-    /// checkpoints, unclipped for diffusers models, as diffusers' DDIMPipeline].
-    #[arg(long, value_enum)]
+    /// DDIM with clipping: the ε̂ carried to the next step, clipped (recomputed from the
+    /// clipped x̂₀) or unclipped (the model's own) [default: clipped for ddpm checkpoints,
+    /// unclipped for diffusers models, as diffusers' DDIMPipeline].
+    #[arg(
+        long,
+        value_enum,
+        value_name = "clipped|unclipped",
+        hide_possible_values = true
+    )]
     pub ddim_eps: Option<DdimEpsArg>,
-    /// Number of images [default: 16, or as many as `--init-noise` holds].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
-    pub num: Option<u64>,
-    /// Images per model evaluation (results do not depend on it).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
-    pub batch_size: u64,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Output directory for `sample_00000.png`, … and `grid.png`.
-    #[arg(long, default_value = "samples")]
-    pub out: PathBuf,
-    /// Start from this x_T: a safetensors file with a tensor `noise` of shape (N, C, H, W).
-    #[arg(long, value_name = "FILE")]
-    pub init_noise: Option<PathBuf>,
-    /// Also write the final samples, in [-1, 1], as a safetensors tensor `sample` (N, C, H, W).
-    #[arg(long, value_name = "FILE")]
-    pub save_raw: Option<PathBuf>,
     /// DDPM step variance: fixed_small (the posterior's β̃) or fixed_large (β) [default: the
     /// checkpoint's schedule, fixed_small unless trained otherwise].
     #[arg(long, value_name = "fixed_small|fixed_large")]
     pub variance: Option<String>,
     /// Class of every image for a class-conditional model [default: cycle through the classes].
-    #[arg(long)]
+    #[arg(long, value_name = "K")]
     pub class: Option<u32>,
     /// Classifier-free guidance scale g: the output is o_u + g·(o_c − o_u). 1 is plain
     /// conditional sampling, 0 unconditional, above 1 guided. Needs a model trained with
@@ -77,8 +90,24 @@ pub struct SampleArgs {
     pub guidance_scale: Option<f64>,
     /// Also write `progression_00000.png`, …: for each image, xₜ (top row) and the predicted x₀
     /// (bottom row) at K evenly spaced model evaluations, first and last included.
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(2..=1000))]
+    #[arg(long, value_name = "K", value_parser = between::<2, 1000>)]
     pub progression: Option<u64>,
+    /// Start from this x_T: a safetensors file with a tensor `noise` of shape (N, C, H, W).
+    #[arg(long, value_name = "FILE")]
+    pub init_noise: Option<PathBuf>,
+    /// Also write the final samples, in [-1, 1], as a safetensors tensor `sample` (N, C, H, W).
+    #[arg(long, value_name = "FILE")]
+    pub save_raw: Option<PathBuf>,
+    /// Images per model evaluation (results do not depend on it).
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = at_least::<1>)]
+    pub batch_size: u64,
+}
+
+/// What `ddpm sample` writes into `--out`.
+fn sample_naming(name: &str) -> bool {
+    name == "grid.png"
+        || numbered(name, "sample_", 5, ".png")
+        || numbered(name, "progression_", 5, ".png")
 }
 
 /// Reads the tensor `noise` (any float dtype) from a safetensors file as f32, with its shape.
@@ -197,7 +226,15 @@ pub fn run(a: SampleArgs) -> Result<()> {
         ..GenerateOptions::new(sampler, num, a.batch_size as usize, a.seed)
     };
     check_request(net, &opts, noise.as_ref().map(|(v, _)| v.as_slice()))?;
-    let out_dir = OutputDir::prepare(&a.out, "--out")?;
+    // A --save-raw file inside --out is this command's output too.
+    let raw_name = raw_name_in(a.save_raw.as_deref(), &a.out);
+    let owns = |name: &str| sample_naming(name) || raw_name.as_deref() == Some(name);
+    let naming = Naming {
+        command: "ddpm sample",
+        pattern: "sample_*.png, grid.png, progression_*.png",
+        owns: &owns,
+    };
+    let mut out_dir = OutputDir::prepare_fresh(&a.out, "--out", a.force, &naming)?;
     if let Some(raw) = &a.save_raw {
         check_writable_file(raw, "--save-raw")?;
     }
@@ -235,6 +272,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
 
     let images = &result.images;
     let item = c * s * s;
+    out_dir.clear_earlier()?;
     for (i, img) in images.chunks_exact(item).enumerate() {
         save_png(&a.out.join(format!("sample_{i:05}.png")), img, c, s, s)?;
     }
@@ -262,11 +300,13 @@ pub fn run(a: SampleArgs) -> Result<()> {
     if !a.model.quiet {
         let timesteps: Vec<String> = result.watch_t.iter().map(|t| format!("{t:.0}")).collect();
         eprintln!(
-            "wrote {num} images and grid.png to {} ({} evaluation(s) of {} at seed {}){}",
+            "wrote {} and grid.png to {} ({} of {} at seed {}, {}){}",
+            plural(num as u64, "image", "images"),
             a.out.display(),
-            evals,
+            plural(evals as u64, "evaluation", "evaluations"),
             sampler_arg.kind(a.eta).name(),
             a.seed,
+            src.describe_weights(!a.model.no_ema),
             if k > 0 {
                 format!(", and progression_*.png at t = {}", timesteps.join(", "))
             } else {
@@ -275,4 +315,18 @@ pub fn run(a: SampleArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether `a` and `b` name the same directory (`runs/samples` and `./runs/samples/`).
+pub(super) fn same_dir(a: &Path, b: &Path) -> bool {
+    let norm = |p: &Path| -> PathBuf {
+        let p = if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        };
+        p.canonicalize()
+            .unwrap_or_else(|_| p.components().collect())
+    };
+    norm(a) == norm(b)
 }

@@ -59,6 +59,9 @@ impl SamplerArg {
     }
 }
 
+/// The `--sampler` placeholder: every sampler's name.
+pub const SAMPLERS: &str = "ddpm|ddim|euler|heun|euler-maruyama|dpm++2m";
+
 /// Which ε̂ a DDIM step carries to the next timestep when x̂₀ is clipped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum DdimEpsArg {
@@ -68,35 +71,49 @@ pub enum DdimEpsArg {
     Unclipped,
 }
 
-/// The model to draw from.
+/// The model to draw from. `--checkpoint` comes first in `--help`; the flags of where and how
+/// to run come last, after the command's own.
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// A checkpoint written by `ddpm train`, a run directory (its newest checkpoint that
     /// verifies), or a diffusers UNet2DModel or pipeline directory.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", display_order = 0)]
     pub checkpoint: PathBuf,
     /// Use the raw trained weights instead of their EMA.
-    #[arg(long)]
+    #[arg(long, display_order = 900)]
     pub no_ema: bool,
     /// Where to run: auto (CUDA when a GPU and the kernels are present, else the CPU), cpu,
     /// cuda or cuda:N.
-    #[arg(long, default_value = "auto", value_name = "auto|cpu|cuda[:N]")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|cpu|cuda[:N]",
+        display_order = 901
+    )]
     pub device: DeviceArg,
     /// What the GPU stores the model's activations as: bf16 (the default on a GPU), fp16 or
     /// fp32 (the sampler's own state is fp32 in every case; the CPU computes in fp32 only).
-    #[arg(long, default_value = "auto", value_name = "auto|bf16|fp16|fp32")]
+    #[arg(
+        long,
+        default_value = "auto",
+        value_name = "auto|bf16|fp16|fp32",
+        display_order = 902
+    )]
     pub precision: PrecisionArg,
-    /// No progress bar.
-    #[arg(long, short)]
+    /// No progress bar or summary line.
+    #[arg(long, short, display_order = 903)]
     pub quiet: bool,
 }
+
+/// The `--spacing` placeholder.
+pub const SPACINGS: &str = "leading|trailing|linspace|uniform|quad";
 
 /// How each step is taken.
 #[derive(Debug, Args)]
 pub struct StepArgs {
     /// Timesteps visited: leading, trailing, linspace (diffusers), uniform, quad (DDIM paper
     /// code) [default: the schedule's timestep_spacing, leading unless set].
-    #[arg(long)]
+    #[arg(long, value_name = SPACINGS)]
     pub spacing: Option<String>,
     /// Do not clip the predicted x₀ (to ±clip_sample_range, 1 unless the schedule says) at each
     /// step.
@@ -217,11 +234,16 @@ pub fn flag_error(
         ("steps", Some(f)) => f.to_string(),
         (f, _) => f.replace('_', "-"),
     };
-    usage(format!(
-        "--{flag}: {} (the schedule has T = {} timesteps)",
-        e.msg,
-        schedule.num_timesteps()
-    ))
+    // T explains a bound on steps; for any other setting it is beside the point.
+    let about_t = if e.field == "steps" {
+        format!(
+            " (the schedule has T = {} timesteps)",
+            schedule.num_timesteps()
+        )
+    } else {
+        String::new()
+    };
+    usage(format!("--{flag}: {}{about_t}", e.msg))
 }
 
 /// A denoiser for batches of up to `batch` images on `device`, the model in `precision` on a
@@ -258,8 +280,17 @@ pub fn open_device(arg: DeviceArg, quiet: bool) -> Result<Device> {
 pub fn progress_bar(quiet: bool, what: &str) -> Option<ProgressBar> {
     (!quiet && std::io::stderr().is_terminal()).then(|| {
         let bar = ProgressBar::new(0);
-        let template = format!("{{bar:30}} {{pos}}/{{len}} {what} {{per_sec}} [{{eta_precise}}]");
-        bar.set_style(ProgressStyle::with_template(&template).expect("a valid template"));
+        let template = format!("{{bar:30}} {{pos}}/{{len}} {what}, {{rate}}, {{eta}} left");
+        let unit = format!("{what}/s");
+        let style = ProgressStyle::with_template(&template)
+            .expect("a valid template")
+            .with_key(
+                "rate",
+                move |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.1} {unit}", state.per_sec());
+                },
+            );
+        bar.set_style(style);
         bar
     })
 }

@@ -603,13 +603,14 @@ impl fmt::Display for UNetConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}x{}x{} → {}, channels {:?}, {} res blocks/level",
+            "{}x{}x{} → {}, channels {:?}, {} res block{} per level",
             self.in_channels,
             self.sample_size,
             self.sample_size,
             self.out_channels,
             self.block_out_channels,
-            self.layers_per_block
+            self.layers_per_block,
+            if self.layers_per_block == 1 { "" } else { "s" }
         )
     }
 }

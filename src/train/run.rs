@@ -267,7 +267,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         cfg.batch_size,
         out.display()
     ));
-    let bar = progress_bar(opts.verbose, trainer.step(), cfg.steps);
+    let bar = progress_bar(opts.verbose, trainer.step(), cfg.steps, cfg.batch_size);
     let mut loader = Loader::spawn(
         Arc::clone(&dataset),
         LoaderConfig {
@@ -354,8 +354,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             log.row(&window.row(s))
                 .with_context(|| intact(&checkpoint))?;
             if let Some(bar) = &bar {
-                bar.set_position(s);
+                // The message first: setting the position redraws, with the message as it is.
                 bar.set_message(format!("loss {:.4}", window.mean_loss()));
+                bar.set_position(s);
             } else if s % cfg.log_every.max(100) == 0 || last {
                 say(format!(
                     "step {s}/{}: loss {:.4}, {:.1} images/s",
@@ -377,6 +378,8 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     }
     if let Some(bar) = &bar {
         bar.finish();
+        // The finished bar stays on screen with the cursor at its end: what follows goes below.
+        eprintln!();
     }
     let seconds = started.elapsed().as_secs_f64();
     let images_per_s = (trainer.step() - first_step) as f64 * cfg.batch_size as f64 / seconds;
@@ -487,17 +490,23 @@ fn sample_grid(t: &mut dyn TrainEngine, path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn progress_bar(verbose: bool, at: u64, total: u64) -> Option<ProgressBar> {
+fn progress_bar(verbose: bool, at: u64, total: u64, batch: usize) -> Option<ProgressBar> {
     if !verbose || !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = ProgressBar::new(total).with_position(at);
+    // The rate in images/s, as the log lines and log.csv give it (the bar counts steps).
+    let rate = move |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+        let _ = write!(w, "{:.1} images/s", state.per_sec() * batch as f64);
+    };
     bar.set_style(
         ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} {msg} {per_sec} [{elapsed_precise} < {eta_precise}]",
+            "{bar:30} step {pos}/{len}, {msg}, {rate} [{elapsed_precise} < {eta_precise}]",
         )
-        .expect("a valid template"),
+        .expect("a valid template")
+        .with_key("rate", rate),
     );
+    bar.set_message("loss …");
     bar.reset_eta();
     Some(bar)
 }

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{ensure, Context, Result};
 use clap::Args;
 
+use crate::cli::args::{at_least, between};
 use crate::cli::sampling::{denoiser, open_device, sampler_options, Loaded, ModelArgs, SamplerArg};
 use crate::data::{self, DataSpec, Dataset};
 use crate::metrics::{frechet_distance, pooled_features, GaussianFit};
@@ -24,37 +25,46 @@ use crate::usage_error::usage;
 pub struct SamplerTableArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The reference images [default: the data the checkpoint was trained on].
-    #[arg(long)]
+    /// The reference images (as `ddpm train --data`) [default: the data the checkpoint was
+    /// trained on].
+    #[arg(long, value_name = "SOURCE")]
     pub data: Option<String>,
     /// Samplers, comma-separated.
     #[arg(
         long,
         value_enum,
+        value_name = "SAMPLER,…",
         value_delimiter = ',',
         default_value = "ddpm,ddim,euler,heun,euler-maruyama,dpm++2m"
     )]
     pub samplers: Vec<SamplerArg>,
     /// Step counts, comma-separated (noise levels for the continuous samplers).
-    #[arg(long, value_delimiter = ',', default_value = "10,20,50,100")]
+    #[arg(
+        long,
+        value_name = "N,…",
+        value_delimiter = ',',
+        default_value = "10,20,50,100",
+        value_parser = at_least::<1>
+    )]
     pub steps: Vec<u64>,
     /// Also run DDPM over all T timesteps, the reference the others approximate.
     #[arg(long)]
     pub full_ddpm: bool,
     /// Images per row (and training images in each reference set).
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u64).range(2..))]
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = at_least::<2>)]
     pub num: u64,
     /// Images per model call.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = at_least::<1>)]
     pub batch_size: u64,
     /// Pooling grid: features are the channel means over grid × grid cells.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = between::<1, 64>)]
     pub grid: u64,
     /// Classifier-free guidance scale for a model trained with label dropout (1: plain
     /// conditional sampling).
     #[arg(long, value_name = "G")]
     pub guidance_scale: Option<f64>,
-    #[arg(long, default_value_t = 0)]
+    /// Seed of the samples' noise and of the choice of reference images.
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
     /// Also write the table to this Markdown file.
     #[arg(long, value_name = "FILE")]
