@@ -1,5 +1,6 @@
 //! Writing a file so that a crash never leaves a half-written one behind: write a temporary file
 //! in the same directory, flush it to disk, rename it over the target, then sync the directory.
+//! A Ctrl-C during a write lets it finish first where the command says so ([`crate::interrupt`]).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -42,6 +43,7 @@ fn commit(dir: &Path, tmp: &Path, path: &Path, staged: io::Result<()>) -> io::Re
 /// Replaces `path` with `bytes` atomically. On error the previous file (if any) is untouched and
 /// the temporary file is removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let _in_flight = crate::interrupt::writing();
     let (dir, tmp) = staging(path)?;
     let staged = (|| {
         let mut f = File::create(&tmp)?;
@@ -54,6 +56,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Makes `dst` the same content as the complete file `src`, atomically: a hard link where the
 /// file system has them (no second copy on disk), else a copy flushed to disk.
 pub fn link_or_copy_atomic(src: &Path, dst: &Path) -> io::Result<()> {
+    let _in_flight = crate::interrupt::writing();
     let (dir, tmp) = staging(dst)?;
     let _ = fs::remove_file(&tmp);
     let staged = fs::hard_link(src, &tmp).or_else(|_| {

@@ -29,6 +29,7 @@ pub mod gradcheck;
 pub mod heap;
 pub mod imaging;
 pub mod info;
+pub mod interrupt;
 pub mod json_fields;
 pub mod latent;
 pub mod metrics;

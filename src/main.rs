@@ -1,6 +1,7 @@
 //! The `ddpm` binary: parse, dispatch, report errors without a backtrace.
 
 use clap::Parser;
+use ddpm::cli::Command;
 
 fn main() -> std::process::ExitCode {
     // A panic is a bug in ddpm, never the user's fault: one line saying so, no backtrace hint.
@@ -9,9 +10,23 @@ fn main() -> std::process::ExitCode {
     }));
     ddpm::heap::keep_freed_memory();
     let cli = ddpm::cli::Cli::parse();
+    // Commands that write results: a Ctrl-C or SIGTERM lets the file in flight finish, and
+    // training saves a checkpoint first (src/interrupt.rs).
+    if matches!(
+        cli.command,
+        Command::Train(_) | Command::Sample(_) | Command::Invert(_) | Command::Interpolate(_)
+    ) {
+        if let Err(e) = ddpm::interrupt::install() {
+            eprintln!("warning: cannot handle Ctrl-C (an interrupt stops at once): {e}");
+        }
+    }
     match ddpm::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(stop) = e.downcast_ref::<ddpm::interrupt::Interrupted>() {
+                eprintln!("{stop}");
+                return std::process::ExitCode::from(stop.signal.exit_code());
+            }
             eprintln!("error: {}", ddpm::usage_error::report(&e));
             // 2 for a flag that cannot work, as for clap's own errors; 1 for anything else.
             std::process::ExitCode::from(if ddpm::usage_error::is_usage(&e) {

@@ -23,7 +23,7 @@ pub mod run_lock;
 pub use checkpoint::{Checkpoint, CheckpointError, RngState};
 pub use config::{LossKind, TrainConfig, TrainConfigError};
 pub use engine::TrainEngine;
-pub use run::{run, RunOptions, RunSummary, Start};
+pub use run::{check_resumable, run, RunOptions, RunSummary, Start};
 
 use anyhow::{Context, Result};
 use rayon::prelude::*;

@@ -12,7 +12,10 @@
 //! Nothing is lost to a crash: every file is replaced atomically, and a resumed run starts from
 //! the newest checkpoint that verifies. A failed save stops the run, naming the previous
 //! checkpoint, which is intact. Steps with a non-finite loss or gradient are skipped and
-//! counted; `max_nonfinite_steps` of them in a row stop the run.
+//! counted; `max_nonfinite_steps` of them in a row stop the run. Where the signal handlers of
+//! [`crate::interrupt`] are installed (`ddpm train` installs them), a Ctrl-C or SIGTERM finishes
+//! the step in flight, saves it as a checkpoint and ends the run with [`interrupt::Interrupted`],
+//! which names the checkpoint and the command that continues the run.
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
@@ -33,6 +36,7 @@ use crate::device::Device;
 use crate::diffusion::sampler::{SampleOptions, SamplerKind};
 use crate::diffusion::ScheduleConfig;
 use crate::imaging::{save_grid_upscaled, save_loss_curve};
+use crate::interrupt;
 use crate::nn::{UNet, UNetConfig};
 use crate::precision::Precision;
 use crate::sample::GenerateOptions;
@@ -120,7 +124,11 @@ fn resume_from(path: &Path, say: &dyn Fn(String)) -> Result<(PathBuf, Checkpoint
         return Ok((path.to_path_buf(), Checkpoint::load(path)?));
     }
     let dir = path.join("checkpoints");
-    let found = checkpoint_dir::newest_valid(&dir)?;
+    let found = match checkpoint_dir::newest_valid(&dir) {
+        Ok(found) => found,
+        Err(e) if e.rejected.is_empty() => return Err(nothing_to_resume(path)),
+        Err(e) => return Err(e.into()),
+    };
     for e in &found.rejected {
         say(format!("skipping a checkpoint that does not verify: {e}"));
     }
@@ -130,6 +138,35 @@ fn resume_from(path: &Path, say: &dyn Fn(String)) -> Result<(PathBuf, Checkpoint
         found.checkpoint.step
     ));
     Ok((found.path, found.checkpoint))
+}
+
+/// Refuses, before anything is loaded, `--resume DIR` of a folder with no checkpoint at all,
+/// saying what to do instead. (Checkpoints that are there but do not verify are reported when
+/// the run loads them.)
+pub fn check_resumable(path: &Path) -> Result<()> {
+    if path.is_dir() && checkpoint_dir::newest_name(&path.join("checkpoints")).is_none() {
+        return Err(nothing_to_resume(path));
+    }
+    Ok(())
+}
+
+/// `--resume DIR` of a folder with no checkpoint: what to do instead.
+fn nothing_to_resume(dir: &Path) -> anyhow::Error {
+    let word = shell_word(dir);
+    let d = dir.display();
+    if !dir.join("checkpoints").is_dir() && !dir.join("config.json").is_file() {
+        return crate::usage_error::usage(format!(
+            "--resume {d}: not a training run (it has no checkpoints/ folder): pass a run \
+             directory or a checkpoint file; to start a new run in this folder: ddpm train --out {word}"
+        ));
+    }
+    crate::usage_error::usage(format!(
+        "--resume {d}: {}/ holds no checkpoint: the run stopped before its first save, so \
+         there is nothing to resume. Start it afresh in the same folder with: ddpm train --out \
+         {word} (and the flags it was started with: {d}/config.json lists its settings), or \
+         choose another --out for a new run",
+        dir.join("checkpoints").display(),
+    ))
 }
 
 /// Runs training to the configured number of steps.
@@ -288,7 +325,35 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     let mut grid = PathBuf::new();
     let mut nonfinite_in_a_row = 0u64;
     let mut checkpoint_due = false;
-    while trainer.step() < cfg.steps {
+    // The step `checkpoint` holds, when it is one this run can continue from.
+    let mut saved_at = (!checkpoint.as_os_str().is_empty()).then_some(first_step);
+    // From here a Ctrl-C or SIGTERM lets the step in flight finish, then saves (below).
+    let _deferred = interrupt::Deferred::begin();
+    loop {
+        if let Some(signal) = interrupt::pending() {
+            if let Some(bar) = &bar {
+                // The messages below say where it stopped.
+                bar.finish_and_clear();
+            }
+            let s = trainer.step();
+            if saved_at != Some(s) && s > first_step {
+                say(format!(
+                    "{}: saving step {s} before stopping (a second one stops at once). {}",
+                    signal.describe(),
+                    intact(&checkpoint)
+                ));
+                checkpoint =
+                    save_checkpoint(trainer.as_mut(), &ck_dir, cfg.keep_checkpoints, &checkpoint)?;
+            }
+            if window.last.is_some() {
+                log.row(&window.row(s))
+                    .with_context(|| intact(&checkpoint))?;
+            }
+            return Err(interrupted_at(signal, s, cfg.steps, &checkpoint, &out).into());
+        }
+        if trainer.step() >= cfg.steps {
+            break;
+        }
         let batch = loader.next_batch();
         let stats = trainer.train_step(&batch)?;
         window.add(&stats, cfg.batch_size);
@@ -334,21 +399,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         // updates; the last step always saves (its weights are the last good ones).
         if (checkpoint_due && nonfinite_in_a_row == 0) || last {
             checkpoint_due = false;
-            let ck = trainer.checkpoint()?;
-            let path = ck_dir.join(checkpoint_dir::step_file_name(s));
-            ck.save(&path)
-                .with_context(|| format!("saving step {s} failed. {}", intact(&checkpoint)))?;
-            checkpoint = path;
-            checkpoint_dir::publish(&ck_dir, &checkpoint, cfg.keep_checkpoints).with_context(
-                || {
-                    format!(
-                        "checkpoint {} was written and is intact, but updating {} or removing \
-                         older checkpoints failed",
-                        checkpoint.display(),
-                        checkpoint_dir::LATEST
-                    )
-                },
-            )?;
+            checkpoint =
+                save_checkpoint(trainer.as_mut(), &ck_dir, cfg.keep_checkpoints, &checkpoint)?;
+            saved_at = Some(s);
         }
         if s % cfg.log_every == 0 || last {
             log.row(&window.row(s))
@@ -367,7 +420,9 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             }
             window = Window::default();
         }
-        if (cfg.sample_every > 0 && s % cfg.sample_every == 0) || last {
+        // Not once interrupted: drawing the grid would delay the save.
+        let grid_due = (cfg.sample_every > 0 && s % cfg.sample_every == 0) || last;
+        if grid_due && interrupt::pending().is_none() {
             grid = out.join("samples").join(format!("step_{s:07}.png"));
             let drawn = sample_grid(trainer.as_mut(), &grid).and_then(|()| {
                 let points = read_loss_points(&out.join("log.csv"))?;
@@ -398,6 +453,73 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
         grid,
         skipped_steps: trainer.skipped_steps(),
     })
+}
+
+/// Saves the trainer's state as `step_N` in `ck_dir` and makes it `latest`, keeping the newest
+/// `keep`; returns its path. On failure the message names `previous`, which is intact.
+fn save_checkpoint(
+    trainer: &mut dyn TrainEngine,
+    ck_dir: &Path,
+    keep: usize,
+    previous: &Path,
+) -> Result<PathBuf> {
+    let s = trainer.step();
+    let ck = trainer.checkpoint()?;
+    let path = ck_dir.join(checkpoint_dir::step_file_name(s));
+    ck.save(&path)
+        .with_context(|| format!("saving step {s} failed. {}", intact(previous)))?;
+    checkpoint_dir::publish(ck_dir, &path, keep).with_context(|| {
+        format!(
+            "checkpoint {} was written and is intact, but updating {} or removing older \
+             checkpoints failed",
+            path.display(),
+            checkpoint_dir::LATEST
+        )
+    })?;
+    Ok(path)
+}
+
+/// What an interrupted run says: where it stopped, its checkpoint, and how to go on.
+fn interrupted_at(
+    signal: interrupt::Signal,
+    step: u64,
+    total: u64,
+    checkpoint: &Path,
+    out: &Path,
+) -> interrupt::Interrupted {
+    let message = if checkpoint.as_os_str().is_empty() {
+        "interrupted before the first step; nothing to save (the same command starts the run again)"
+            .to_string()
+    } else if step >= total {
+        format!(
+            "interrupted after the last step ({step}); checkpoint: {}; the run is complete",
+            checkpoint.display()
+        )
+    } else {
+        // A checkpoint in the run's own folder resumes by the folder, whose newest it is;
+        // one from elsewhere (`--resume FILE --out DIR`) by its path.
+        let from = if checkpoint.parent() == Some(&out.join("checkpoints")) {
+            shell_word(out)
+        } else {
+            format!("{} --out {}", shell_word(checkpoint), shell_word(out))
+        };
+        format!(
+            "interrupted at step {step}; checkpoint: {}; continue with: ddpm train --resume {from}",
+            checkpoint.display()
+        )
+    };
+    interrupt::Interrupted { signal, message }
+}
+
+/// `path` as one word of a shell command: quoted when it holds anything but plain characters.
+fn shell_word(path: &Path) -> String {
+    let s = path.display().to_string();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+:,@%=".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
 }
 
 /// What a failure leaves: the run's previous checkpoint, untouched.
