@@ -779,9 +779,12 @@ fn a_second_run_in_the_same_directory_is_refused_while_the_first_runs() {
     );
     first.kill().unwrap();
     first.wait().unwrap();
-    // The file stays; the lock on it went with the process.
-    let at = Checkpoint::load(&run.join("checkpoints/latest.safetensors"))
+    // The file stays; the lock on it went with the process. The newest checkpoint is what
+    // resumes: the kill may have landed after a step file was written but before `latest` was
+    // pointed at it.
+    let at = ddpm::train::checkpoint_dir::newest_valid(&run.join("checkpoints"))
         .unwrap()
+        .checkpoint
         .step;
     let next = (at + 1).to_string();
     ok(&ddpm(&[
