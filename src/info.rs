@@ -87,8 +87,9 @@ impl fmt::Display for SystemInfo {
             } => {
                 writeln!(
                     f,
-                    "CUDA driver: {driver_version}, {} device(s)",
-                    devices.len()
+                    "CUDA driver: {driver_version}, {} device{}",
+                    devices.len(),
+                    if devices.len() == 1 { "" } else { "s" }
                 )?;
                 for d in devices {
                     let (maj, min) = d.compute_capability;
