@@ -16,7 +16,7 @@ pub struct ExportArgs {
     #[arg(long, value_name = "PATH")]
     pub checkpoint: PathBuf,
     /// The directory to write: model_index.json, unet/, scheduler/.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", default_value = "runs/exported")]
     pub out: PathBuf,
     /// Export the raw trained weights instead of their EMA.
     #[arg(long)]

@@ -38,9 +38,9 @@ pub enum Command {
     /// Show the version, whether CUDA kernels are built in, the CUDA driver and devices found,
     /// and the CPU threads in use.
     Info(InfoArgs),
-    /// Train a DDPM (on the GPU when there is one, else the CPU). With no arguments: the `tiny` model on the built-in synthetic
-    /// shapes, about 10 minutes on two cores, writing sample grids, a loss curve, a CSV log and
-    /// checkpoints to `runs/ddpm`.
+    /// Train a DDPM (on the GPU when there is one, else the CPU). With no arguments: the `tiny`
+    /// model on the built-in synthetic shapes, about 4 minutes on two cores, writing sample
+    /// grids, a loss curve, a CSV log and checkpoints to `runs/ddpm`.
     Train(Box<TrainArgs>),
     /// Draw images from a ddpm checkpoint or a diffusers model directory with one of six
     /// samplers (ddpm, ddim, euler, heun, euler-maruyama, dpm++2m): one PNG per image plus a
