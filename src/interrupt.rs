@@ -21,7 +21,9 @@
 //! write results); a library user keeps the default handling.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicBool, AtomicI32, AtomicPtr, AtomicU8, AtomicUsize, Ordering::SeqCst,
+};
 
 /// A signal that asks the process to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,12 +88,20 @@ static PENDING: AtomicI32 = AtomicI32::new(0);
 static POLICY: AtomicU8 = AtomicU8::new(EXIT);
 /// Files being written now ([`writing`]).
 static WRITING: AtomicUsize = AtomicUsize::new(0);
+/// The line [`Policy::Exit`] prints on stderr before it exits ([`install`]'s `note`), as a
+/// pointer and length: a signal handler may read atomics, not a lock.
+static NOTE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+static NOTE_LEN: AtomicUsize = AtomicUsize::new(0);
 
-/// Handles SIGINT and SIGTERM from now on, under [`Policy::Exit`]. Calling it again does nothing.
-pub fn install() -> std::io::Result<()> {
+/// Handles SIGINT and SIGTERM from now on, under [`Policy::Exit`], which prints `note` (one
+/// line saying what stopping now means, e.g. that nothing needed saving yet) before it exits.
+/// Calling it again does nothing.
+pub fn install(note: &'static str) -> std::io::Result<()> {
     if INSTALLED.swap(true, SeqCst) {
         return Ok(());
     }
+    NOTE_LEN.store(note.len(), SeqCst);
+    NOTE.store(note.as_ptr().cast_mut(), SeqCst);
     #[cfg(unix)]
     for signal in [Signal::Interrupt, Signal::Terminate] {
         let n = signal.number();
@@ -105,7 +115,8 @@ pub fn install() -> std::io::Result<()> {
     Ok(())
 }
 
-/// The signal handler: runs on whichever thread the signal lands, so atomics and `_exit` only.
+/// The signal handler: runs on whichever thread the signal lands, so atomics, `write(2)` and
+/// `_exit` only.
 #[cfg(unix)]
 fn on_signal(n: i32) {
     let status = 128 + n;
@@ -114,6 +125,12 @@ fn on_signal(n: i32) {
     }
     // After `PENDING` is set: a write ending now either sees it or is seen here.
     if POLICY.load(SeqCst) == EXIT && WRITING.load(SeqCst) == 0 {
+        let (note, len) = (NOTE.load(SeqCst), NOTE_LEN.load(SeqCst));
+        if !note.is_null() {
+            // SAFETY: `note` is a 'static string of `len` bytes ([`install`]); write(2) is
+            // async-signal-safe. What it returns changes nothing: the process ends either way.
+            let _ = unsafe { libc::write(2, note.cast(), len) };
+        }
         signal_hook::low_level::exit(status);
     }
 }
@@ -166,6 +183,12 @@ impl Drop for Writing {
         let last = WRITING.fetch_sub(1, SeqCst) == 1;
         if last && POLICY.load(SeqCst) == EXIT {
             if let Some(signal) = pending() {
+                let (note, len) = (NOTE.load(SeqCst), NOTE_LEN.load(SeqCst));
+                if !note.is_null() {
+                    // SAFETY: a 'static string of `len` bytes ([`install`]).
+                    let note = unsafe { std::slice::from_raw_parts(note, len) };
+                    eprint!("{}", String::from_utf8_lossy(note));
+                }
                 // `exit` rather than `_exit`: the file is complete, and buffered output may go.
                 std::process::exit(i32::from(signal.exit_code()));
             }

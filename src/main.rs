@@ -12,11 +12,18 @@ fn main() -> std::process::ExitCode {
     let cli = ddpm::cli::Cli::parse();
     // Commands that write results: a Ctrl-C or SIGTERM lets the file in flight finish, and
     // training saves a checkpoint first (src/interrupt.rs).
-    if matches!(
-        cli.command,
-        Command::Train(_) | Command::Sample(_) | Command::Invert(_) | Command::Interpolate(_)
-    ) {
-        if let Err(e) = ddpm::interrupt::install() {
+    let note = match cli.command {
+        Command::Train(_) => Some(
+            "\ninterrupted before the first training step: nothing to save yet (the same command \
+             starts the run again)\n",
+        ),
+        Command::Sample(_) | Command::Invert(_) | Command::Interpolate(_) => {
+            Some("\ninterrupted: stopped early; every file written so far is complete\n")
+        }
+        _ => None,
+    };
+    if let Some(note) = note {
+        if let Err(e) = ddpm::interrupt::install(note) {
             eprintln!("warning: cannot handle Ctrl-C (an interrupt stops at once): {e}");
         }
     }
