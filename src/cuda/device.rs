@@ -642,7 +642,7 @@ impl Gpu {
     /// C: (m, n), op(A): (m, k), op(B): (k, n). All fp32: SGEMM (never TF32, so fp32 mode is
     /// comparable with the CPU). A and B bf16 or fp16 (the same type): tensor cores with fp32
     /// accumulation and fp32 α, β (`cublasGemmStridedBatchedEx`, compute type 32F), C of the
-    /// same type or fp32 (weight gradients accumulate in fp32).
+    /// same type or fp32 (weight gradients accumulate in fp32). k = 0 is C = β·C, done here.
     #[allow(clippy::too_many_arguments)]
     pub fn gemm(
         &self,
@@ -695,6 +695,9 @@ impl Gpu {
                 format!("{op}: gemm"),
                 format!("fp32 operands with a {} result", c.dtype),
             ));
+        }
+        if k == 0 {
+            return self.scale_c(op, (m, n), beta, c, batch);
         }
         if mixed {
             let ty = |p: Precision| match p {
@@ -755,6 +758,30 @@ impl Gpu {
             )
         }
         .map_err(fail)
+    }
+
+    /// C = β·C: a GEMM with k = 0, whose product is an empty sum. Not passed to cuBLAS, whose
+    /// handling of k = 0 varies by path, and whose checks refuse the leading dimension 0 that
+    /// an empty row-major A (m, 0) has. β = 1 leaves C as it is; β = 0 writes zeros.
+    fn scale_c(
+        &self,
+        op: &str,
+        (m, n): (usize, usize),
+        beta: f32,
+        c: Mat,
+        batch: usize,
+    ) -> CudaResult<()> {
+        if beta == 1.0 {
+            return Ok(());
+        }
+        // Items that share one C (stride 0) are scaled once.
+        let items = if c.batch_stride == 0 { 1 } else { batch };
+        self.launch(
+            &c.dtype.kernel("gemm_scale_c"),
+            Launch::linear(m * n * items, 256),
+            crate::kernel_args![c.ptr, m, n, c.ld, c.batch_stride, items, beta],
+            || format!("{op}: gemm m={m} n={n} k=0 batch={batch} beta={beta}"),
+        )
     }
 
     /// Times `work` on the device with events; returns milliseconds.

@@ -31,6 +31,10 @@ pub fn cases() -> Vec<Case> {
             },
         },
         Case {
+            name: "gemm_with_k_zero_scales_c",
+            run: k_zero,
+        },
+        Case {
             name: "gemm_16bit_results_reduce_in_fp32",
             run: reduces_in_fp32,
         },
@@ -157,6 +161,44 @@ fn every_layout(gpu: &Gpu, ab: Precision, c_dt: Precision) -> Result<()> {
             );
             if let Some(i) = (0..want.len()).find(|&i| got[i] != want[i]) {
                 anyhow::bail!("{what}: element {i} is {} instead of {}", got[i], want[i]);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// k = 0: C = β·C inside each item's m × n cells (β = 0 writes zeros over NaN, β = 1 changes
+/// nothing), the padding untouched, with A and B of leading dimension 0 as an empty row-major
+/// (m, 0) matrix has: what `Gpu::gemm` must not hand to cuBLAS.
+fn k_zero(gpu: &Gpu) -> Result<()> {
+    let (m, n, ld, stride, batch) = (3, 4, 6, 20, 2);
+    let len = stride * (batch - 1) + (m - 1) * ld + n;
+    for dt in [Precision::Fp32, Precision::Bf16, Precision::Fp16] {
+        for beta in [0.0f32, 0.5, 1.0, -2.0] {
+            let c0: Vec<f32> = (0..len)
+                .map(|i| if beta == 0.0 { f32::NAN } else { i as f32 })
+                .collect();
+            let c = to_device_as(gpu, dt, &c0)?;
+            let ab = to_device_as(gpu, dt, &[0.0; 4])?;
+            gpu.gemm(
+                "k = 0",
+                (m, n, 0),
+                1.0,
+                Mat::new(ab.ptr(), 0).of(dt),
+                Mat::new(ab.ptr(), n).of(dt),
+                beta,
+                Mat::new(c.ptr(), ld).of(dt).stride(stride),
+                batch,
+            )?;
+            let got = from_device_as(gpu, dt, &c, len)?;
+            for (i, (&g, &v)) in got.iter().zip(&c0).enumerate() {
+                let inside = i % stride < m * ld && i % stride % ld < n;
+                let want = if inside { beta * v } else { v };
+                let want = if inside && beta == 0.0 { 0.0 } else { want };
+                ensure!(
+                    g == want || (g.is_nan() && want.is_nan()),
+                    "{dt} β={beta}: element {i} is {g}, want {want}"
+                );
             }
         }
     }

@@ -18,7 +18,8 @@
 //! inputs, for which every sum is exact and the expected outputs are exact too.
 
 use ddpm::cuda::ops::conv2d::{
-    conv2d_backward, conv2d_forward, conv2d_workspace_for, conv2d_workspace_len,
+    channel_sum_accumulate, channel_sum_scratch_len, conv2d_backward, conv2d_forward,
+    conv2d_workspace_for, conv2d_workspace_len,
 };
 use ddpm::cuda::ops::linear::{linear_backward, linear_forward};
 use ddpm::cuda::testing::{
@@ -101,6 +102,10 @@ fn fp32_cases() -> Vec<Case> {
         Case {
             name: "conv2d_workspace_chunks_agree",
             run: workspace_chunks_agree,
+        },
+        Case {
+            name: "conv_bias_grad_over_planes_of_several_chunks",
+            run: bias_grad_large_planes,
         },
         Case {
             name: "linear_odd_sizes",
@@ -337,10 +342,11 @@ fn check_conv(gpu: &Gpu, g: &Conv2dShape, opts: Options, seed: u64) -> anyhow::R
 }
 
 /// Five images, workspaces for one image (five chunks), for two and a bit (chunks of 2, 2, 1),
-/// for the batch (one chunk) and for more than the batch: all match the reference, and the
-/// parameter gradients — per-image GEMMs on equally aligned columns and a channel sum, whatever
-/// the chunking — are bitwise the same. (y and dx go through GEMMs batched over a chunk, and
-/// cuBLAS may pick another kernel for another batch count, so those are held to the tolerance.)
+/// for the batch (one chunk) and for more than the batch: all match the reference, db — two
+/// fixed-order stages that do not depend on the chunking — is bitwise the same, and each run
+/// repeats bitwise. (dW is one GEMM over each chunk's positions, so another chunking groups its
+/// sum differently; y and dx go through GEMMs batched over a chunk: those are held to the
+/// tolerance.)
 fn workspace_chunks_agree(gpu: &Gpu) -> anyhow::Result<()> {
     let g = conv(Nchw::new(5, 3, 6, 5), 4, (3, 3), (1, 1), Padding::same(1));
     let inputs = conv_inputs(&g, 16);
@@ -354,17 +360,81 @@ fn workspace_chunks_agree(gpu: &Gpu) -> anyhow::Result<()> {
     ] {
         let got = run_conv(gpu, Precision::Fp32, &g, &inputs, Options::ALL, ws_len)?;
         got.compare(&want, what);
+        let again = run_conv(gpu, Precision::Fp32, &g, &inputs, Options::ALL, ws_len)?;
+        got.expect_same_bits(&again)?;
         runs.push(got);
     }
     for r in &runs[1..] {
         anyhow::ensure!(
-            Outputs::bits(&r.dw) == Outputs::bits(&runs[0].dw),
-            "dw depends on the workspace size"
-        );
-        anyhow::ensure!(
             Outputs::bits(&r.db) == Outputs::bits(&runs[0].db),
             "db depends on the workspace size"
         );
+    }
+    Ok(())
+}
+
+/// The conv bias gradient's two stages on planes longer than one block's chunk (16,384): three
+/// images, five channels, planes of two chunks and a bit, in every storage type, accumulated
+/// onto random db against an f64 sum; the same bits on a second run; and a scratch one float
+/// short refused with an error, not a fault.
+fn bias_grad_large_planes(gpu: &Gpu) -> anyhow::Result<()> {
+    let (outer, channels, inner) = (3, 5, 2 * 16_384 + 7);
+    let mut rng = Philox::new(33);
+    let f32 = Precision::Fp32;
+    for dt in [Precision::Fp32, Precision::Bf16, Precision::Fp16] {
+        let dy: Vec<f32> = rng
+            .normal_vec::<f32>(outer * channels * inner, 1.0)
+            .into_iter()
+            .map(|v| dt.round(v))
+            .collect();
+        let db0: Vec<f32> = rng.normal_vec(channels, 1.0);
+        let want: Vec<f32> = (0..channels)
+            .map(|c| {
+                let s: f64 = (0..outer)
+                    .flat_map(|o| &dy[(o * channels + c) * inner..][..inner])
+                    .map(|&v| f64::from(v))
+                    .sum();
+                (s + f64::from(db0[c])) as f32
+            })
+            .collect();
+        let scratch_len = channel_sum_scratch_len(outer, channels, inner);
+        anyhow::ensure!(scratch_len == outer * channels * 3, "{scratch_len}");
+        let d_dy = to_device_as(gpu, dt, &dy)?;
+        let scratch = zeros_on_device::<f32>(gpu, scratch_len)?;
+        let mut runs = Vec::new();
+        for _ in 0..2 {
+            let db = to_device_as(gpu, f32, &db0)?;
+            channel_sum_accumulate(
+                gpu,
+                dt,
+                d_dy.ptr(),
+                db.ptr(),
+                outer,
+                channels,
+                inner,
+                (scratch.ptr(), scratch_len),
+            )?;
+            runs.push(from_device_as(gpu, f32, &db, channels)?);
+        }
+        // A sum of 10⁵ unit normals in fp32 tree order: ~1e-7·√n relative to its terms.
+        expect_within(&format!("{dt} db"), &runs[0], &want, 2e-3);
+        anyhow::ensure!(
+            Outputs::bits(&runs[0]) == Outputs::bits(&runs[1]),
+            "{dt}: db differs between two runs"
+        );
+        let db = to_device_as(gpu, f32, &db0)?;
+        let e = channel_sum_accumulate(
+            gpu,
+            dt,
+            d_dy.ptr(),
+            db.ptr(),
+            outer,
+            channels,
+            inner,
+            (scratch.ptr(), scratch_len - 1),
+        )
+        .expect_err("a short scratch must be refused");
+        anyhow::ensure!(e.to_string().contains("scratch"), "{e}");
     }
     Ok(())
 }

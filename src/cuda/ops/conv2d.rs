@@ -3,20 +3,27 @@
 //! x, y, their gradients, the patch matrices and the weights the GEMMs read are stored in the
 //! activation precision `dt`; the bias and the parameter gradients dW, db are fp32.
 //!
-//! Per image n, with K = C_in·kh·kw and P = H_out·W_out:
-//!   forward      Y_n (C_out, P) = W (C_out, K) · col_n (K, P) + b
-//!   grad weight  dW (C_out, K) += dY_n · col_nᵀ       (one GEMM per image, in image order)
-//!   grad input   dcol_n (K, P) = Wᵀ · dY_n,  dx_n = col2im(dcol_n)
-//! `col` lives in a caller-owned workspace of `ws_len` f32-sized slots (each holds 2 elements
-//! in bf16 or fp16; [`conv2d_workspace_len`] at least): the wrapper unrolls as many whole images
-//! at a time as fit (a chunk; [`conv2d_workspace_for`] sizes one), so a bigger workspace means
-//! fewer, larger launches.
-//! The chunking changes no sum: dW and db are bitwise the same for any workspace, y and dx the
-//! same up to the kernel cuBLAS picks for a batch count. A 1×1 stride-1 unpadded convolution
-//! skips the unrolling: col_n is x_n itself.
+//! With K = C_in·kh·kw and P = H_out·W_out, per chunk of images n0..n0+B:
+//!   forward      Y_n (C_out, P) = W (C_out, K) · col_n (K, P) + b, one GEMM batched over the
+//!                images (W shared: stride 0), col per image (images, K, P)
+//!   backward     col (K, B·P): the chunk's patch matrices side by side, and dYt (C_out, B·P):
+//!                dY's planes regrouped by channel (the 1×1 im2col of dY), so that
+//!                dW (C_out, K) += dYt · colᵀ is one GEMM over all B·P positions (not one small
+//!                GEMM per image), and dcol (K, B·P) = Wᵀ · dYt one more, dx = col2im(dcol)
+//!   bias         db (C_out) += Σ dy in two fixed-order stages (per (image, channel) plane, then
+//!                per channel over the planes), as group norm's backward
+//! The patch matrices live in a caller-owned workspace of `ws_len` f32-sized slots (each holds 2
+//! elements in bf16 or fp16; [`conv2d_workspace_len`] at least): the wrapper takes as many whole
+//! images at a time as fit (a chunk; [`conv2d_workspace_for`] sizes one), so a bigger workspace
+//! means fewer, larger launches.
+//! Every sum has a fixed order, so results repeat bitwise for a given workspace (the planner's,
+//! which depends only on the model and the batch size). db is the same for any workspace; dW's
+//! sum over positions is grouped by chunk, so another workspace rounds it differently (within
+//! fp32 rounding of the reference). A 1×1 stride-1 unpadded convolution skips the forward's
+//! unrolling (col_n is x_n itself), and its dx is one GEMM batched over images into dx.
 //! Everything runs on the GPU's one stream, so a launch sees every earlier launch finished.
 
-use crate::cuda::{CudaResult, DevPtr, Gpu, Launch, Mat};
+use crate::cuda::{CudaError, CudaErrorKind, CudaResult, DevPtr, Gpu, Launch, Mat};
 use crate::kernel_args;
 use crate::ops::conv2d::{Conv2dShape, Padding};
 use crate::precision::Precision;
@@ -101,22 +108,15 @@ fn col_len(g: &Conv2dShape) -> usize {
     g.patch_len() * g.output().hw()
 }
 
-/// Floats from one image's patch matrix to the next in the workspace: K·P rounded up to 64
-/// (256 bytes), so every image's columns are aligned alike and the per-image GEMMs of dW see the
-/// same operand alignment (hence the same cuBLAS kernel) whatever the chunk.
+/// Elements from one image's patch matrix to the next in the forward's workspace: K·P rounded
+/// up to 64 (256 bytes), so every image's columns are aligned alike.
 fn col_stride(g: &Conv2dShape) -> usize {
     col_len(g).next_multiple_of(64)
 }
 
-/// Minimum f32 workspace of [`conv2d_forward`] / [`conv2d_backward`]: one image's patch matrix
-/// (C_in·kh·kw, H_out·W_out); 0 for a pointwise convolution, which reads x directly. More lets
-/// the wrapper unroll several images per launch (see [`conv2d_workspace_for`]).
-pub fn conv2d_workspace_len(g: &Conv2dShape) -> usize {
-    conv2d_workspace_for(g, 1)
-}
-
-/// f32 workspace with which the wrapper unrolls `images` images per chunk (at least one).
-pub fn conv2d_workspace_for(g: &Conv2dShape, images: usize) -> usize {
+/// Elements of the forward's workspace for `images` images: their patch matrices one after the
+/// other, [`col_stride`] apart; none for a pointwise convolution, which reads x directly.
+fn forward_elems(g: &Conv2dShape, images: usize) -> usize {
     if is_pointwise(g) {
         0
     } else {
@@ -124,39 +124,118 @@ pub fn conv2d_workspace_for(g: &Conv2dShape, images: usize) -> usize {
     }
 }
 
-/// Images unrolled per chunk: as many whole patch matrices as `ws_len` holds, in [1, N].
-fn chunk_images(g: &Conv2dShape, ws_len: usize) -> usize {
-    let per = col_len(g);
-    assert!(
-        ws_len >= per,
-        "conv2d: workspace of {ws_len} f32 is smaller than one image's patch matrix \
-         ({} × {} = {per}) for {g:?}",
-        g.patch_len(),
-        g.output().hw()
-    );
-    ((ws_len - per) / col_stride(g) + 1).min(g.input.n.max(1))
+/// Where dYt starts in the backward's workspace (elements), after col (K, images·P).
+fn backward_dyt_offset(g: &Conv2dShape, images: usize) -> usize {
+    (images * col_len(g)).next_multiple_of(64)
 }
 
-/// col (images, [`col_stride`]) = im2col(x) for `images` consecutive images starting at `x`.
+/// Elements of the backward's workspace for `images` images: col (K, images·P), then dYt
+/// (C_out, images·P).
+fn backward_elems(g: &Conv2dShape, images: usize) -> usize {
+    backward_dyt_offset(g, images) + g.c_out * images * g.output().hw()
+}
+
+/// Minimum f32 workspace of [`conv2d_forward`] / [`conv2d_backward`]: one image per chunk, and
+/// the bias gradient's partial sums. More lets the wrapper take several images per launch (see
+/// [`conv2d_workspace_for`]).
+pub fn conv2d_workspace_len(g: &Conv2dShape) -> usize {
+    conv2d_workspace_for(g, 1)
+}
+
+/// f32 workspace with which the wrapper takes `images` images per chunk (at least one), in the
+/// forward and the backward, in any precision (a bf16 or fp16 chunk then holds twice the
+/// images).
+pub fn conv2d_workspace_for(g: &Conv2dShape, images: usize) -> usize {
+    let images = images.max(1);
+    forward_elems(g, images)
+        .max(backward_elems(g, images))
+        .max(channel_sum_scratch_len(g.input.n, g.c_out, g.output().hw()))
+}
+
+/// The most images up to N (at least one) whose part of the workspace, `elems(images)`, fits in
+/// `ws` elements; an error naming the need when not even one does.
+fn chunk_images(
+    g: &Conv2dShape,
+    op: &str,
+    ws: usize,
+    elems: impl Fn(usize) -> usize,
+) -> CudaResult<usize> {
+    if elems(1) > ws {
+        return Err(CudaError::new(
+            CudaErrorKind::Driver,
+            op,
+            format!(
+                "workspace of {ws} elements is smaller than one image needs ({}) for {g:?}",
+                elems(1)
+            ),
+        ));
+    }
+    // elems grows with the images: the largest that fits, by bisection.
+    let (mut lo, mut hi) = (1, g.input.n.max(1));
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if elems(mid) <= ws {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    Ok(lo)
+}
+
+/// Where a chunk's patch matrices lie: image i's row r at `i·image_stride + r·row_ld`.
+#[derive(Clone, Copy)]
+struct ColLayout {
+    image_stride: usize,
+    row_ld: usize,
+}
+
+impl ColLayout {
+    /// The forward's: image after image, [`col_stride`] apart, rows P long.
+    fn per_image(g: &Conv2dShape) -> Self {
+        Self {
+            image_stride: col_stride(g),
+            row_ld: g.output().hw(),
+        }
+    }
+
+    /// The backward's: (K, images·P), image i in columns i·P onwards.
+    fn side_by_side(g: &Conv2dShape, images: usize) -> Self {
+        let p = g.output().hw();
+        Self {
+            image_stride: p,
+            row_ld: images * p,
+        }
+    }
+}
+
+/// col = im2col(x) for `images` consecutive images starting at `x`, laid out as `layout`.
 fn im2col(
     gpu: &Gpu,
     dt: Precision,
-    g: &Conv2dShape,
+    geom: ConvGeom,
     x: DevPtr,
     col: DevPtr,
     images: usize,
+    layout: ColLayout,
 ) -> CudaResult<()> {
-    let geom = ConvGeom::of(g);
-    let (rows, stride) = (images * g.patch_len(), col_stride(g));
+    let rows = images * (geom.c_in * geom.kh * geom.kw) as usize;
+    let ColLayout {
+        image_stride,
+        row_ld,
+    } = layout;
     gpu.launch(
         &dt.kernel("im2col"),
-        Launch::blocks(rows.min(MAX_BLOCKS), threads_for(g.output().hw())),
-        kernel_args![x, col, geom, rows, stride],
-        || format!("images={images} {g:?}"),
+        Launch::blocks(
+            rows.min(MAX_BLOCKS),
+            threads_for((geom.out_h * geom.out_w) as usize),
+        ),
+        kernel_args![x, col, geom, rows, image_stride, row_ld],
+        || format!("images={images} {geom:?}"),
     )
 }
 
-/// dx (images, C_in, H, W) = col2im(col (images, [`col_stride`])), written.
+/// dx (images, C_in, H, W) = col2im(col laid out as `layout`), written.
 fn col2im(
     gpu: &Gpu,
     dt: Precision,
@@ -164,15 +243,56 @@ fn col2im(
     col: DevPtr,
     dx: DevPtr,
     images: usize,
+    layout: ColLayout,
 ) -> CudaResult<()> {
     let geom = ConvGeom::of(g);
-    let (planes, stride) = (images * g.input.c, col_stride(g));
+    let planes = images * g.input.c;
+    let ColLayout {
+        image_stride,
+        row_ld,
+    } = layout;
     gpu.launch(
         &dt.kernel("col2im"),
         Launch::blocks(planes.min(MAX_BLOCKS), threads_for(g.input.hw())),
-        kernel_args![col, dx, geom, planes, stride],
+        kernel_args![col, dx, geom, planes, image_stride, row_ld],
         || format!("images={images} {g:?}"),
     )
+}
+
+/// dyt (C_out, images·P) = dy (images, C_out, P) regrouped by channel: the im2col of a 1×1
+/// convolution over dy, side by side.
+fn regroup_by_channel(
+    gpu: &Gpu,
+    dt: Precision,
+    g: &Conv2dShape,
+    dy: DevPtr,
+    dyt: DevPtr,
+    images: usize,
+) -> CudaResult<()> {
+    let geom = ConvGeom::of(g);
+    let p = geom.out_h * geom.out_w; // in int range (ConvGeom::of checked it)
+    let channels = i32::try_from(g.c_out).map_err(|_| {
+        CudaError::new(
+            CudaErrorKind::Driver,
+            "conv2d_backward",
+            format!("C_out = {} exceeds 32 bits ({g:?})", g.c_out),
+        )
+    })?;
+    let planes = ConvGeom {
+        c_in: channels,
+        h: 1,
+        w: p,
+        kh: 1,
+        kw: 1,
+        sh: 1,
+        sw: 1,
+        pad_top: 0,
+        pad_left: 0,
+        out_h: 1,
+        out_w: p,
+    };
+    let layout = ColLayout::side_by_side(g, images);
+    im2col(gpu, dt, planes, dy, dyt, images, layout)
 }
 
 /// y[o, c, i] += b[c].   y: (outer, channels, inner)  b: (channels)
@@ -198,10 +318,28 @@ pub fn bias_add_nchw(
     )
 }
 
+/// Most elements of one plane one block sums in the bias gradient's first stage (as group
+/// norm's chunks).
+const PLANE_CHUNK: usize = 16_384;
+
+/// f32 scratch of [`channel_sum_accumulate`] over an (outer, channels, inner) layout: one partial
+/// sum per (plane, chunk of [`PLANE_CHUNK`]); none for inner = 1.
+pub fn channel_sum_scratch_len(outer: usize, channels: usize, inner: usize) -> usize {
+    if inner <= 1 {
+        0
+    } else {
+        outer * channels * inner.div_ceil(PLANE_CHUNK)
+    }
+}
+
 /// db[c] += Σ_{o, i} dy[o, c, i] (a parameter gradient: accumulated). dy: (outer, channels,
-/// inner)  db: (channels). Deterministic: each channel is summed by one block in a fixed order.
-/// Conv bias: (N, C_out, H_out·W_out); linear bias: (rows, d_out, 1), which takes a kernel that
-/// reads rows across channels, so its loads stay coalesced.
+/// inner)  db: (channels). Deterministic, and the same bits on any GPU: for inner > 1 (conv
+/// bias: (N, C_out, H_out·W_out)) in two fixed-order stages, as group norm's backward — one
+/// block per (plane, chunk) writes its sum to `scratch` (at least [`channel_sum_scratch_len`]
+/// f32 of `scratch_len`), then one block per channel adds its planes' sums; so N·C blocks share
+/// the work, not C. Linear bias: (rows, d_out, 1), a kernel that reads rows across channels, so
+/// its loads stay coalesced (no scratch).
+#[allow(clippy::too_many_arguments)]
 pub fn channel_sum_accumulate(
     gpu: &Gpu,
     dt: Precision,
@@ -210,8 +348,9 @@ pub fn channel_sum_accumulate(
     outer: usize,
     channels: usize,
     inner: usize,
+    (scratch, scratch_len): (DevPtr, usize),
 ) -> CudaResult<()> {
-    if channels == 0 {
+    if channels == 0 || outer == 0 {
         return Ok(());
     }
     let shapes = || format!("outer={outer} channels={channels} inner={inner}");
@@ -225,10 +364,36 @@ pub fn channel_sum_accumulate(
             shapes,
         )
     } else {
+        let need = channel_sum_scratch_len(outer, channels, inner);
+        if scratch_len < need {
+            return Err(CudaError::new(
+                CudaErrorKind::Driver,
+                format!("bias gradient {}", shapes()),
+                format!("scratch of {scratch_len} f32 is smaller than the {need} it needs"),
+            ));
+        }
+        let chunks = inner.div_ceil(PLANE_CHUNK);
+        let (planes, chunk) = (outer * channels, PLANE_CHUNK);
+        let chunks_u32 = u32::try_from(chunks).map_err(|_| {
+            CudaError::new(
+                CudaErrorKind::Driver,
+                format!("bias gradient {}", shapes()),
+                "more than 2³² chunks per plane",
+            )
+        })?;
         gpu.launch(
-            &dt.kernel("channel_sum_accumulate"),
-            Launch::blocks(channels.min(MAX_BLOCKS), threads_for(inner)),
-            kernel_args![dy, db, outer, channels, inner],
+            &dt.kernel("plane_sums"),
+            Launch::blocks(
+                (planes * chunks).min(MAX_BLOCKS),
+                threads_for(inner.min(chunk)),
+            ),
+            kernel_args![dy, scratch, planes, inner, chunk, chunks_u32],
+            shapes,
+        )?;
+        gpu.launch(
+            "channel_partials_accumulate_f32",
+            Launch::blocks(channels.min(MAX_BLOCKS), threads_for(outer * chunks)),
+            kernel_args![scratch, db, outer, channels, chunks_u32],
             shapes,
         )
     }
@@ -272,12 +437,21 @@ pub fn conv2d_forward(
     if is_pointwise(g) {
         gemm(Mat::new(x, p).of(dt).stride(x_item), y, batch)?;
     } else {
-        let (chunk, cs) = (chunk_images(g, ws_elems(dt, ws_len)), col_stride(g));
+        let chunk = chunk_images(g, OP, ws_elems(dt, ws_len), |i| forward_elems(g, i))?;
+        let layout = ColLayout::per_image(g);
         for n0 in (0..batch).step_by(chunk) {
             let images = chunk.min(batch - n0);
-            im2col(gpu, dt, g, at(dt, x, n0 * x_item), ws, images)?;
+            im2col(
+                gpu,
+                dt,
+                ConvGeom::of(g),
+                at(dt, x, n0 * x_item),
+                ws,
+                images,
+                layout,
+            )?;
             gemm(
-                Mat::new(ws, p).of(dt).stride(cs),
+                Mat::new(ws, p).of(dt).stride(layout.image_stride),
                 at(dt, y, n0 * y_item),
                 images,
             )?;
@@ -314,59 +488,66 @@ pub fn conv2d_backward(
     }
     let (c_out, k, p) = (g.c_out, g.patch_len(), g.output().hw());
     let (x_item, y_item) = (g.input.chw(), c_out * p);
-    // dW (C_out, K) += dY_n (C_out, P) · col_nᵀ (P, K): one GEMM per image, in order (a batched
-    // GEMM into one shared output would race).
-    let dw_gemm = |dy_n: DevPtr, col_n: DevPtr| {
+    let chunk = chunk_images(g, OP, ws_elems(dt, ws_len), |i| backward_elems(g, i))?;
+    for n0 in (0..batch).step_by(chunk) {
+        let images = chunk.min(batch - n0);
+        let (cols, layout) = (images * p, ColLayout::side_by_side(g, images));
+        let (col, dyt) = (ws, at(dt, ws, backward_dyt_offset(g, images)));
+        im2col(
+            gpu,
+            dt,
+            ConvGeom::of(g),
+            at(dt, x, n0 * x_item),
+            col,
+            images,
+            layout,
+        )?;
+        regroup_by_channel(gpu, dt, g, at(dt, dy, n0 * y_item), dyt, images)?;
+        // dW (C_out, K) += dYt (C_out, images·P) · colᵀ (images·P, K): one GEMM for the chunk.
         gpu.gemm(
             OP,
-            (c_out, k, p),
+            (c_out, k, cols),
             1.0,
-            Mat::new(dy_n, p).of(dt),
-            Mat::new(col_n, p).of(dt).t(),
+            Mat::new(dyt, cols).of(dt),
+            Mat::new(col, cols).of(dt).t(),
             1.0,
             Mat::new(dw, k),
             1,
-        )
-    };
-    // dcol_n (K, P) = Wᵀ (K, C_out) · dY_n (C_out, P), batched over `images`.
-    let dcol_gemm = |dy0: DevPtr, dcol: Mat, images: usize| {
+        )?;
+        if let (Some(dx), false) = (dx, is_pointwise(g)) {
+            // dcol (K, images·P) = Wᵀ (K, C_out) · dYt, over the columns: the dW GEMM above
+            // comes first on the same stream.
+            gpu.gemm(
+                OP,
+                (k, cols, c_out),
+                1.0,
+                Mat::new(w, k).of(dt).t(),
+                Mat::new(dyt, cols).of(dt),
+                0.0,
+                Mat::new(col, cols).of(dt),
+                1,
+            )?;
+            col2im(gpu, dt, g, col, at(dt, dx, n0 * x_item), images, layout)?;
+        }
+    }
+    if let (Some(dx), true) = (dx, is_pointwise(g)) {
+        // dx_n (C_in, P) = Wᵀ (C_in, C_out) · dY_n (C_out, P), batched over the images, straight
+        // into dx (no col2im for a pointwise convolution).
         gpu.gemm(
             OP,
             (k, p, c_out),
             1.0,
             Mat::new(w, k).of(dt).t(),
-            Mat::new(dy0, p).of(dt).stride(y_item),
+            Mat::new(dy, p).of(dt).stride(y_item),
             0.0,
-            dcol,
-            images,
-        )
-    };
-    if is_pointwise(g) {
-        for n in 0..batch {
-            dw_gemm(at(dt, dy, n * y_item), at(dt, x, n * x_item))?;
-        }
-        if let Some(dx) = dx {
-            // dcol_n is dx_n itself.
-            dcol_gemm(dy, Mat::new(dx, p).of(dt).stride(x_item), batch)?;
-        }
-    } else {
-        let (chunk, cs) = (chunk_images(g, ws_elems(dt, ws_len)), col_stride(g));
-        for n0 in (0..batch).step_by(chunk) {
-            let images = chunk.min(batch - n0);
-            let dy0 = at(dt, dy, n0 * y_item);
-            im2col(gpu, dt, g, at(dt, x, n0 * x_item), ws, images)?;
-            for i in 0..images {
-                dw_gemm(at(dt, dy0, i * y_item), at(dt, ws, i * cs))?;
-            }
-            if let Some(dx) = dx {
-                // Overwrites the columns: the dW GEMMs above come first on the same stream.
-                dcol_gemm(dy0, Mat::new(ws, p).of(dt).stride(cs), images)?;
-                col2im(gpu, dt, g, ws, at(dt, dx, n0 * x_item), images)?;
-            }
-        }
+            Mat::new(dx, p).of(dt).stride(x_item),
+            batch,
+        )?;
     }
     if let Some(db) = db {
-        channel_sum_accumulate(gpu, dt, dy, db, batch, c_out, p)?;
+        // The GEMMs are done with the workspace (same stream): the partial sums reuse it.
+        let scratch = (ws, ws_len);
+        channel_sum_accumulate(gpu, dt, dy, db, batch, c_out, p, scratch)?;
     }
     Ok(())
 }

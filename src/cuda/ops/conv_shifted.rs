@@ -88,7 +88,7 @@
 //! rounding only.
 //! Everything runs on the GPU's one stream, so a launch sees every earlier launch finished.
 
-use super::conv2d::channel_sum_accumulate;
+use super::conv2d::{channel_sum_accumulate, channel_sum_scratch_len};
 use crate::cuda::{CudaResult, DevPtr, Gpu, Launch, Mat};
 use crate::kernel_args;
 use crate::ops::conv2d::{Conv2dShape, Padding};
@@ -197,9 +197,10 @@ pub fn workspace_len(g: &Conv2dShape, dt: Precision) -> usize {
 }
 
 /// f32 workspace with which both passes take `images` images per chunk (at least one; the
-/// wrappers still take no more than [`l2_chunk_images`]).
+/// wrappers still take no more than [`l2_chunk_images`]), and the bias gradient's partial sums.
 pub fn workspace_for(g: &Conv2dShape, dt: Precision, images: usize) -> usize {
-    Layout::new(g, dt, images.max(1)).end
+    let bias = channel_sum_scratch_len(g.input.n, g.c_out, g.output().hw());
+    Layout::new(g, dt, images.max(1)).end.max(bias)
 }
 
 /// Images per chunk whose tap-GEMM working set (Xp + fp32 Acc in the forward; dYz + Acc or
@@ -483,7 +484,8 @@ pub fn conv3x3_backward(
     }
     taps_grad_accumulate(gpu, g, dw_taps, dw)?;
     if let Some(db) = db {
-        channel_sum_accumulate(gpu, dt, dy, db, batch, c_out, hw)?;
+        // After the GEMMs on the same stream: the partial sums reuse the workspace.
+        channel_sum_accumulate(gpu, dt, dy, db, batch, c_out, hw, (ws, ws_len))?;
     }
     Ok(())
 }

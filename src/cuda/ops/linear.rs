@@ -87,7 +87,8 @@ pub fn linear_backward(
         1,
     )?;
     if let Some(db) = db {
-        channel_sum_accumulate(gpu, dt, dy, db, s.rows, s.d_out, 1)?;
+        // inner = 1: the column kernel, which needs no scratch.
+        channel_sum_accumulate(gpu, dt, dy, db, s.rows, s.d_out, 1, (0, 0))?;
     }
     Ok(())
 }
