@@ -4,6 +4,7 @@
 mod common;
 
 use common::normal;
+use ddpm::backend::cpu::Cpu;
 use ddpm::gradcheck::{project, GradCheck};
 use ddpm::nn::{DownBlockType::*, UNet, UNetConfig, UpBlockType::*};
 use ddpm::params::ParamArena;
@@ -239,7 +240,16 @@ fn whole_network_backward_matches_finite_differences() {
         .collect();
     analytic.push(dx);
 
+    // Training asks for the parameter gradients only (no input gradient): the same values,
+    // bit for bit.
     let n_params = net.layout.specs().len();
+    let mut q = arena_from(&net, &tensors);
+    net.backward_params_on(&mut Cpu::new(), &mut q, &tape, &r);
+    for (spec, want) in net.layout.specs().iter().zip(&analytic[..n_params]) {
+        let got = q.grad(net.layout.id(&spec.name).unwrap());
+        assert_eq!(got, &want[..], "{}: gradient without dx", spec.name);
+    }
+
     let loss = |v: &[Vec<f64>]| {
         let p = arena_from(&net, &v[..n_params]);
         let (y, _) = net

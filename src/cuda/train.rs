@@ -304,7 +304,8 @@ impl GpuTrainer {
             loss_scale,
             dout.ptr,
         )?;
-        self.net.backward_on(be, &mut self.params, &tape, &dout);
+        self.net
+            .backward_params_on(be, &mut self.params, &tape, &dout);
         be.finish()?;
 
         let p = self.params.len();

@@ -573,6 +573,31 @@ impl UNet {
         tape: &UNetTape<B>,
         dy: &B::Buf,
     ) -> B::Buf {
+        self.backward_inner(be, p, tape, dy, true)
+            .expect("dx was asked for")
+    }
+
+    /// [`UNet::backward_on`] for training: the parameter gradients only. The input is x_t, not a
+    /// parameter, so its gradient (conv_in's input gradient, the costliest convolution per
+    /// FLOP: three channels) is not computed.
+    pub fn backward_params_on<B: Backend>(
+        &self,
+        be: &mut B,
+        p: &mut B::Params,
+        tape: &UNetTape<B>,
+        dy: &B::Buf,
+    ) {
+        self.backward_inner(be, p, tape, dy, false);
+    }
+
+    fn backward_inner<B: Backend>(
+        &self,
+        be: &mut B,
+        p: &mut B::Params,
+        tape: &UNetTape<B>,
+        dy: &B::Buf,
+        need_dx: bool,
+    ) -> Option<B::Buf> {
         let batch = tape.xs.n;
         let out_shape = self.output_shape(batch);
         crate::shape::expect_len(
@@ -645,10 +670,7 @@ impl UNet {
         }
         add_skip_grad(be, &mut g, &mut dskips);
         debug_assert!(dskips.is_empty(), "every skip gradient is consumed");
-        let dx = self
-            .conv_in
-            .backward(be, p, tape.xs, &tape.x, &g, true)
-            .expect("dx was asked for");
+        let dx = self.conv_in.backward(be, p, tape.xs, &tape.x, &g, need_dx);
 
         // Time (and class) embedding.
         let mut demb = be.alloc(B::len(&tape.emb));
@@ -696,7 +718,7 @@ impl UNet {
             self.forward_on(&mut plan, &(), &x, &t, labels.as_deref(), seed, training)?;
         if let Some(tape) = tape {
             let dy = plan.alloc(y.0); // (B, C_out, S, S)
-            self.backward_on(&mut plan, &mut (), &tape, &dy);
+            self.backward_params_on(&mut plan, &mut (), &tape, &dy);
         }
         Ok(plan)
     }

@@ -206,7 +206,8 @@ impl Trainer {
             return Ok(self.skip(loss, f64::NAN));
         }
         drop(out);
-        self.net.backward_on(cpu, &mut self.params, &tape, &dout);
+        self.net
+            .backward_params_on(cpu, &mut self.params, &tape, &dout);
         drop(tape);
 
         let span = profile::start();
