@@ -254,7 +254,8 @@ fn render_modules(nvcc_version: Option<&str>, modules: &[Module]) -> String {
 
 /// The `cuda-emulator` feature: every `kernels/*.cu` compiled by the host C++ compiler against
 /// kernels/emulator/ (CUDA's language as C++, a CPU runtime) into one static library whose
-/// `ddpm_emu_launch` runs a kernel by name (src/cuda/emulator.rs calls it).
+/// `ddpm_emu_launch` runs a kernel by name (src/cuda/emulator/mod.rs calls it). The emulator's own
+/// test kernels (kernels/emulator/selftest.cu) join them there, and only there.
 #[cfg(feature = "cuda-emulator")]
 mod emulator {
     use super::kernel_names;
@@ -270,6 +271,7 @@ mod emulator {
             "runtime.cpp",
             "include/cuda_bf16.h",
             "include/cuda_fp16.h",
+            "selftest.cu",
         ] {
             println!("cargo:rerun-if-changed={}", emu_dir.join(f).display());
         }
@@ -294,7 +296,8 @@ mod emulator {
             .file(emu_dir.join("runtime.cpp"));
 
         let mut all: Vec<(String, String)> = Vec::new(); // (kernel, module)
-        for src in sources {
+        let selftest = emu_dir.join("selftest.cu");
+        for src in sources.iter().chain([&selftest]) {
             let module = src.file_stem().unwrap().to_string_lossy().into_owned();
             let text = fs::read_to_string(src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
             let names = kernel_names(&text);

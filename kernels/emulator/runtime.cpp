@@ -12,9 +12,12 @@
 // wake-up per thread, about 1.4 ms a phase, so a 1024-block reduction took 3 s and the parity
 // suite's loss and optimizer tests minutes; a fiber switch is a few nanoseconds, and with fibers
 // that reduction takes ~60 ms and the whole suite ~20 s. What is lost is true parallelism inside
-// a block; what is gained is determinism: threads run in index order between barriers, so a
-// missing __syncthreads shows up the same way on every run, and a barrier that some live threads
-// never reach is reported (-4) instead of hanging.
+// a block; what is gained is determinism: the order in which threads run between barriers is
+// chosen by the caller (`order`, `seed`: index order, reversed, or a random permutation drawn
+// afresh for every pass from the seed), so a missing __syncthreads shows up the same way on
+// every run with the same order, and running under several orders shows what one order hides
+// (in index order a thread always runs after its lower-numbered neighbours have stored). A
+// barrier that some live threads never reach is reported (-4) instead of hanging.
 //
 // Warp shuffles exchange 8-byte values through a per-warp slot array and a warp barrier,
 // double-buffered so that one barrier per shuffle is enough: a lane can only come back to the
@@ -126,8 +129,33 @@ struct State {
     void** args = nullptr;
     Barrier block;
     Warp warps[kMaxBlockThreads / 32];
+    // The order of each pass over a block's threads: 0 index, 1 reversed, 2 random (from `rng`).
+    int order = 0;
+    uint64_t rng = 0;
+    unsigned perm[kMaxBlockThreads];
 };
 State S;
+
+// splitmix64: the random orders' generator (a fixed algorithm, so a seed means one order).
+uint64_t next_random(uint64_t& state) {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+// The order of the next pass over `threads` threads, in S.perm.
+void plan_pass(unsigned threads) {
+    for (unsigned i = 0; i < threads; ++i) S.perm[i] = S.order == 1 ? threads - 1 - i : i;
+    if (S.order == 2) {
+        for (unsigned i = threads; i > 1; --i) {
+            const unsigned j = (unsigned)(next_random(S.rng) % i);
+            const unsigned tmp = S.perm[i - 1];
+            S.perm[i - 1] = S.perm[j];
+            S.perm[j] = tmp;
+        }
+    }
+}
 
 void switch_to(Context& save, Context& to) {
 #if DDPM_EMU_ASM_SWITCH
@@ -196,9 +224,9 @@ void arrive(Barrier& b) {
     switch_to(f.ctx, S.scheduler);
 }
 
-// Runs one block to completion: passes over its threads in index order, resuming each one that
-// is not finished and not held at an unreleased barrier. False if a pass resumes nobody while
-// threads are left (a barrier that some live threads never reach).
+// Runs one block to completion: passes over its threads in the launch's order, resuming each one
+// that is not finished and not held at an unreleased barrier. False if a pass resumes nobody
+// while threads are left (a barrier that some live threads never reach).
 bool run_block(unsigned threads) {
     S.block.live = threads;
     S.block.arrived = 0;
@@ -213,7 +241,9 @@ bool run_block(unsigned threads) {
     }
     for (unsigned left = threads; left != 0;) {
         bool resumed = false;
-        for (unsigned t = 0; t < threads; ++t) {
+        plan_pass(threads);
+        for (unsigned i = 0; i < threads; ++i) {
+            const unsigned t = S.perm[i];
             Fiber& f = S.fibers[t];
             if (f.done || (f.waits_on && f.waits_on->gen == f.gen)) continue;
             f.waits_on = nullptr;
@@ -269,12 +299,14 @@ uint64_t shfl(uint64_t bits, Shfl rule, unsigned arg, int width) {
 void __syncthreads() { ddpm_emu::arrive(ddpm_emu::S.block); }
 
 // Runs kernel `kernel` over a gx×gy×gz grid of bx×by×bz blocks with args[i] pointing at the value
-// of parameter i (as cuLaunchKernel), and returns when it has finished: 0, or -1 for a kernel not
-// in the table, -2 for a launch shape CUDA would reject or a block that is not whole warps
-// (the shuffles need full warps), -3 for dynamic shared memory (not emulated), -4 when a barrier
-// was never reached by all live threads of its block or warp (the kernel is abandoned there).
+// of parameter i (as cuLaunchKernel), the threads of each block in `order` (0 index, 1 reversed,
+// 2 random permutations drawn from `seed`), and returns when it has finished: 0, or -1 for a
+// kernel not in the table, -2 for a launch shape CUDA would reject or a block that is not whole
+// warps (the shuffles need full warps), -3 for dynamic shared memory (not emulated), -4 when a
+// barrier was never reached by all live threads of its block or warp (the kernel is abandoned
+// there), -5 for an unknown order.
 extern "C" int ddpm_emu_launch(const char* kernel, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                               unsigned shared_bytes, void** args) {
+                               unsigned shared_bytes, void** args, int order, uint64_t seed) {
     using namespace ddpm_emu;
     const Kernel* k = kernel ? find(kernel) : nullptr;
     if (!k) return -1;
@@ -283,8 +315,11 @@ extern "C" int ddpm_emu_launch(const char* kernel, unsigned gx, unsigned gy, uns
     if (bx == 0 || by == 0 || bz == 0 || bx > 1024 || by > 1024 || bz > 64) return -2;
     if (threads > kMaxBlockThreads || threads % 32 != 0) return -2;
     if (shared_bytes != 0) return -3;
+    if (order < 0 || order > 2) return -5;
 
     std::lock_guard<std::mutex> lock(launch_mutex);
+    S.order = order;
+    S.rng = seed;
     const unsigned nt = (unsigned)threads;
     if (S.capacity < nt) {
         // Only between launches, when no fiber is in the middle of anything: all start afresh.

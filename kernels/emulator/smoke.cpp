@@ -1,4 +1,4 @@
-// Smoke test of the cuda-emulator runtime through its C entry point, as src/cuda/emulator.rs
+// Smoke test of the cuda-emulator runtime through its C entry point, as src/cuda/emulator/mod.rs
 // calls it: a few real kernels on host buffers against plain loops, the refused launches, the
 // bf16/f16 conversions, and launch timings. Not built by cargo. After
 // `cargo build --features cuda-emulator`, from the repository root:
@@ -19,7 +19,7 @@
 #include "cuda_fp16.h"
 
 extern "C" int ddpm_emu_launch(const char* kernel, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                               unsigned shared_bytes, void** args);
+                               unsigned shared_bytes, void** args, int order, uint64_t seed);
 
 static int failures = 0;
 #define CHECK(cond, ...)                                            \
@@ -41,7 +41,7 @@ template <typename... A>
 static double launch(const char* k, Dim grid, Dim block, A... a) {
     void* args[] = {&a..., nullptr};
     const auto t0 = std::chrono::steady_clock::now();
-    const int rc = ddpm_emu_launch(k, grid.x, grid.y, grid.z, block.x, block.y, block.z, 0, args);
+    const int rc = ddpm_emu_launch(k, grid.x, grid.y, grid.z, block.x, block.y, block.z, 0, args, 0, 0);
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     CHECK(rc == 0, "%s returned %d", k, rc);
     return ms;
@@ -197,11 +197,11 @@ static void transposes() {
 
 static void refusals() {
     void* args[] = {nullptr};
-    CHECK(ddpm_emu_launch("no_such_kernel", 1, 1, 1, 32, 1, 1, 0, args) == -1, "unknown kernel");
-    CHECK(ddpm_emu_launch("silu_forward_f32", 1, 1, 1, 100, 1, 1, 0, args) == -2, "100-thread block");
-    CHECK(ddpm_emu_launch("silu_forward_f32", 1, 1, 1, 2048, 1, 1, 0, args) == -2, "2048-thread block");
-    CHECK(ddpm_emu_launch("silu_forward_f32", 0, 1, 1, 32, 1, 1, 0, args) == -2, "empty grid");
-    CHECK(ddpm_emu_launch("silu_forward_f32", 1, 1, 1, 32, 1, 1, 16, args) == -3, "dynamic shared memory");
+    CHECK(ddpm_emu_launch("no_such_kernel", 1, 1, 1, 32, 1, 1, 0, args, 0, 0) == -1, "unknown kernel");
+    CHECK(ddpm_emu_launch("silu_forward_f32", 1, 1, 1, 100, 1, 1, 0, args, 0, 0) == -2, "100-thread block");
+    CHECK(ddpm_emu_launch("silu_forward_f32", 1, 1, 1, 2048, 1, 1, 0, args, 0, 0) == -2, "2048-thread block");
+    CHECK(ddpm_emu_launch("silu_forward_f32", 0, 1, 1, 32, 1, 1, 0, args, 0, 0) == -2, "empty grid");
+    CHECK(ddpm_emu_launch("silu_forward_f32", 1, 1, 1, 32, 1, 1, 16, args, 0, 0) == -3, "dynamic shared memory");
 }
 
 // __float2half_rn against GCC's _Float16 conversion, __half2float by round trip; bf16 against

@@ -10,6 +10,67 @@ use std::time::Instant;
 
 use super::device::Gpu;
 
+/// The order in which the kernel emulator runs the threads of a block between two barriers
+/// (`$DDPM_EMU_THREAD_ORDER`: `index`, `reverse`, `random` or `random:SEED`; see docs/cuda.md).
+/// On a GPU the order is the hardware's: a kernel must be right in every order, and running the
+/// suite under several shows a missing barrier that one order hides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadOrder {
+    /// Thread 0, 1, 2, …: each thread runs after its lower-numbered neighbours.
+    Index,
+    /// The last thread first.
+    Reverse,
+    /// A permutation drawn afresh for every pass over the block, from this seed and the launch
+    /// count (so one seed is one schedule for one sequence of launches).
+    Random(u64),
+}
+
+impl ThreadOrder {
+    /// `index`, `reverse`, `random` (seed 1) or `random:SEED`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "index" | "" => Some(Self::Index),
+            "reverse" => Some(Self::Reverse),
+            "random" => Some(Self::Random(1)),
+            r => r
+                .strip_prefix("random:")
+                .and_then(|seed| seed.parse().ok())
+                .map(Self::Random),
+        }
+    }
+}
+
+impl std::fmt::Display for ThreadOrder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Index => write!(f, "index"),
+            Self::Reverse => write!(f, "reverse"),
+            Self::Random(seed) => write!(f, "random:{seed}"),
+        }
+    }
+}
+
+/// The emulator's thread order for the launches that follow; `None` when the kernels are not
+/// emulated (then nothing changes), else the order before (or why `$DDPM_EMU_THREAD_ORDER` is
+/// not one).
+pub fn set_thread_order(order: ThreadOrder) -> Option<Result<ThreadOrder, String>> {
+    #[cfg(feature = "cuda-emulator")]
+    return Some(super::emulator::set_thread_order(order));
+    #[cfg(not(feature = "cuda-emulator"))]
+    {
+        let _ = order;
+        None
+    }
+}
+
+/// The emulator's thread order (`None` when the kernels are not emulated).
+pub fn thread_order() -> Option<Result<ThreadOrder, String>> {
+    #[cfg(feature = "cuda-emulator")]
+    return Some(super::emulator::thread_order());
+    #[cfg(not(feature = "cuda-emulator"))]
+    None
+}
+
 /// One CUDA test: a name and a body that panics (assert) or returns an error on failure.
 pub struct Case {
     pub name: &'static str,
@@ -170,6 +231,17 @@ pub fn run_main(suite: &str, cases: &[Case]) {
             "on the CPU emulator of the CUDA kernels (the cuda-emulator feature): NOT a GPU; \
              this checks kernel and launch logic, not the hardware"
         );
+        match thread_order() {
+            Some(Ok(order)) => println!(
+                "threads of a block run in {order} order between barriers \
+                 (DDPM_EMU_THREAD_ORDER=index|reverse|random[:SEED])"
+            ),
+            Some(Err(e)) => {
+                println!("{suite}: {e}");
+                std::process::exit(2);
+            }
+            None => {}
+        }
     } else {
         println!(
             "on {} (compute capability {}.{})",

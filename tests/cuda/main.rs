@@ -7,6 +7,7 @@ mod conv;
 mod conv_shifted;
 mod diffusion;
 mod elementwise;
+mod emulator;
 mod groupnorm;
 mod loss;
 mod optim;
@@ -26,5 +27,6 @@ fn main() {
     cases.extend(optim::cases());
     cases.extend(diffusion::cases());
     cases.extend(train::cases());
+    cases.extend(emulator::cases());
     run_main("cuda", &cases);
 }
