@@ -301,10 +301,10 @@ void __syncthreads() { ddpm_emu::arrive(ddpm_emu::S.block); }
 // Runs kernel `kernel` over a gx×gy×gz grid of bx×by×bz blocks with args[i] pointing at the value
 // of parameter i (as cuLaunchKernel), the threads of each block in `order` (0 index, 1 reversed,
 // 2 random permutations drawn from `seed`), and returns when it has finished: 0, or -1 for a
-// kernel not in the table, -2 for a launch shape CUDA would reject or a block that is not whole
-// warps (the shuffles need full warps), -3 for dynamic shared memory (not emulated), -4 when a
+// kernel not in the table, -2 for a launch shape CUDA would reject (Gpu::launch refuses those
+// first, naming the limit), -3 for dynamic shared memory (not emulated), -4 when a
 // barrier was never reached by all live threads of its block or warp (the kernel is abandoned
-// there), -5 for an unknown order.
+// there), -5 for an unknown order, -6 for a block that is not whole warps.
 extern "C" int ddpm_emu_launch(const char* kernel, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                                unsigned shared_bytes, void** args, int order, uint64_t seed) {
     using namespace ddpm_emu;
@@ -313,7 +313,8 @@ extern "C" int ddpm_emu_launch(const char* kernel, unsigned gx, unsigned gy, uns
     const uint64_t threads = (uint64_t)bx * by * bz;
     if (gx == 0 || gy == 0 || gz == 0 || gx > 0x7fffffffu || gy > 65535 || gz > 65535) return -2;
     if (bx == 0 || by == 0 || bz == 0 || bx > 1024 || by > 1024 || bz > 64) return -2;
-    if (threads > kMaxBlockThreads || threads % 32 != 0) return -2;
+    if (threads > kMaxBlockThreads) return -2;
+    if (threads % 32 != 0) return -6;
     if (shared_bytes != 0) return -3;
     if (order < 0 || order > 2) return -5;
 

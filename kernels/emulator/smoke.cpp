@@ -198,7 +198,7 @@ static void transposes() {
 static void refusals() {
     void* args[] = {nullptr};
     CHECK(ddpm_emu_launch("no_such_kernel", 1, 1, 1, 32, 1, 1, 0, args, 0, 0) == -1, "unknown kernel");
-    CHECK(ddpm_emu_launch("silu_forward_f32", 1, 1, 1, 100, 1, 1, 0, args, 0, 0) == -2, "100-thread block");
+    CHECK(ddpm_emu_launch("silu_forward_f32", 1, 1, 1, 100, 1, 1, 0, args, 0, 0) == -6, "100-thread block");
     CHECK(ddpm_emu_launch("silu_forward_f32", 1, 1, 1, 2048, 1, 1, 0, args, 0, 0) == -2, "2048-thread block");
     CHECK(ddpm_emu_launch("silu_forward_f32", 0, 1, 1, 32, 1, 1, 0, args, 0, 0) == -2, "empty grid");
     CHECK(ddpm_emu_launch("silu_forward_f32", 1, 1, 1, 32, 1, 1, 16, args, 0, 0) == -3, "dynamic shared memory");

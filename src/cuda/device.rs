@@ -114,7 +114,51 @@ impl Launch {
         self.shared_bytes = bytes;
         self
     }
+
+    /// The limits every GPU ddpm runs on (compute capability 8.0 and newer) puts on a launch,
+    /// checked before it reaches the driver (or the emulator), so that a launch the hardware
+    /// would refuse fails the same way under the emulator, with the limit named: at most
+    /// [`MAX_BLOCK_THREADS`] threads a block, block dimensions up to (1024, 1024, 64), grid
+    /// dimensions up to (2³¹ − 1, 65535, 65535), and dynamic shared memory up to
+    /// [`MAX_SHARED_BYTES`] (more needs an opt-in attribute no kernel sets).
+    pub fn check_limits(&self) -> Result<(), String> {
+        let (bx, by, bz) = self.block;
+        let (gx, gy, gz) = self.grid;
+        let threads = u64::from(bx) * u64::from(by) * u64::from(bz);
+        if bx == 0 || by == 0 || bz == 0 {
+            return Err(format!("an empty block ({bx}×{by}×{bz})"));
+        }
+        if threads > u64::from(MAX_BLOCK_THREADS) {
+            return Err(format!(
+                "a block of {threads} threads ({bx}×{by}×{bz}) exceeds {MAX_BLOCK_THREADS} threads per block"
+            ));
+        }
+        if bx > 1024 || by > 1024 || bz > 64 {
+            return Err(format!(
+                "block dimensions {bx}×{by}×{bz} exceed 1024×1024×64"
+            ));
+        }
+        if gx > i32::MAX as u32 || gy > 65_535 || gz > 65_535 {
+            return Err(format!(
+                "grid dimensions {gx}×{gy}×{gz} exceed (2³¹ − 1)×65535×65535"
+            ));
+        }
+        if self.shared_bytes > MAX_SHARED_BYTES {
+            return Err(format!(
+                "{} bytes of dynamic shared memory exceed {MAX_SHARED_BYTES} (48 KiB) without the \
+                 opt-in attribute",
+                self.shared_bytes
+            ));
+        }
+        Ok(())
+    }
 }
+
+/// Threads in one block, on every GPU since compute capability 2.0.
+pub const MAX_BLOCK_THREADS: u32 = 1024;
+
+/// Shared memory a block may take without `CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES`.
+pub const MAX_SHARED_BYTES: u32 = 48 << 10;
 
 /// Builds the `void**` parameter array of a launch from references to the argument values.
 /// Each value must have exactly the type of the kernel's parameter: `DevPtr` for pointers,
@@ -603,11 +647,18 @@ impl Gpu {
         params: &mut [*mut c_void],
         shapes: impl FnOnce() -> String,
     ) -> CudaResult<()> {
+        if cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 {
+            return Ok(()); // nothing to do (an empty tensor)
+        }
+        if let Err(why) = cfg.check_limits() {
+            return Err(CudaError::new(
+                CudaErrorKind::Driver,
+                format!("kernel {kernel} {}", shapes()),
+                format!("launch {cfg:?} refused: {why}"),
+            ));
+        }
         #[cfg(feature = "cuda-emulator")]
         if self.emulated {
-            if cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 {
-                return Ok(());
-            }
             return super::emulator::launch(kernel, cfg, params).map_err(|mut e| {
                 e.op = format!("{} {}", e.op, shapes());
                 e
@@ -620,9 +671,6 @@ impl Gpu {
                 "not in the embedded modules (was it declared `extern \"C\" __global__` on one line?)",
             )
         })?;
-        if cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 {
-            return Ok(()); // nothing to do (an empty tensor)
-        }
         // SAFETY: `f` comes from a loaded module; the caller passes exactly the kernel's
         // parameters (see `kernel_args!`) and device ranges that cover what the kernel touches.
         unsafe {

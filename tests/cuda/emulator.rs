@@ -1,6 +1,7 @@
-//! The emulator's own checks, on purpose-written kernels (kernels/emulator/selftest.cu, compiled
-//! into the emulator only): each test shows that a check catches what it claims to. Skipped on a
-//! GPU, where these kernels do not exist.
+//! The checks the emulator (and `Gpu::launch`) make, each shown to catch what it claims to:
+//! launch limits (on a GPU too), and on purpose-written kernels (kernels/emulator/selftest.cu,
+//! compiled into the emulator only; those tests are skipped on a GPU, where the kernels do not
+//! exist) the thread orders.
 
 use anyhow::{ensure, Result};
 use ddpm::cuda::testing::{
@@ -10,10 +11,56 @@ use ddpm::cuda::{Gpu, Launch};
 use ddpm::kernel_args;
 
 pub fn cases() -> Vec<Case> {
-    vec![Case {
-        name: "emulator_thread_orders_expose_a_missing_barrier",
-        run: missing_barrier,
-    }]
+    vec![
+        Case {
+            name: "emulator_thread_orders_expose_a_missing_barrier",
+            run: missing_barrier,
+        },
+        Case {
+            name: "launches_beyond_the_hardware_limits_are_refused",
+            run: launch_limits,
+        },
+    ]
+}
+
+/// A real kernel (`scale_f32`) launched past each limit the hardware checks: refused with an
+/// error naming the kernel and the limit, before anything runs; a block of 1024 runs.
+fn launch_limits(gpu: &Gpu) -> Result<()> {
+    let n = 64usize;
+    let x = to_device(gpu, &vec![1.0f32; n])?;
+    let y = zeros_on_device::<f32>(gpu, n)?;
+    let launch = |cfg: Launch| {
+        let (xp, yp, alpha) = (x.ptr(), y.ptr(), 2.0f32);
+        gpu.launch("scale_f32", cfg, kernel_args![xp, yp, alpha, n], || {
+            format!("n={n}")
+        })
+    };
+    let refused = [
+        (Launch::blocks(1, 2048), "a block of 2048 threads"),
+        (
+            Launch::grid((1, 1, 1), (1, 1, 65)),
+            "block dimensions 1×1×65",
+        ),
+        (
+            Launch::grid((1, 70_000, 1), (32, 1, 1)),
+            "grid dimensions 1×70000×1",
+        ),
+        (
+            Launch::blocks(1, 32).with_shared(64 << 10),
+            "dynamic shared memory",
+        ),
+    ];
+    for (cfg, needle) in refused {
+        let e = launch(cfg).expect_err(needle);
+        let msg = e.to_string();
+        ensure!(
+            msg.contains("scale_f32") && msg.contains(needle),
+            "{needle}: {msg}"
+        );
+    }
+    launch(Launch::blocks(1, 1024))?;
+    ensure!(from_device::<f32>(gpu, &y, n)? == vec![2.0f32; n]);
+    Ok(())
 }
 
 /// Runs `f` with the emulator's threads in `order`, then puts the order back.

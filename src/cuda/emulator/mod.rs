@@ -114,6 +114,19 @@ pub fn launch(kernel: &str, cfg: Launch, params: &mut [*mut c_void]) -> CudaResu
             format!("kernel {kernel}"),
             format!("deadlocked in the emulator ({cfg:?}): some threads of a block or warp never reached a barrier the others wait at"),
         )),
+        -3 => Err(CudaError::new(
+            CudaErrorKind::Unavailable,
+            format!("kernel {kernel}"),
+            format!("dynamic shared memory is not emulated ({cfg:?})"),
+        )),
+        -6 => Err(CudaError::new(
+            CudaErrorKind::Unavailable,
+            format!("kernel {kernel}"),
+            format!(
+                "the emulator runs whole warps only: a block of {}×{}×{} threads is not a multiple of 32",
+                cfg.block.0, cfg.block.1, cfg.block.2
+            ),
+        )),
         code => Err(CudaError::new(
             CudaErrorKind::Driver,
             format!("kernel {kernel}"),
