@@ -68,7 +68,8 @@ pub fn evenly_spaced(k: usize, total: usize) -> Vec<usize> {
 /// The images and, when asked for, the watched states.
 #[derive(Clone, Debug, Default)]
 pub struct Generated {
-    /// (N, C, H, W), clamped to [-1, 1].
+    /// (N, C, H, W): clamped to [-1, 1] by [`generate_with`], as the sampler left them by
+    /// [`generate_unclamped`].
     pub images: Vec<f32>,
     /// (N, K, C, H, W): xₜ at each watched evaluation (K = `watch.len()`), not clamped.
     pub x_t: Vec<f32>,
@@ -188,6 +189,24 @@ pub fn generate_with(
     init_noise: Option<&[f32]>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Generated> {
+    let mut out = generate_unclamped(den, net, schedule, opts, init_noise, progress)?;
+    for v in &mut out.images {
+        *v = v.clamp(-1.0, 1.0);
+    }
+    Ok(out)
+}
+
+/// [`generate_with`] without the clamp: the images are the sampler's final state as it left
+/// it, which without clipping (`clip_sample: false`, `--no-clip`) may lie well outside
+/// [-1, 1]. What `--save-raw` writes; the PNGs clamp as they are written.
+pub fn generate_unclamped(
+    den: &mut dyn Denoiser,
+    net: &UNet,
+    schedule: &Schedule,
+    opts: &GenerateOptions,
+    init_noise: Option<&[f32]>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Generated> {
     let labels = check_request(net, opts, init_noise)?;
     let evals = opts.sampler.evaluations(schedule)?;
     let guided = opts.sampler.guidance.is_some();
@@ -249,7 +268,7 @@ pub fn generate_with(
                 on_eval: &mut on_eval,
             },
         )?;
-        out.images.extend(x.iter().map(|v| v.clamp(-1.0, 1.0)));
+        out.images.extend_from_slice(&x);
     }
     debug_assert_eq!(done, total);
     Ok(out)

@@ -17,7 +17,7 @@ use super::sampling::{
 use crate::diffusion::sampler::{initial_noise, inversion_evaluations, SigmaSpacing};
 use crate::imaging::{save_grid_upscaled, save_png};
 use crate::latent;
-use crate::sample::{generate_with, GenerateOptions};
+use crate::sample::{generate_unclamped, GenerateOptions};
 use crate::usage_error::usage;
 
 #[derive(Debug, Args)]
@@ -74,7 +74,8 @@ pub struct InterpolateArgs {
     /// Enlarge --images smaller than the model's size (otherwise they are refused).
     #[arg(long)]
     pub upscale: bool,
-    /// Also write the frames, in [-1, 1], as a safetensors tensor `sample` (F, C, H, W).
+    /// Also write the frames as a safetensors tensor `sample` (F, C, H, W), as the sampler left
+    /// them: not clamped to [-1, 1] (the PNGs are).
     #[arg(long, value_name = "FILE")]
     pub save_raw: Option<PathBuf>,
     /// Images per model evaluation (results do not depend on it).
@@ -228,7 +229,7 @@ pub fn run(a: InterpolateArgs) -> Result<()> {
         null_class: src.null_class,
         ..GenerateOptions::new(sampler.clone(), frames, batch, 0)
     };
-    let result = generate_with(
+    let result = generate_unclamped(
         den.as_mut(),
         net,
         schedule,

@@ -17,7 +17,7 @@ use crate::diffusion::sampler::inversion_evaluations;
 use crate::diffusion::Spacing;
 use crate::imaging::{save_grid_upscaled, save_png};
 use crate::latent;
-use crate::sample::{generate_with, GenerateOptions};
+use crate::sample::{generate_unclamped, GenerateOptions};
 use crate::usage_error::usage;
 
 #[derive(Debug, Args)]
@@ -51,7 +51,9 @@ pub struct InvertArgs {
     /// Enlarge images smaller than the model's size (otherwise they are refused).
     #[arg(long)]
     pub upscale: bool,
-    /// Also write the reconstructions, in [-1, 1], as a safetensors tensor `sample` (N, C, H, W).
+    /// Also write the reconstructions as a safetensors tensor `sample` (N, C, H, W), as the
+    /// sampler left them: not clamped to [-1, 1] (the PNGs are), the states the errors
+    /// reported are of.
     #[arg(long, value_name = "FILE")]
     pub save_raw: Option<PathBuf>,
     /// Images per model evaluation (results do not depend on it).
@@ -195,7 +197,7 @@ pub fn run(a: InvertArgs) -> Result<()> {
         null_class: loaded.src.null_class,
         ..GenerateOptions::new(opts.clone(), num, batch, 0)
     };
-    let recon = generate_with(
+    let recon = generate_unclamped(
         den.as_mut(),
         net,
         schedule,
@@ -212,7 +214,8 @@ pub fn run(a: InvertArgs) -> Result<()> {
         bar.finish_and_clear();
     }
 
-    // Metrics, then the files.
+    // Metrics, then the files. The errors are those of the decoded states as they are (what
+    // --save-raw writes), not of their PNGs, which clamp to [-1, 1].
     let per_image: Vec<ImageReport> = files
         .iter()
         .zip(images.chunks_exact(item).zip(recon.chunks_exact(item)))

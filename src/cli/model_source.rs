@@ -29,6 +29,23 @@ pub struct ModelSource {
     pub train: Option<crate::train::TrainConfig>,
     /// Lines worth telling the user about what was read.
     pub notes: Vec<String>,
+    /// What was read: `ddpm checkpoint (step N)`, `diffusers pipeline`, `diffusers UNet2DModel`.
+    pub kind: String,
+    /// The schedule came from the source (a ddpm checkpoint or a pipeline's scheduler config),
+    /// not from DDPMScheduler's defaults for a bare `UNet2DModel` directory.
+    pub schedule_given: bool,
+    /// Opened for training ([`ModelSource::open_for_training`]): a ddpm checkpoint's EMA weights,
+    /// `weights` being its raw ones. `None` otherwise, and for a diffusers model (one set).
+    pub ema: Option<Vec<f32>>,
+}
+
+/// Which of a ddpm checkpoint's weight sets to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pick {
+    Ema,
+    Raw,
+    /// The raw weights, and the EMA besides.
+    Both,
 }
 
 /// Whether `dir` was written by `ddpm train`: its config.json holds the run's settings.
@@ -54,6 +71,16 @@ impl ModelSource {
 
     /// Loads `path`; `ema` picks a ddpm checkpoint's EMA weights over its raw ones.
     pub fn open(path: &Path, ema: bool) -> Result<Self> {
+        Self::open_as(path, if ema { Pick::Ema } else { Pick::Raw })
+    }
+
+    /// Loads `path` to train from: a ddpm checkpoint's raw weights with its EMA in
+    /// [`ModelSource::ema`], or a diffusers model's one set of weights.
+    pub fn open_for_training(path: &Path) -> Result<Self> {
+        Self::open_as(path, Pick::Both)
+    }
+
+    fn open_as(path: &Path, pick: Pick) -> Result<Self> {
         if path.is_dir() {
             // A run directory also holds a config.json (the run's settings): look for its
             // checkpoint first.
@@ -63,7 +90,7 @@ impl ModelSource {
             if has_checkpoints {
                 // The newest checkpoint that verifies, saying which newer ones were passed over.
                 let found = checkpoint_dir::newest_valid(&ck_dir)?;
-                let mut source = Self::from_checkpoint(&found.path, found.checkpoint, ema);
+                let mut source = Self::from_checkpoint(&found.path, found.checkpoint, pick);
                 for e in &found.rejected {
                     source
                         .notes
@@ -82,7 +109,7 @@ impl ModelSource {
                 );
             }
             if let Some(kind) = DirKind::of(path) {
-                return Self::diffusers(path, kind, ema);
+                return Self::diffusers(path, kind, pick);
             }
             bail!(
                 "{}: neither a ddpm run directory (no checkpoints/latest.safetensors) nor a \
@@ -98,20 +125,24 @@ impl ModelSource {
             } else {
                 dir
             };
-            return Self::open(dir, ema);
+            return Self::open_as(dir, pick);
         }
-        Self::checkpoint(path, ema)
+        Ok(Self::from_checkpoint(path, Checkpoint::load(path)?, pick))
     }
 
-    fn checkpoint(path: &Path, ema: bool) -> Result<Self> {
-        Ok(Self::from_checkpoint(path, Checkpoint::load(path)?, ema))
-    }
-
-    fn from_checkpoint(path: &Path, ck: Checkpoint, ema: bool) -> Self {
+    fn from_checkpoint(path: &Path, ck: Checkpoint, pick: Pick) -> Self {
+        let (weights, ema) = match pick {
+            Pick::Ema => (ck.ema, None),
+            Pick::Raw => (ck.weights, None),
+            Pick::Both => (ck.weights, Some(ck.ema)),
+        };
         Self {
             null_class: ck.train.null_class(ck.model.num_class_embeds),
             train: Some(ck.train.clone()),
-            weights: if ema { ck.ema } else { ck.weights },
+            kind: format!("ddpm checkpoint (step {})", ck.step),
+            schedule_given: true,
+            weights,
+            ema,
             model: ck.model,
             schedule: ck.schedule,
             path: path.to_path_buf(),
@@ -121,8 +152,8 @@ impl ModelSource {
         }
     }
 
-    fn diffusers(dir: &Path, kind: DirKind, ema: bool) -> Result<Self> {
-        if !ema {
+    fn diffusers(dir: &Path, kind: DirKind, pick: Pick) -> Result<Self> {
+        if pick == Pick::Raw {
             bail!(
                 "--no-ema: {} is a diffusers model, which has one set of weights",
                 dir.display()
@@ -159,6 +190,9 @@ impl ModelSource {
             }
         };
         Ok(Self {
+            kind: what.to_string(),
+            schedule_given: m.scheduler.is_some(),
+            ema: None,
             model: m.config,
             weights: m.weights,
             schedule,

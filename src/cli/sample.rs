@@ -19,7 +19,7 @@ use crate::device::Device;
 use crate::diffusion::sampler::SigmaSpacing;
 use crate::imaging::{save_grid_upscaled, save_png};
 use crate::params::decode_into;
-use crate::sample::{check_request, evenly_spaced, generate_with, GenerateOptions};
+use crate::sample::{check_request, evenly_spaced, generate_unclamped, GenerateOptions};
 use crate::usage_error::usage;
 
 #[derive(Debug, Args)]
@@ -95,7 +95,8 @@ pub struct SampleArgs {
     /// Start from this x_T: a safetensors file with a tensor `noise` of shape (N, C, H, W).
     #[arg(long, value_name = "FILE")]
     pub init_noise: Option<PathBuf>,
-    /// Also write the final samples, in [-1, 1], as a safetensors tensor `sample` (N, C, H, W).
+    /// Also write the final samples as a safetensors tensor `sample` (N, C, H, W), as the
+    /// sampler left them: not clamped to [-1, 1] (the PNGs are).
     #[arg(long, value_name = "FILE")]
     pub save_raw: Option<PathBuf>,
     /// Images per model evaluation (results do not depend on it).
@@ -258,7 +259,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
         opts.sampler.guidance.is_some(),
         precision,
     )?;
-    let result = generate_with(
+    let result = generate_unclamped(
         den.as_mut(),
         net,
         schedule,
@@ -270,6 +271,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
         bar.finish_and_clear();
     }
 
+    // The sampler's final state, unclamped (what --save-raw writes); the PNGs clamp it.
     let images = &result.images;
     let item = c * s * s;
     out_dir.clear_earlier()?;

@@ -6,11 +6,15 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::args::{at_least, between, geometry_error, nearest};
+use super::model_source::ModelSource;
 use super::output::OutputDir;
+use crate::data::DataSpec;
 use crate::device::{Device, DeviceArg, PrecisionArg};
 use crate::diffusion::{BetaSchedule, PredictionType, ScheduleConfig};
 use crate::nn::{UNetConfig, PRESETS};
-use crate::train::{self, LossKind, RunOptions, Start, TrainConfig};
+use crate::train::{
+    self, Checkpoint, InitFrom, LossKind, RngState, RunOptions, Start, TrainConfig,
+};
 use crate::usage_error::usage;
 
 /// Flags that describe a new run; they cannot be combined with `--resume`, which continues
@@ -49,9 +53,9 @@ pub struct TrainArgs {
     #[arg(long, value_name = "SOURCE", default_value = "synthetic")]
     pub data: String,
     /// A preset (tiny, ddpm-cifar10, cifar10-small, ref-32x32) or a JSON file with diffusers
-    /// `UNet2DModel` fields.
-    #[arg(long, default_value = "tiny", value_name = "PRESET|FILE")]
-    pub model: String,
+    /// `UNet2DModel` fields [default: tiny; with --init-from: its model].
+    #[arg(long, value_name = "PRESET|FILE")]
+    pub model: Option<String>,
     /// Total optimizer steps [default: 3000; with --resume: the checkpoint's total].
     #[arg(long, value_name = "N", value_parser = at_least::<1>)]
     pub steps: Option<u64>,
@@ -63,6 +67,11 @@ pub struct TrainArgs {
     /// `--max-nonfinite-steps` may be changed too.
     #[arg(long, value_name = "CHECKPOINT", conflicts_with_all = NEW_RUN_FLAGS)]
     pub resume: Option<PathBuf>,
+    /// Fine-tune: start a new run from the weights of a diffusers UNet2DModel or pipeline
+    /// directory, or of a ddpm checkpoint or run directory (with its EMA). The model and the
+    /// noise schedule are the source's; the optimizer starts afresh at step 0.
+    #[arg(long, value_name = "PATH")]
+    pub init_from: Option<PathBuf>,
     /// Images per training step.
     #[arg(long, value_name = "N", default_value_t = 32, value_parser = at_least::<1>)]
     pub batch_size: u64,
@@ -125,23 +134,20 @@ pub struct TrainArgs {
     /// Regression loss: l2 (DDPM's "simple" loss) or l1.
     #[arg(long, value_name = "l2|l1", default_value = "l2")]
     pub loss: LossKind,
-    /// What the model predicts: epsilon, sample (x₀) or v_prediction.
+    /// What the model predicts: epsilon, sample (x₀) or v_prediction [default: epsilon; with
+    /// --init-from: the source's].
+    #[arg(long, value_name = "epsilon|sample|v_prediction")]
+    pub prediction: Option<String>,
+    /// Noise schedule: linear, scaled_linear, squaredcos_cap_v2 (cosine), sigmoid or laplace
+    /// [default: linear; with --init-from: the source's].
     #[arg(
         long,
-        value_name = "epsilon|sample|v_prediction",
-        default_value = "epsilon"
+        value_name = "linear|scaled_linear|squaredcos_cap_v2|cosine|sigmoid|laplace"
     )]
-    pub prediction: String,
-    /// Noise schedule: linear, scaled_linear, squaredcos_cap_v2 (cosine), sigmoid or laplace.
-    #[arg(
-        long,
-        value_name = "linear|scaled_linear|squaredcos_cap_v2|cosine|sigmoid|laplace",
-        default_value = "linear"
-    )]
-    pub beta_schedule: String,
-    /// Diffusion steps T.
-    #[arg(long, value_name = "T", default_value_t = 1000, value_parser = at_least::<1>)]
-    pub timesteps: u64,
+    pub beta_schedule: Option<String>,
+    /// Diffusion steps T [default: 1000; with --init-from: the source's].
+    #[arg(long, value_name = "T", value_parser = at_least::<1>)]
+    pub timesteps: Option<u64>,
     /// Condition the model on the dataset's class labels (folder sub-folders, MNIST, CIFAR-10,
     /// synthetic shapes).
     #[arg(long)]
@@ -259,141 +265,412 @@ fn model_config(arg: &str) -> Result<UNetConfig> {
     UNetConfig::from_json(&text).with_context(|| format!("--model {}", path.display()))
 }
 
-pub fn run(a: TrainArgs) -> Result<()> {
-    let out_given = a.out.is_some();
-    let mut out = a.out.unwrap_or_else(|| PathBuf::from("runs/ddpm"));
-    let start = match a.resume {
-        Some(path) => {
+fn parse_beta_schedule(arg: &str) -> Result<BetaSchedule> {
+    arg.parse::<BetaSchedule>().map_err(|_| {
+        usage(format!(
+            "--beta-schedule {arg}: expected linear, scaled_linear, squaredcos_cap_v2 (cosine), \
+             sigmoid or laplace"
+        ))
+    })
+}
+
+fn parse_prediction(arg: &str) -> Result<PredictionType> {
+    arg.parse::<PredictionType>().map_err(|_| {
+        usage(format!(
+            "--prediction {arg}: expected epsilon, sample or v_prediction"
+        ))
+    })
+}
+
+/// A config value as diffusers' JSON writes it (`"squaredcos_cap_v2"`, `[8, 16]`).
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    match serde_json::to_value(v) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(v) => v.to_string(),
+        Err(_) => "?".into(),
+    }
+}
+
+/// The `UNet2DModel` fields in which `a` and `b` differ (`_class_name` and other `_` keys
+/// aside), each as `field: a vs b`.
+fn config_differences(a: &UNetConfig, b: &UNetConfig) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(a), serde_json::to_value(b))
+    else {
+        return vec!["(the configs cannot be compared)".into()];
+    };
+    let null = serde_json::Value::Null;
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| !k.starts_with('_'))
+        .filter_map(|k| {
+            let (x, y) = (a.get(k).unwrap_or(&null), b.get(k).unwrap_or(&null));
+            (x != y).then(|| format!("{k}: {x} vs {y}"))
+        })
+        .collect()
+}
+
+/// The number of channels the images of `spec` have of themselves (MNIST grey, CIFAR-10 RGB);
+/// `None` for a folder, whose images may be either, and the synthetic set, drawn at any.
+fn native_channels(spec: &DataSpec) -> Option<usize> {
+    match spec {
+        DataSpec::Mnist(_) => Some(1),
+        DataSpec::Cifar10(_) => Some(3),
+        DataSpec::Folder(_) | DataSpec::Synthetic => None,
+    }
+}
+
+impl TrainArgs {
+    /// How the run starts, read from the flags and checked before any data is read, the device
+    /// is chosen or anything is written: a fresh run, a run resumed from a checkpoint, or a
+    /// fine-tuning run from `--init-from` (its step-0 state, loaded).
+    pub fn start(&self) -> Result<Start> {
+        if let Some(path) = &self.resume {
+            if let Some(from) = &self.init_from {
+                return Err(usage(format!(
+                    "--init-from {} with --resume {}: --resume continues a run (its weights, \
+                     optimizer state and step), --init-from starts a new one from a model's \
+                     weights; pass one of them",
+                    from.display(),
+                    path.display()
+                )));
+            }
             if !path.exists() {
                 return Err(usage(format!(
                     "--resume {}: no such checkpoint file or run directory",
                     path.display()
                 )));
             }
-            train::check_resumable(&path)?;
-            // Keep writing into the resumed run: <run> or <run>/checkpoints/<file> → <run>.
-            let run_dir = if path.is_dir() {
-                Some(path.clone())
+            train::check_resumable(path)?;
+            return Ok(Start::Resume {
+                checkpoint: path.clone(),
+                steps: self.steps,
+                keep_checkpoints: self.keep_checkpoints,
+                max_nonfinite_steps: self.max_nonfinite_steps,
+            });
+        }
+        if let Some(path) = &self.init_from {
+            return self.init_start(path);
+        }
+        self.fresh_start()
+    }
+
+    fn fresh_start(&self) -> Result<Start> {
+        let model_arg = self.model.as_deref().unwrap_or("tiny");
+        let mut model = model_config(model_arg)?;
+        if let Some(s) = self.image_size {
+            model.sample_size = s;
+        }
+        if let Some(c) = self.channels {
+            crate::ensure_usage!(c != 2, "--channels 2: expected 1 (grey) or 3 (RGB)");
+            model.in_channels = c as usize;
+            model.out_channels = c as usize;
+        }
+        if let Some(p) = self.dropout {
+            model.dropout = p;
+        }
+        if let Err(e) = model.validate() {
+            let mut given = Vec::new();
+            if let Some(s) = self.image_size {
+                given.push(("sample_size", format!("--image-size {s}")));
+            }
+            if let Some(c) = self.channels {
+                given.push(("in_channels", format!("--channels {c}")));
+            }
+            if let Some(p) = self.dropout {
+                given.push(("dropout", format!("--dropout {p}")));
+            }
+            let desc = if UNetConfig::preset(model_arg).is_some() {
+                format!("the {model_arg} preset")
             } else {
-                path.parent()
-                    .filter(|d| d.ends_with("checkpoints"))
-                    .and_then(Path::parent)
-                    .map(Path::to_path_buf)
+                format!("the model in {model_arg}")
             };
-            if let Some(run_dir) = run_dir.filter(|_| !out_given) {
-                out = run_dir;
-            }
-            Start::Resume {
-                checkpoint: path,
-                steps: a.steps,
-                keep_checkpoints: a.keep_checkpoints,
-                max_nonfinite_steps: a.max_nonfinite_steps,
+            return Err(geometry_error(
+                &format!("--model {model_arg}"),
+                &desc,
+                &model,
+                e,
+                &given,
+            ));
+        }
+        check_data(&self.data)?;
+        let mut schedule = ScheduleConfig::default();
+        self.apply_schedule_flags(&mut schedule)?;
+        let train = self.train_config(&model, self.label_dropout.unwrap_or(0.0))?;
+        Ok(Start::Fresh {
+            model,
+            schedule,
+            train,
+        })
+    }
+
+    /// `--beta-schedule`, `--timesteps` and `--prediction`, where given, over `schedule`.
+    fn apply_schedule_flags(&self, schedule: &mut ScheduleConfig) -> Result<()> {
+        if let Some(t) = self.timesteps {
+            schedule.num_train_timesteps = t as usize;
+        }
+        if let Some(b) = &self.beta_schedule {
+            schedule.beta_schedule = parse_beta_schedule(b)?;
+        }
+        if let Some(p) = &self.prediction {
+            schedule.prediction_type = parse_prediction(p)?;
+        }
+        schedule
+            .validate()
+            .map_err(|e| usage(format!("--timesteps/--beta-schedule: {e}")))
+    }
+
+    /// The training settings of the flags, for `model` (its size and channels).
+    fn train_config(&self, model: &UNetConfig, label_dropout: f64) -> Result<TrainConfig> {
+        // A fine-tuned class-conditional model goes on learning from the labels.
+        let class_cond =
+            self.class_cond || (self.init_from.is_some() && model.num_class_embeds.is_some());
+        let mut train = TrainConfig {
+            data: self.data.clone(),
+            image_size: model.sample_size,
+            channels: model.in_channels,
+            upscale: self.upscale,
+            class_conditional: class_cond,
+            label_dropout,
+            batch_size: self.batch_size as usize,
+            steps: self.steps.unwrap_or(3000),
+            seed: self.seed,
+            hflip: self.hflip,
+            loss: self.loss,
+            grad_clip: self.grad_clip,
+            sample_every: self.sample_every,
+            checkpoint_every: self.checkpoint_every,
+            ..TrainConfig::default()
+        };
+        if let Some(k) = self.keep_checkpoints {
+            train.keep_checkpoints = k;
+        }
+        if let Some(m) = self.max_nonfinite_steps {
+            train.max_nonfinite_steps = m;
+        }
+        train.optimizer.lr = self.lr;
+        train.optimizer.warmup_steps = self.warmup;
+        train.optimizer.weight_decay = self.weight_decay;
+        train.ema.decay = self.ema_decay;
+        train.ema.start_step = self.ema_start;
+        train.ema.update_every = self.ema_every;
+        train
+            .optimizer
+            .validate()
+            .map_err(|e| usage(e.to_string()))?;
+        train.ema.validate().map_err(|e| usage(e.to_string()))?;
+        train.validate().map_err(|e| usage(e.to_string()))?;
+        if train.label_dropout > 0.0 && !self.class_cond && model.num_class_embeds.is_none() {
+            return Err(usage(
+                "--label-dropout needs a class-conditional model: add --class-cond",
+            ));
+        }
+        Ok(train)
+    }
+
+    /// `--init-from`: the source's model and schedule, checked against every flag that would
+    /// set them, and the step-0 state of a new run on its weights (and EMA).
+    fn init_start(&self, path: &Path) -> Result<Start> {
+        let from = format!("--init-from {}", path.display());
+        if !path.exists() {
+            return Err(usage(format!(
+                "{from}: no such file or directory (expected a diffusers UNet2DModel or \
+                 pipeline directory, a ddpm checkpoint file or a ddpm run directory)"
+            )));
+        }
+        // The data flag first: cheap, and independent of the source.
+        check_data(&self.data)?;
+        let src = ModelSource::open_for_training(path).with_context(|| from.clone())?;
+        if !self.quiet {
+            for line in &src.notes {
+                eprintln!("{line}");
             }
         }
-        None => {
-            let mut model = model_config(&a.model)?;
-            if let Some(s) = a.image_size {
-                model.sample_size = s;
-            }
-            if let Some(c) = a.channels {
-                crate::ensure_usage!(c != 2, "--channels 2: expected 1 (grey) or 3 (RGB)");
-                model.in_channels = c as usize;
-                model.out_channels = c as usize;
-            }
-            if let Some(p) = a.dropout {
-                model.dropout = p;
-            }
-            if let Err(e) = model.validate() {
-                let mut given = Vec::new();
-                if let Some(s) = a.image_size {
-                    given.push(("sample_size", format!("--image-size {s}")));
-                }
-                if let Some(c) = a.channels {
-                    given.push(("in_channels", format!("--channels {c}")));
-                }
-                if let Some(p) = a.dropout {
-                    given.push(("dropout", format!("--dropout {p}")));
-                }
-                let desc = if UNetConfig::preset(&a.model).is_some() {
-                    format!("the {} preset", a.model)
-                } else {
-                    format!("the model in {}", a.model)
-                };
-                return Err(geometry_error(
-                    &format!("--model {}", a.model),
-                    &desc,
-                    &model,
-                    e,
-                    &given,
-                ));
-            }
-            check_data(&a.data)?;
-            let schedule = ScheduleConfig {
-                num_train_timesteps: a.timesteps as usize,
-                beta_schedule: a.beta_schedule.parse::<BetaSchedule>().map_err(|_| {
-                    usage(format!(
-                        "--beta-schedule {}: expected linear, scaled_linear, squaredcos_cap_v2 (cosine), sigmoid or laplace",
-                        a.beta_schedule
-                    ))
-                })?,
-                prediction_type: a.prediction.parse::<PredictionType>().map_err(|_| {
-                    usage(format!(
-                        "--prediction {}: expected epsilon, sample or v_prediction",
-                        a.prediction
-                    ))
-                })?,
-                ..ScheduleConfig::default()
+        let mut model = src.model.clone();
+        let what = format!("{from} ({}, model {model})", src.kind);
+        crate::ensure_usage!(
+            model.in_channels == model.out_channels && matches!(model.in_channels, 1 | 3),
+            "{what}: the model maps {} channels to {}; ddpm trains denoisers of grey (1) or RGB \
+             (3) images",
+            model.in_channels,
+            model.out_channels
+        );
+        // Flags that would set the model: each must agree with the source.
+        if let Some(arg) = &self.model {
+            let given = model_config(arg)?;
+            let mut diff = config_differences(&given, &model);
+            let dropout_hint = if diff.iter().any(|d| d.starts_with("dropout:")) {
+                " (--dropout P sets its dropout)"
+            } else {
+                ""
             };
-            schedule
-                .validate()
-                .map_err(|e| usage(format!("--timesteps/--beta-schedule: {e}")))?;
-            let mut train = TrainConfig {
-                data: a.data,
-                image_size: model.sample_size,
-                channels: model.in_channels,
-                upscale: a.upscale,
-                class_conditional: a.class_cond,
-                label_dropout: a.label_dropout.unwrap_or(0.0),
-                batch_size: a.batch_size as usize,
-                steps: a.steps.unwrap_or(3000),
-                seed: a.seed,
-                hflip: a.hflip,
-                loss: a.loss,
-                grad_clip: a.grad_clip,
-                sample_every: a.sample_every,
-                checkpoint_every: a.checkpoint_every,
-                ..TrainConfig::default()
-            };
-            if let Some(k) = a.keep_checkpoints {
-                train.keep_checkpoints = k;
+            if diff.len() > 4 {
+                let more = diff.len() - 3;
+                diff.truncate(3);
+                diff.push(format!("{more} more fields"));
             }
-            if let Some(m) = a.max_nonfinite_steps {
-                train.max_nonfinite_steps = m;
-            }
-            train.optimizer.lr = a.lr;
-            train.optimizer.warmup_steps = a.warmup;
-            train.optimizer.weight_decay = a.weight_decay;
-            train.ema.decay = a.ema_decay;
-            train.ema.start_step = a.ema_start;
-            train.ema.update_every = a.ema_every;
-            train
-                .optimizer
-                .validate()
-                .map_err(|e| usage(e.to_string()))?;
-            train.ema.validate().map_err(|e| usage(e.to_string()))?;
-            train.validate().map_err(|e| usage(e.to_string()))?;
-            if train.label_dropout > 0.0 && !a.class_cond && model.num_class_embeds.is_none() {
-                return Err(usage(
-                    "--label-dropout needs a class-conditional model: add --class-cond",
-                ));
-            }
-            Start::Fresh {
-                model,
-                schedule,
-                train,
+            if !diff.is_empty() {
+                return Err(usage(format!(
+                    "--model {arg} contradicts {what}: they differ in {}; leave --model out, \
+                     the model is the source's{}",
+                    diff.join(", "),
+                    dropout_hint
+                )));
             }
         }
-    };
+        if let Some(s) = self.image_size {
+            crate::ensure_usage!(
+                s == model.sample_size,
+                "--image-size {s} contradicts {what}, whose images are {0}×{0}: leave \
+                 --image-size out (the data is resized to {0}×{0})",
+                model.sample_size
+            );
+        }
+        let color = |c: usize| {
+            if c == 1 {
+                "grey (1-channel)"
+            } else {
+                "RGB (3-channel)"
+            }
+        };
+        if let Some(c) = self.channels {
+            crate::ensure_usage!(
+                c as usize == model.in_channels,
+                "--channels {c} contradicts {what}, which takes {} images: leave --channels out",
+                color(model.in_channels)
+            );
+        }
+        if self.class_cond {
+            crate::ensure_usage!(
+                model.num_class_embeds.is_some(),
+                "--class-cond contradicts {what}: the model is unconditional (it has no class \
+                 embedding to fine-tune); leave --class-cond out"
+            );
+        }
+        // The data's own channels, where it has them, must be the model's unless --channels
+        // asks for the conversion.
+        let spec: DataSpec = self
+            .data
+            .parse()
+            .map_err(|e| usage(format!("--data: {e}")))?;
+        if let (Some(c), None) = (native_channels(&spec), self.channels) {
+            crate::ensure_usage!(
+                c == model.in_channels,
+                "--data {} holds {} images, but the model of {what} takes {} images: pass \
+                 --channels {} to convert them, or choose other data",
+                self.data,
+                color(c),
+                color(model.in_channels),
+                model.in_channels
+            );
+        }
+        // The schedule: the source's, unless it has none (a bare UNet2DModel directory).
+        let mut schedule = src.schedule.clone();
+        if src.schedule_given {
+            let mut differs = Vec::new();
+            if let Some(t) = self.timesteps {
+                if t as usize != schedule.num_train_timesteps {
+                    differs.push(format!(
+                        "--timesteps {t} (the source's num_train_timesteps is {})",
+                        schedule.num_train_timesteps
+                    ));
+                }
+            }
+            if let Some(b) = &self.beta_schedule {
+                if parse_beta_schedule(b)? != schedule.beta_schedule {
+                    differs.push(format!(
+                        "--beta-schedule {b} (the source's beta_schedule is {})",
+                        json_text(&schedule.beta_schedule)
+                    ));
+                }
+            }
+            if let Some(p) = &self.prediction {
+                if parse_prediction(p)? != schedule.prediction_type {
+                    differs.push(format!(
+                        "--prediction {p} (the source's prediction_type is {})",
+                        json_text(&schedule.prediction_type)
+                    ));
+                }
+            }
+            if !differs.is_empty() {
+                return Err(usage(format!(
+                    "{} contradict{} {what}, whose noise schedule the run keeps: leave {} out",
+                    differs.join(" and "),
+                    if differs.len() == 1 { "s" } else { "" },
+                    if differs.len() == 1 { "it" } else { "them" }
+                )));
+            }
+        } else {
+            self.apply_schedule_flags(&mut schedule)?;
+        }
+        if let Some(p) = self.dropout {
+            model.dropout = p;
+        }
+        model
+            .validate()
+            .map_err(|e| usage(format!("{what}: {e}")))?;
+        if let Some(p) = self.label_dropout.filter(|&p| p > 0.0) {
+            crate::ensure_usage!(
+                model.num_class_embeds.is_some(),
+                "--label-dropout {p} contradicts {what}: the model is unconditional, with no \
+                 class embedding to learn a null class in; leave --label-dropout out"
+            );
+        }
+        // A class-conditional source trained with label dropout keeps its null class.
+        let label_dropout = self.label_dropout.unwrap_or_else(|| {
+            src.train
+                .as_ref()
+                .filter(|_| model.num_class_embeds.is_some())
+                .map_or(0.0, |t| t.label_dropout)
+        });
+        let mut train = self.train_config(&model, label_dropout)?;
+        let weights_file = src.path.canonicalize().unwrap_or_else(|_| src.path.clone());
+        train.init_from = Some(InitFrom {
+            source: path.display().to_string(),
+            weights: weights_file.display().to_string(),
+            kind: src.kind.clone(),
+            ema_from_source: src.ema.is_some(),
+        });
+        let n = src.weights.len();
+        let ema = src.ema.unwrap_or_else(|| src.weights.clone());
+        Ok(Start::Init(Box::new(Checkpoint {
+            model,
+            schedule,
+            rng: RngState {
+                seed: train.seed,
+                next_step: 0,
+            },
+            train,
+            step: 0,
+            skipped_steps: 0,
+            weights: src.weights,
+            ema,
+            adam_m: vec![0.0; n],
+            adam_v: vec![0.0; n],
+        })))
+    }
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let start = a.start()?;
+    let mut out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs/ddpm"));
+    if let (Start::Resume { checkpoint, .. }, None) = (&start, &a.out) {
+        // Keep writing into the resumed run: <run> or <run>/checkpoints/<file> → <run>.
+        let run_dir = if checkpoint.is_dir() {
+            Some(checkpoint.clone())
+        } else {
+            checkpoint
+                .parent()
+                .filter(|d| d.ends_with("checkpoints"))
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+        };
+        if let Some(run_dir) = run_dir {
+            out = run_dir;
+        }
+    }
     // Checked before the data is read or a step is run; removed again if the run cannot start.
     let _out_dir = OutputDir::prepare(&out, "--out")?;
     let quiet = a.quiet;

@@ -65,6 +65,23 @@ pub struct TrainConfig {
     /// Images in each sample grid, and the DDIM steps used to draw them.
     pub sample_count: usize,
     pub sample_steps: usize,
+    /// Where a fine-tuning run (`--init-from`) took its starting weights; `None` for a run
+    /// started from random weights. Kept through `--resume`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<InitFrom>,
+}
+
+/// The starting point of a fine-tuning run, as recorded in its config.json and checkpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitFrom {
+    /// `--init-from` as given.
+    pub source: String,
+    /// The weights file read (absolute when it could be resolved).
+    pub weights: String,
+    /// What it was: `ddpm checkpoint (step N)`, `diffusers pipeline`, `diffusers UNet2DModel`.
+    pub kind: String,
+    /// Whether the EMA came from the source; otherwise it started as a copy of the weights.
+    pub ema_from_source: bool,
 }
 
 impl Default for TrainConfig {
@@ -91,6 +108,7 @@ impl Default for TrainConfig {
             log_every: 10,
             sample_count: 16,
             sample_steps: 50,
+            init_from: None,
         }
     }
 }

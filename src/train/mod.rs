@@ -21,7 +21,7 @@ mod run;
 pub mod run_lock;
 
 pub use checkpoint::{Checkpoint, CheckpointError, RngState};
-pub use config::{LossKind, TrainConfig, TrainConfigError};
+pub use config::{InitFrom, LossKind, TrainConfig, TrainConfigError};
 pub use engine::TrainEngine;
 pub use run::{check_resumable, run, RunOptions, RunSummary, Start};
 

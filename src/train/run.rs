@@ -50,6 +50,10 @@ pub enum Start {
         schedule: ScheduleConfig,
         train: TrainConfig,
     },
+    /// A new run from given weights (fine-tuning): the state at step 0, its optimizer moments
+    /// zero, its EMA the source's or a copy of the weights, and `train.init_from` saying where
+    /// they came from.
+    Init(Box<Checkpoint>),
     /// Continue from a checkpoint file, or from the newest checkpoint of a run directory that
     /// verifies. The options given replace the checkpoint's.
     Resume {
@@ -184,16 +188,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             schedule,
             train,
         } => {
-            // A fresh run would mix its checkpoints with another run's and overwrite its log.
-            let existing = checkpoint_dir::newest_name(&opts.out.join("checkpoints"));
-            if let Some(name) = existing {
-                return Err(crate::usage_error::usage(format!(
-                    "{} already holds a training run (checkpoints/{name}): pass --resume {} to \
-                     continue it, or choose another --out",
-                    opts.out.display(),
-                    opts.out.display()
-                )));
-            }
+            refuse_existing_run(&opts.out)?;
             check_cpu_memory(&opts.device, &model, &train, false)?;
             let dataset = load_data(&train)?;
             if train.class_conditional && model.num_class_embeds.is_none() {
@@ -217,6 +212,39 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
                 )?),
             };
             (engine, dataset)
+        }
+        Start::Init(ck) => {
+            refuse_existing_run(&opts.out)?;
+            let from = ck
+                .train
+                .init_from
+                .as_ref()
+                .map_or(String::new(), |i| format!("--init-from {}: ", i.source));
+            check_cpu_memory(&opts.device, &ck.model, &ck.train, false)?;
+            let dataset = load_data(&ck.train).map_err(|e| {
+                // The size is the model's: advice to change --image-size does not apply.
+                let fixed = if format!("{e:#}").contains("--image-size") {
+                    " whatever --image-size says below; --upscale enlarges smaller ones"
+                } else {
+                    ""
+                };
+                e.context(format!(
+                    "{from}its model takes {}{fixed}",
+                    geometry(&ck.model)
+                ))
+            })?;
+            // Before the model goes to the device: the data must suit the source's model.
+            check_data_fits(&dataset, &ck.model, &ck.train)
+                .map_err(|e| crate::usage_error::usage(format!("{from}{e}")))?;
+            let t: Box<dyn TrainEngine> = match &opts.device {
+                Device::Cpu => Box::new(Trainer::from_checkpoint(*ck)?),
+                Device::Cuda(gpu) => Box::new(GpuTrainer::from_checkpoint(
+                    gpu.clone(),
+                    *ck,
+                    opts.precision,
+                )?),
+            };
+            (t, dataset)
         }
         Start::Resume {
             checkpoint,
@@ -257,7 +285,7 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
             (t, dataset)
         }
     };
-    check_data_fits(&dataset, trainer.net(), trainer.config())?;
+    check_data_fits(&dataset, &trainer.net().config, trainer.config())?;
     let dataset = Arc::new(dataset);
     let cfg = trainer.config().clone();
     let out = opts.out;
@@ -292,8 +320,29 @@ pub fn run(opts: RunOptions) -> Result<RunSummary> {
     write_config(&out, trainer.as_ref())?;
     let mut log = CsvLog::open(&out.join("log.csv"), trainer.step())?;
 
+    // A fine-tuning run says what it started from (when it starts, and when it is resumed).
+    let (verb, init) = match (&cfg.init_from, trainer.step()) {
+        (Some(i), 0) => (
+            "fine-tuning",
+            format!(
+                " from {} ({}; the EMA {})",
+                i.source,
+                i.kind,
+                if i.ema_from_source {
+                    "is the source's"
+                } else {
+                    "starts as a copy of the weights"
+                }
+            ),
+        ),
+        (Some(i), _) => (
+            "training",
+            format!(", fine-tuned from {} ({}),", i.source, i.kind),
+        ),
+        (None, _) => ("training", String::new()),
+    };
     say(format!(
-        "training {} ({:.2}M parameters) on {} with {} ({} images) for steps {}..{}, batch {}, output {}",
+        "{verb} {} ({:.2}M parameters){init} on {} with {} ({} images) for steps {}..{}, batch {}, output {}",
         trainer.net().config,
         trainer.net().num_params() as f64 / 1e6,
         dataset.name,
@@ -546,9 +595,29 @@ fn load_data(cfg: &TrainConfig) -> Result<Dataset> {
     )?)
 }
 
+/// `3×32×32 images`, for messages.
+fn geometry(m: &UNetConfig) -> String {
+    format!(
+        "{}×{}×{} images",
+        m.in_channels, m.sample_size, m.sample_size
+    )
+}
+
+/// A new run would mix its checkpoints with another run's and overwrite its log.
+fn refuse_existing_run(out: &Path) -> Result<()> {
+    if let Some(name) = checkpoint_dir::newest_name(&out.join("checkpoints")) {
+        return Err(crate::usage_error::usage(format!(
+            "{} already holds a training run (checkpoints/{name}): pass --resume {} to \
+             continue it, or choose another --out",
+            out.display(),
+            out.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The data must have the model's geometry, and labels for a class-conditional model.
-fn check_data_fits(ds: &Dataset, net: &UNet, cfg: &TrainConfig) -> Result<()> {
-    let m = &net.config;
+fn check_data_fits(ds: &Dataset, m: &UNetConfig, cfg: &TrainConfig) -> Result<()> {
     ensure!(
         ds.size == m.sample_size && ds.channels == m.in_channels,
         "the data is {}×{}×{} but the model expects {}×{}×{}",
