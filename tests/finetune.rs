@@ -508,6 +508,43 @@ fn save_raw_writes_the_samplers_final_state_unclamped() {
     // (to rounding: its last step is 1 · x̂₀ + 0 · xₜ in floating point).
     assert!(clipped.iter().all(|v| v.abs() <= 1.0 + 1e-5));
 
+    // A pipeline whose scheduler has `clip_sample: false`, as a user comparing numbers with
+    // diffusers would run it: no flag needed.
+    let pipeline = dir.join("pipeline");
+    export(&fixture_checkpoint(), &pipeline);
+    let config = pipeline.join("scheduler/scheduler_config.json");
+    let mut v = read_json(&config);
+    v["clip_sample"] = Value::Bool(false);
+    std::fs::write(&config, v.to_string()).unwrap();
+    let (out, raw) = (
+        dir.join("from-pipeline"),
+        dir.join("from-pipeline.safetensors"),
+    );
+    ok(&ddpm(&[
+        "sample",
+        "--checkpoint",
+        s(&pipeline),
+        "--sampler",
+        "ddpm",
+        "--steps",
+        "10",
+        "--num",
+        "2",
+        "--out",
+        s(&out),
+        "--save-raw",
+        s(&raw),
+        "--device",
+        "cpu",
+        "-q",
+    ]));
+    let (_, v) = raw_tensor(&raw);
+    assert!(
+        v.iter().any(|x| x.abs() > 2.0),
+        "clip_sample: false, yet clamped"
+    );
+    assert_png_is_clamped(&out.join("sample_00001.png"), &v[192..]);
+
     // interpolate's frames the same way.
     let frames = dir.join("frames");
     let raw = dir.join("frames.safetensors");
