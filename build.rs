@@ -5,6 +5,10 @@
 //! `extern "C"` kernel names and the fatbin bytes (via `include_bytes!`); `src/cuda/kernels.rs`
 //! includes it.
 //!
+//! ptxas reports each kernel's registers, stack frame, spills and shared memory per machine-code
+//! target (`-Xptxas -v`); they go into `kernels.rs` as `RESOURCES`, and a kernel that spills
+//! or needs more than 255 registers fails the build.
+//!
 //! nvcc is looked up in `$NVCC`, then `$CUDA_HOME/bin`, then `$CUDA_PATH/bin`, then `PATH`.
 //! Without nvcc the build succeeds with one `cargo:warning` and an empty module list, unless
 //! `DDPM_REQUIRE_NVCC=1` (CI sets it) turns that into an error. A kernel that does not compile
@@ -137,6 +141,66 @@ struct Module {
     name: String,
     fatbin: PathBuf,
     kernels: Vec<String>,
+    resources: Vec<Resources>,
+}
+
+/// What ptxas said about one kernel for one target.
+#[derive(Debug, Default)]
+struct Resources {
+    kernel: String,
+    target: String,
+    registers: u32,
+    barriers: u32,
+    stack_bytes: u32,
+    spill_store_bytes: u32,
+    spill_load_bytes: u32,
+    shared_bytes: u32,
+}
+
+/// The most registers a thread may have on every target.
+const MAX_REGISTERS: u32 = 255;
+
+/// The numbers `ptxas -v` prints on stderr, per entry function and target:
+///   ptxas info    : Compiling entry function 'add_f32' for 'sm_90'
+///   ptxas info    : Function properties for add_f32
+///       0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+///   ptxas info    : Used 10 registers, used 0 barriers, 16 bytes smem, ...
+fn parse_ptxas(text: &str) -> Vec<Resources> {
+    // The number before each of `words` in a comma-separated line ("12 registers", "used 0
+    // barriers", "8 bytes smem").
+    fn number_before(line: &str, word: &str) -> Option<u32> {
+        line.split(',').find_map(|part| {
+            let part = part.trim();
+            let head = part.strip_suffix(word)?.trim_end();
+            let head = head.strip_suffix("bytes").unwrap_or(head).trim_end();
+            head.rsplit(' ').next()?.parse().ok()
+        })
+    }
+    let mut out: Vec<Resources> = Vec::new();
+    for line in text.lines() {
+        let info = line.trim_start_matches("ptxas info    :").trim();
+        if let Some(rest) = info.strip_prefix("Compiling entry function '") {
+            if let Some((kernel, tail)) = rest.split_once("' for '") {
+                out.push(Resources {
+                    kernel: kernel.to_string(),
+                    target: tail.trim_end_matches('\'').to_string(),
+                    ..Default::default()
+                });
+            }
+            continue;
+        }
+        let Some(r) = out.last_mut() else { continue };
+        if info.contains("bytes stack frame") {
+            r.stack_bytes = number_before(info, "stack frame").unwrap_or(0);
+            r.spill_store_bytes = number_before(info, "spill stores").unwrap_or(0);
+            r.spill_load_bytes = number_before(info, "spill loads").unwrap_or(0);
+        } else if let Some(used) = info.strip_prefix("Used ") {
+            r.registers = number_before(used, "registers").unwrap_or(0);
+            r.barriers = number_before(used, "barriers").unwrap_or(0);
+            r.shared_bytes = number_before(used, "smem").unwrap_or(0);
+        }
+    }
+    out
 }
 
 /// Compiles all sources in parallel (nvcc is single-threaded and slow); any failure panics with
@@ -163,6 +227,35 @@ fn compile_all(nvcc: &Path, kernel_dir: &Path, sources: &[PathBuf], out_dir: &Pa
     if !errors.is_empty() {
         panic!("CUDA kernel compilation failed:\n{errors}");
     }
+    let mut over = String::new();
+    for m in &modules {
+        let targets = GENCODE
+            .iter()
+            .filter(|(_, code)| code.starts_with("sm_"))
+            .count();
+        if m.resources.len() != m.kernels.len() * targets {
+            over.push_str(&format!(
+                "{}.cu: ptxas reported {} kernel builds, expected {} kernels × {targets} targets\n",
+                m.name,
+                m.resources.len(),
+                m.kernels.len()
+            ));
+        }
+        for r in &m.resources {
+            if r.spill_store_bytes > 0 || r.spill_load_bytes > 0 || r.registers > MAX_REGISTERS {
+                over.push_str(&format!(
+                    "{} ({}): {} registers, {} bytes spill stores, {} bytes spill loads\n",
+                    r.kernel, r.target, r.registers, r.spill_store_bytes, r.spill_load_bytes
+                ));
+            }
+        }
+    }
+    if !over.is_empty() {
+        panic!(
+            "kernels that spill registers to local memory or need more than {MAX_REGISTERS} \
+             registers (ptxas -v):\n{over}"
+        );
+    }
     modules
 }
 
@@ -182,6 +275,8 @@ fn compile_one(
             "--expt-relaxed-constexpr",
             "-Werror",
             "all-warnings",
+            "-Xptxas",
+            "-v",
         ])
         .arg("-I")
         .arg(kernel_dir);
@@ -208,6 +303,11 @@ fn compile_one(
         name,
         fatbin,
         kernels: kernel_names(&text),
+        resources: parse_ptxas(&format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )),
     })
 }
 
@@ -245,6 +345,23 @@ fn render_modules(nvcc_version: Option<&str>, modules: &[Module]) -> String {
             m.name,
             m.fatbin.display().to_string(),
             m.kernels
+        )
+        .unwrap();
+    }
+    s.push_str("];\n");
+    s.push_str("pub const RESOURCES: &[KernelResources] = &[\n");
+    for r in modules.iter().flat_map(|m| &m.resources) {
+        writeln!(
+            s,
+            "    KernelResources {{ kernel: {:?}, target: {:?}, registers: {}, barriers: {}, stack_bytes: {}, spill_store_bytes: {}, spill_load_bytes: {}, shared_bytes: {} }},",
+            r.kernel,
+            r.target,
+            r.registers,
+            r.barriers,
+            r.stack_bytes,
+            r.spill_store_bytes,
+            r.spill_load_bytes,
+            r.shared_bytes
         )
         .unwrap();
     }

@@ -154,6 +154,24 @@ impl Launch {
     }
 }
 
+/// A block of `cfg` fits in the registers of one SM given what ptxas reported for `kernel` (no
+/// report, no check: built without nvcc).
+fn check_registers(kernel: &str, cfg: Launch) -> Result<(), String> {
+    let Some(regs) = kernels::registers(kernel) else {
+        return Ok(());
+    };
+    let threads = cfg.block.0 * cfg.block.1 * cfg.block.2;
+    let need = kernels::block_registers(regs, threads);
+    if need > u64::from(kernels::REGISTERS_PER_BLOCK) {
+        return Err(format!(
+            "a block of {threads} threads at {regs} registers each (ptxas) needs {need} \
+             registers, more than the {} of one SM",
+            kernels::REGISTERS_PER_BLOCK
+        ));
+    }
+    Ok(())
+}
+
 /// Threads in one block, on every GPU since compute capability 2.0.
 pub const MAX_BLOCK_THREADS: u32 = 1024;
 
@@ -650,7 +668,10 @@ impl Gpu {
         if cfg.grid.0 == 0 || cfg.grid.1 == 0 || cfg.grid.2 == 0 {
             return Ok(()); // nothing to do (an empty tensor)
         }
-        if let Err(why) = cfg.check_limits() {
+        if let Err(why) = cfg
+            .check_limits()
+            .and_then(|()| check_registers(kernel, cfg))
+        {
             return Err(CudaError::new(
                 CudaErrorKind::Driver,
                 format!("kernel {kernel} {}", shapes()),
