@@ -250,11 +250,16 @@ fn a_second_signal_during_the_save_stops_at_once_keeping_the_previous_checkpoint
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Every save this process could start blocks in opening its temporary file.
+    // Every save this process could start blocks in opening its temporary file. The FIFOs are
+    // named by its process id, so it is stopped while they are made: a step takes about a
+    // millisecond, a FIFO about as long, and it would otherwise outrun them.
+    const LAST_FIFO: u64 = 1000;
     let pid = child.id();
-    for step in 6..=200 {
+    signal(&child, libc::SIGSTOP);
+    for step in 6..=LAST_FIFO {
         mkfifo(&ck_dir.join(format!(".step_{step:07}.safetensors.tmp-{pid}")));
     }
+    signal(&child, libc::SIGCONT);
     let mut err = BufReader::new(child.stderr.take().unwrap());
     wait_until(&mut child, "step 15", || logged_step(&run) >= 15);
     signal(&child, libc::SIGINT);
@@ -266,7 +271,12 @@ fn a_second_signal_during_the_save_stops_at_once_keeping_the_previous_checkpoint
             "no saving line:\n{said}"
         );
         said.push_str(&line);
-        if line.starts_with("Ctrl-C (SIGINT): saving step ") {
+        if let Some(rest) = line.strip_prefix("Ctrl-C (SIGINT): saving step ") {
+            let step: u64 = rest.split(' ').next().unwrap().parse().unwrap();
+            assert!(
+                step <= LAST_FIFO,
+                "the run reached step {step} before the signal, past the FIFOs:\n{said}"
+            );
             break;
         }
     }
@@ -330,7 +340,11 @@ fn sampling_interrupted_finishes_the_file_in_flight_and_exits_130() {
         .spawn()
         .unwrap();
     let fifo = raw_dir.join(format!(".raw.safetensors.tmp-{}", child.id()));
+    // Stopped while the FIFO is made, so that it is there before the write, however slow the
+    // machine.
+    signal(&child, libc::SIGSTOP);
     mkfifo(&fifo);
+    signal(&child, libc::SIGCONT);
     // The raw tensor is written last: once the grid is there, the writer is at the FIFO.
     wait_until(&mut child, "the grid", || out.join("grid.png").exists());
     std::thread::sleep(Duration::from_millis(200));
