@@ -14,8 +14,8 @@ fn main() -> std::process::ExitCode {
     // training saves a checkpoint first (src/interrupt.rs).
     let note = match cli.command {
         Command::Train(_) => Some(
-            "\ninterrupted before the first training step: nothing to save yet (the same command \
-             starts the run again)\n",
+            "\ninterrupted before the first training step: nothing new to save (run the same command \
+             again)\n",
         ),
         Command::Sample(_) | Command::Invert(_) | Command::Interpolate(_) => {
             Some("\ninterrupted: stopped early; every file written so far is complete\n")

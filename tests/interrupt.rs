@@ -7,29 +7,16 @@
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ddpm::train::Checkpoint;
 
 mod common;
-use common::{ddpm, fails_with, ok, SMALL_MODEL};
+use common::{assert_same_state, ddpm, fails_with, ok, temp_dir, write_model};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ddpm");
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddpm-int-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn write_model(dir: &Path) -> String {
-    let p = dir.join("small.json");
-    std::fs::write(&p, SMALL_MODEL).unwrap();
-    p.to_str().unwrap().to_string()
-}
 
 /// A fresh run of the small model with no checkpoint before its last step.
 fn train_args<'a>(model: &'a str, out: &'a str, steps: &'a str) -> Vec<&'a str> {
@@ -130,18 +117,6 @@ fn step_files(run: &Path) -> Vec<String> {
     v
 }
 
-fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
-    assert_eq!((a.step, a.skipped_steps), (b.step, b.skipped_steps));
-    for (what, x, y) in [
-        ("weights", &a.weights, &b.weights),
-        ("ema", &a.ema, &b.ema),
-        ("adam.m", &a.adam_m, &b.adam_m),
-        ("adam.v", &a.adam_v, &b.adam_v),
-    ] {
-        assert!(x == y, "{what} differ");
-    }
-}
-
 /// Signals a run once its log shows step `after`, and checks what the interrupt left: the exit
 /// status, the message and a checkpoint at the step it names. Returns that step.
 fn interrupt_run(args: &[&str], run: &Path, after: u64, sig: i32, status: i32, steps: u64) -> u64 {
@@ -193,7 +168,7 @@ fn interrupt_run(args: &[&str], run: &Path, after: u64, sig: i32, status: i32, s
 #[test]
 fn a_signalled_run_saves_its_step_and_resumes_bit_for_bit() {
     const STEPS: u64 = 800;
-    let dir = temp_dir("resume");
+    let dir = temp_dir("int-resume");
     let model = write_model(&dir);
     let steps = STEPS.to_string();
     let straight = dir.join("straight");
@@ -235,7 +210,7 @@ fn a_signalled_run_saves_its_step_and_resumes_bit_for_bit() {
 /// message, and the run's previous checkpoint is still the newest and verifies.
 #[test]
 fn a_second_signal_during_the_save_stops_at_once_keeping_the_previous_checkpoint() {
-    let dir = temp_dir("twice");
+    let dir = temp_dir("int-twice");
     let model = write_model(&dir);
     let run = dir.join("run");
     let r = run.to_str().unwrap();
@@ -323,7 +298,7 @@ fn a_second_signal_during_the_save_stops_at_once_keeping_the_previous_checkpoint
 /// written is whole and no temporary file is left in `--out`.
 #[test]
 fn sampling_interrupted_finishes_the_file_in_flight_and_exits_130() {
-    let dir = temp_dir("sample");
+    let dir = temp_dir("int-sample");
     let model = write_model(&dir);
     let run = dir.join("run");
     ok(&ddpm(&train_args(&model, run.to_str().unwrap(), "2")));
@@ -375,7 +350,7 @@ fn sampling_interrupted_finishes_the_file_in_flight_and_exits_130() {
 /// the run afresh there, or points to another `--out`.
 #[test]
 fn resuming_a_folder_without_a_checkpoint_says_what_to_do() {
-    let dir = temp_dir("empty");
+    let dir = temp_dir("int-empty");
     let run = dir.join("run");
     std::fs::create_dir_all(run.join("checkpoints")).unwrap();
     std::fs::write(run.join("config.json"), "{}").unwrap();

@@ -15,16 +15,9 @@ use ddpm::train::{Checkpoint, TrainConfig, Trainer};
 use safetensors::Dtype;
 
 mod common;
-use common::{ddpm, fails_with, ok, SMALL_MODEL};
+use common::{assert_same_state, ddpm, fails_with, ok, temp_dir, write_model, SMALL_MODEL};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ddpm");
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("ddpm-rel-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -32,12 +25,6 @@ fn stderr(out: &Output) -> String {
 
 fn small_model() -> UNetConfig {
     UNetConfig::from_json(SMALL_MODEL).unwrap()
-}
-
-fn write_model(dir: &Path) -> String {
-    let p = dir.join("small.json");
-    std::fs::write(&p, SMALL_MODEL).unwrap();
-    p.to_str().unwrap().to_string()
 }
 
 /// A checkpoint of the small model after one training step.
@@ -83,7 +70,7 @@ fn rewrite(from: &Path, to: &Path, edit: impl FnOnce(&mut Tensors, &mut HashMap<
 
 #[test]
 fn bad_checkpoints_are_refused_naming_the_file_and_the_problem() {
-    let dir = temp_dir("badck");
+    let dir = temp_dir("rel-badck");
     let good = dir.join("good.safetensors");
     valid_checkpoint(&good);
     let bytes = std::fs::read(&good).unwrap();
@@ -266,7 +253,7 @@ fn bad_checkpoints_are_refused_naming_the_file_and_the_problem() {
 
 #[test]
 fn flags_that_cannot_work_are_usage_errors_and_write_nothing() {
-    let dir = temp_dir("flags");
+    let dir = temp_dir("rel-flags");
     let ck = dir.join("ck.safetensors");
     valid_checkpoint(&ck);
     let ck = ck.to_str().unwrap();
@@ -469,18 +456,6 @@ fn is_temporary(p: &Path) -> bool {
     name.starts_with('.') && name.contains(".tmp-")
 }
 
-fn assert_same_state(a: &Checkpoint, b: &Checkpoint) {
-    assert_eq!((a.step, a.skipped_steps), (b.step, b.skipped_steps));
-    for (what, x, y) in [
-        ("weights", &a.weights, &b.weights),
-        ("ema", &a.ema, &b.ema),
-        ("adam.m", &a.adam_m, &b.adam_m),
-        ("adam.v", &a.adam_v, &b.adam_v),
-    ] {
-        assert!(x == y, "{what} differ");
-    }
-}
-
 /// The step of a run's `latest` checkpoint, from its header.
 fn latest_step(run: &Path) -> Option<u64> {
     ddpm::train::checkpoint_dir::peek_step(&run.join("checkpoints/latest.safetensors"))
@@ -510,7 +485,7 @@ fn wait_until(child: &mut std::process::Child, what: &str, mut done: impl FnMut(
 #[test]
 fn training_killed_at_random_moments_resumes_and_ends_like_a_straight_run() {
     const STEPS: u64 = 300;
-    let dir = temp_dir("kill");
+    let dir = temp_dir("rel-kill");
     let model = write_model(&dir);
     let steps = STEPS.to_string();
     // The straight run, timed: start-up to its first checkpoint, then the time per step.
@@ -636,7 +611,7 @@ fn training_killed_at_random_moments_resumes_and_ends_like_a_straight_run() {
 /// file left by a killed save is removed.
 #[test]
 fn resume_and_sample_use_the_newest_checkpoint_that_verifies() {
-    let dir = temp_dir("newest");
+    let dir = temp_dir("rel-newest");
     let model = write_model(&dir);
     let run = dir.join("run");
     let r = run.to_str().unwrap();
@@ -746,7 +721,7 @@ fn resume_and_sample_use_the_newest_checkpoint_that_verifies() {
 #[cfg(unix)]
 #[test]
 fn a_second_run_in_the_same_directory_is_refused_while_the_first_runs() {
-    let dir = temp_dir("lock");
+    let dir = temp_dir("rel-lock");
     let model = write_model(&dir);
     let run = dir.join("run");
     let r = run.to_str().unwrap();
@@ -799,7 +774,7 @@ fn a_second_run_in_the_same_directory_is_refused_while_the_first_runs() {
 #[test]
 fn a_failed_save_keeps_the_previous_checkpoint_and_says_so() {
     use std::os::unix::process::CommandExt;
-    let dir = temp_dir("efbig");
+    let dir = temp_dir("rel-efbig");
     let model = write_model(&dir);
     let run = dir.join("run");
     let r = run.to_str().unwrap();
@@ -875,7 +850,7 @@ fn a_failed_save_keeps_the_previous_checkpoint_and_says_so() {
 /// row, naming the last checkpoint, which is intact.
 #[test]
 fn non_finite_steps_are_skipped_counted_and_too_many_stop_the_run() {
-    let dir = temp_dir("nan");
+    let dir = temp_dir("rel-nan");
     let model = write_model(&dir);
     let run = dir.join("run");
     let r = run.to_str().unwrap();

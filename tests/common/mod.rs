@@ -75,3 +75,31 @@ pub fn fails_with(out: &std::process::Output, code: i32, needle: &str) {
         assert!(!err.contains(bad), "{err}");
     }
 }
+
+/// A fresh, empty folder for one test: `ddpm-NAME-PID` in the system's temporary folder.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("ddpm-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// [`SMALL_MODEL`] written as `small.json` into `dir`; its path.
+pub fn write_model(dir: &std::path::Path) -> String {
+    let p = dir.join("small.json");
+    std::fs::write(&p, SMALL_MODEL).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+/// Two checkpoints hold the same training state, bit for bit.
+pub fn assert_same_state(a: &ddpm::train::Checkpoint, b: &ddpm::train::Checkpoint) {
+    assert_eq!((a.step, a.skipped_steps), (b.step, b.skipped_steps));
+    for (what, x, y) in [
+        ("weights", &a.weights, &b.weights),
+        ("ema", &a.ema, &b.ema),
+        ("adam.m", &a.adam_m, &b.adam_m),
+        ("adam.v", &a.adam_v, &b.adam_v),
+    ] {
+        assert!(x == y, "{what} differ");
+    }
+}
