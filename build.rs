@@ -410,6 +410,11 @@ mod emulator {
             .include(&emu_dir) // runtime.h
             // `#pragma unroll` is nvcc's; g++ would warn about every one.
             .flag("-Wno-unknown-pragmas")
+            // Every load and store checks that its address is a multiple of its type's
+            // alignment (a GPU faults on a misaligned access; x86 would not) and traps if not:
+            // the emulator's fault handler reports the kernel, block and thread.
+            .flag("-fsanitize=alignment")
+            .flag("-fsanitize-undefined-trap-on-error")
             .file(emu_dir.join("runtime.cpp"));
 
         let mut all: Vec<(String, String)> = Vec::new(); // (kernel, module)

@@ -298,6 +298,17 @@ uint64_t shfl(uint64_t bits, Shfl rule, unsigned arg, int width) {
 
 void __syncthreads() { ddpm_emu::arrive(ddpm_emu::S.block); }
 
+// blockIdx and threadIdx of the thread running now (for the memory checker's fault report, from
+// a signal handler: it only reads two thread-locals).
+extern "C" void ddpm_emu_position(unsigned* out) {
+    out[0] = blockIdx.x;
+    out[1] = blockIdx.y;
+    out[2] = blockIdx.z;
+    out[3] = threadIdx.x;
+    out[4] = threadIdx.y;
+    out[5] = threadIdx.z;
+}
+
 // Runs kernel `kernel` over a gx×gy×gz grid of bx×by×bz blocks with args[i] pointing at the value
 // of parameter i (as cuLaunchKernel), the threads of each block in `order` (0 index, 1 reversed,
 // 2 random permutations drawn from `seed`), and returns when it has finished: 0, or -1 for a

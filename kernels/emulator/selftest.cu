@@ -18,3 +18,19 @@ extern "C" __global__ void emu_selftest_shift(const float* in, float* out, int s
     // The next block reuses s: nobody may store before everyone has read.
     if (sync) __syncthreads();
 }
+
+// One store by thread 0 of block 0: p[offset] = value (offset may be negative or past the end:
+// the memory checker's target).
+extern "C" __global__ void emu_selftest_store(float* p, long long offset, float value) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) p[offset] = value;
+}
+
+// One load by thread 0 of block 0: out[0] = p[offset].
+extern "C" __global__ void emu_selftest_load(const float* p, long long offset, float* out) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) out[0] = p[offset];
+}
+
+// out[0] = the float at byte `offset` of p: misaligned unless offset is a multiple of 4.
+extern "C" __global__ void emu_selftest_load_bytes(const char* p, long long offset, float* out) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) out[0] = *reinterpret_cast<const float*>(p + offset);
+}

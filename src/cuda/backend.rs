@@ -178,7 +178,14 @@ pub struct Sizing {
     /// the loss and norm reductions use the trainer's own scratch.
     pub workspace: usize,
     pub max_labels: usize,
+    /// Buffers the pass takes from the arena (the emulator's memory checker leaves a guard
+    /// after each).
+    pub buffers: usize,
 }
+
+/// Bytes the emulated backend leaves after each arena buffer, for the memory checker (a
+/// multiple of the arena alignment, so buffers stay aligned).
+const EMULATOR_ARENA_GUARD: usize = 256;
 
 /// Largest im2col workspace we grow to for batching images into one GEMM (256 MiB).
 const MAX_CONV_WORKSPACE: usize = 64 << 20;
@@ -210,6 +217,7 @@ impl Sizing {
             arena_bytes: plan.arena_bytes,
             workspace: ws,
             max_labels: plan.max_labels,
+            buffers: plan.buffers,
         }
     }
 
@@ -219,6 +227,7 @@ impl Sizing {
             arena_bytes: self.arena_bytes.max(o.arena_bytes),
             workspace: self.workspace.max(o.workspace),
             max_labels: self.max_labels.max(o.max_labels),
+            buffers: self.buffers.max(o.buffers),
         }
     }
 
@@ -263,6 +272,8 @@ pub struct GpuBackend {
     sizing: Sizing,
     arena: DeviceMemory,
     used: usize,
+    /// Buffers taken in this pass.
+    taken: usize,
     workspace: DeviceMemory,
     labels: DeviceMemory,
     error: Option<CudaError>,
@@ -272,7 +283,13 @@ impl GpuBackend {
     /// Allocates the arena and workspace for passes no larger than `sizing` (planned for
     /// activations stored as `dt`).
     pub fn new(gpu: Rc<Gpu>, sizing: Sizing, dt: Precision) -> CudaResult<Self> {
-        let arena = gpu.alloc(sizing.arena_bytes, "the activation arena")?;
+        // Under the emulator each buffer is followed by a guard its neighbours may not write.
+        let guards = if gpu.is_emulated() {
+            sizing.buffers * EMULATOR_ARENA_GUARD
+        } else {
+            0
+        };
+        let arena = gpu.alloc(sizing.arena_bytes + guards, "the activation arena")?;
         let workspace = gpu.alloc(sizing.workspace * 4, "the op workspace")?;
         let labels = gpu.alloc(sizing.max_labels * 4, "class labels")?;
         Ok(Self {
@@ -282,6 +299,7 @@ impl GpuBackend {
             sizing,
             arena,
             used: 0,
+            taken: 0,
             workspace,
             labels,
             error: None,
@@ -309,6 +327,8 @@ impl GpuBackend {
     /// Starts a new pass: every arena buffer of the previous one is dead.
     pub fn reset(&mut self) {
         self.used = 0;
+        self.taken = 0;
+        self.gpu.clear_sub_buffers(self.arena.ptr());
     }
 
     /// The first error of the pass, if any (and clears it).
@@ -363,6 +383,20 @@ impl GpuBackend {
         }
         let ptr = self.arena.ptr() + self.used as u64;
         self.used += bytes;
+        if self.gpu.is_emulated() {
+            // The rounding up to the arena's alignment and a guard after each buffer: the
+            // memory checker reports a kernel that writes there, naming the buffer.
+            let guard = EMULATOR_ARENA_GUARD.min(self.arena.bytes() - self.used);
+            let (exact, taken) = (len * elem, self.taken);
+            self.gpu.register_sub_buffer(
+                self.arena.ptr(),
+                ptr,
+                (exact, bytes - exact + guard),
+                || format!("arena buffer #{taken} of the pass ({len} values of {elem} bytes)"),
+            );
+            self.used += guard;
+        }
+        self.taken += 1;
         DevBuf { ptr, len }
     }
 

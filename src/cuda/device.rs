@@ -557,9 +557,9 @@ impl Gpu {
         #[cfg(feature = "cuda-emulator")]
         if self.emulated {
             let bytes = std::mem::size_of_val(src);
-            // SAFETY: `dst` is an emulated allocation of at least `bytes`.
-            unsafe { super::emulator::copy(dst as *mut u8, src.as_ptr().cast(), bytes) };
-            return Ok(());
+            let (d, s) = (dst as *mut u8, src.as_ptr().cast());
+            // SAFETY: `src` is host memory of `bytes`; the emulator checks `dst`.
+            return unsafe { super::emulator::copy(d, s, bytes, (true, false), what) };
         }
         // SAFETY: the caller hands a device range of at least `size_of_val(src)` bytes.
         unsafe { result::memcpy_htod_async(dst, src, self.stream) }
@@ -606,9 +606,9 @@ impl Gpu {
         #[cfg(feature = "cuda-emulator")]
         if self.emulated {
             let bytes = std::mem::size_of_val(dst);
-            // SAFETY: `src` is an emulated allocation of at least `bytes`.
-            unsafe { super::emulator::copy(dst.as_mut_ptr().cast(), src as *const u8, bytes) };
-            return Ok(());
+            let (d, s) = (dst.as_mut_ptr().cast(), src as *const u8);
+            // SAFETY: `dst` is host memory of `bytes`; the emulator checks `src`.
+            return unsafe { super::emulator::copy(d, s, bytes, (false, true), what) };
         }
         // SAFETY: the caller hands a device range of at least `size_of_val(dst)` bytes.
         unsafe { result::memcpy_dtoh_async(dst, src, self.stream) }
@@ -623,9 +623,9 @@ impl Gpu {
         }
         #[cfg(feature = "cuda-emulator")]
         if self.emulated {
-            // SAFETY: both are emulated allocations of at least `bytes`.
-            unsafe { super::emulator::copy(dst as *mut u8, src as *const u8, bytes) };
-            return Ok(());
+            let (d, s) = (dst as *mut u8, src as *const u8);
+            // SAFETY: the emulator checks both ranges.
+            return unsafe { super::emulator::copy(d, s, bytes, (true, true), what) };
         }
         // SAFETY: both ranges are device memory of at least `bytes`.
         unsafe { result::memcpy_dtod_async(dst, src, bytes, self.stream) }
@@ -637,14 +637,41 @@ impl Gpu {
         if bytes == 0 {
             return Ok(());
         }
+        #[cfg(feature = "cuda-emulator")]
         if self.emulated {
-            // SAFETY: an emulated allocation of at least `bytes`.
-            unsafe { (dst as *mut u8).write_bytes(0, bytes) };
-            return Ok(());
+            return super::emulator::fill(dst, bytes, 0, what);
         }
         // SAFETY: `dst` is device memory of at least `bytes`.
         unsafe { result::memset_d8_async(dst, 0, bytes, self.stream) }
             .map_err(|e| CudaError::driver(format!("zero {what}"), e))
+    }
+
+    /// Under the emulator, tells the memory checker that `bytes` at `ptr`, inside the allocation
+    /// `parent` (the activation arena), are one buffer, followed by `zone` bytes nothing may
+    /// write (up to the next buffer); `what` names it in reports. Nothing on a GPU.
+    pub fn register_sub_buffer(
+        &self,
+        parent: DevPtr,
+        ptr: DevPtr,
+        (bytes, zone): (usize, usize),
+        what: impl FnOnce() -> String,
+    ) {
+        #[cfg(feature = "cuda-emulator")]
+        if self.emulated {
+            super::emulator::register_view(parent, ptr, bytes, zone, what());
+        }
+        #[cfg(not(feature = "cuda-emulator"))]
+        let _ = (parent, ptr, bytes, zone, what);
+    }
+
+    /// Forgets the buffers registered inside `parent` (a new pass reuses the arena).
+    pub fn clear_sub_buffers(&self, parent: DevPtr) {
+        #[cfg(feature = "cuda-emulator")]
+        if self.emulated {
+            super::emulator::clear_views(parent);
+        }
+        #[cfg(not(feature = "cuda-emulator"))]
+        let _ = parent;
     }
 
     /// Waits for everything queued so far; an asynchronous kernel fault surfaces here.

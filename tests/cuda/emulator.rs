@@ -1,7 +1,9 @@
 //! The checks the emulator (and `Gpu::launch`) make, each shown to catch what it claims to:
 //! launch limits (on a GPU too), and on purpose-written kernels (kernels/emulator/selftest.cu,
 //! compiled into the emulator only; those tests are skipped on a GPU, where the kernels do not
-//! exist) the thread orders.
+//! exist) the thread orders and the memory checker: writes into the guard zones around a
+//! buffer, and — in a child process, since they stop it as a GPU fault stops the context —
+//! reads and writes that reach a guard page, and misaligned accesses.
 
 use anyhow::{ensure, Result};
 use ddpm::cuda::testing::{
@@ -20,7 +22,137 @@ pub fn cases() -> Vec<Case> {
             name: "launches_beyond_the_hardware_limits_are_refused",
             run: launch_limits,
         },
+        Case {
+            name: "emulator_reports_writes_into_guard_zones",
+            run: guard_zone_writes,
+        },
+        Case {
+            name: "emulator_reports_faults_naming_kernel_buffer_offset",
+            run: faults,
+        },
+        Case {
+            name: FAULT_CHILD,
+            run: fault_child,
+        },
     ]
+}
+
+/// The case a child process runs to fault on purpose (see [`faults`]); nothing otherwise.
+const FAULT_CHILD: &str = "emulator_fault_child_runs_only_when_spawned";
+/// Which fault the child makes.
+const FAULT_VAR: &str = "DDPM_EMU_TEST_FAULT";
+
+/// `emu_selftest_store` of one value at `offset` of `p`.
+fn store(gpu: &Gpu, p: u64, offset: i64) -> ddpm::cuda::CudaResult<()> {
+    let value = 7.0f32;
+    gpu.launch(
+        "emu_selftest_store",
+        Launch::blocks(1, 32),
+        kernel_args![p, offset, value],
+        || format!("offset={offset}"),
+    )
+}
+
+/// One float stored one element past the end (into the bytes between an end that is not a
+/// multiple of 16 and the guard page) and one before the start: each launch fails, naming the
+/// kernel, the buffer and the offsets; a store inside passes, and the zone was restored.
+fn guard_zone_writes(gpu: &Gpu) -> Result<()> {
+    if !gpu.is_emulated() {
+        return Ok(());
+    }
+    let buf = to_device(gpu, &[0.0f32; 10])?;
+    let e = store(gpu, buf.ptr(), 10).expect_err("a store past the end");
+    let msg = e.to_string();
+    ensure!(
+        msg.contains("emu_selftest_store")
+            && msg.contains("wrote past the end of test input (40 bytes): bytes 0..4 after its end (offsets 40..44)"),
+        "{msg}"
+    );
+    let e = store(gpu, buf.ptr(), -3).expect_err("a store before the start");
+    let msg = e.to_string();
+    ensure!(
+        msg.contains("wrote before the start of test input (40 bytes): offsets -12..-8"),
+        "{msg}"
+    );
+    store(gpu, buf.ptr(), 9)?;
+    let got = from_device::<f32>(gpu, &buf, 10)?;
+    ensure!(
+        got[9] == 7.0 && got[..9].iter().all(|&v| v == 0.0),
+        "{got:?}"
+    );
+    Ok(())
+}
+
+/// Runs this test binary again on [`FAULT_CHILD`] with each fault, and checks that the child
+/// died saying what, where and in which buffer.
+fn faults(gpu: &Gpu) -> Result<()> {
+    if !gpu.is_emulated() {
+        return Ok(());
+    }
+    let exe = std::env::current_exe()?;
+    let cases = [
+        (
+            "store",
+            "kernel emu_selftest_store, block (0, 0, 0), thread (0, 0, 0): write at",
+            "0 bytes past the end of test input (64 bytes; offset 64)",
+        ),
+        (
+            "load",
+            "kernel emu_selftest_load, block (0, 0, 0), thread (0, 0, 0): read at",
+            "4 bytes past the end of test input (64 bytes; offset 68)",
+        ),
+        (
+            "misaligned",
+            "misaligned access: kernel emu_selftest_load_bytes, block (0, 0, 0), thread (0, 0, 0)",
+            "not a multiple of its type's alignment",
+        ),
+    ];
+    for (mode, what, detail) in cases {
+        let out = std::process::Command::new(&exe)
+            .arg(FAULT_CHILD)
+            .env(FAULT_VAR, mode)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            !out.status.success(),
+            "{mode}: the child did not fail:\n{text}"
+        );
+        ensure!(
+            text.contains(what) && text.contains(detail),
+            "{mode}: the child's report lacks {what:?} / {detail:?}:\n{text}"
+        );
+    }
+    Ok(())
+}
+
+/// In a child started by [`faults`]: one access past a 64-byte buffer (whose end meets the
+/// guard page) or one misaligned load, which must stop the process.
+fn fault_child(gpu: &Gpu) -> Result<()> {
+    let Ok(mode) = std::env::var(FAULT_VAR) else {
+        return Ok(());
+    };
+    let buf = to_device(gpu, &[0.0f32; 16])?;
+    let out = zeros_on_device::<f32>(gpu, 1)?;
+    let (p, o) = (buf.ptr(), out.ptr());
+    let launch = |kernel: &str, offset: i64| {
+        gpu.launch(
+            kernel,
+            Launch::blocks(1, 32),
+            kernel_args![p, offset, o],
+            String::new,
+        )
+    };
+    match mode.as_str() {
+        "store" => store(gpu, p, 16)?,
+        "load" => launch("emu_selftest_load", 17)?,
+        "misaligned" => launch("emu_selftest_load_bytes", 2)?,
+        other => anyhow::bail!("{FAULT_VAR}={other}: unknown"),
+    }
+    anyhow::bail!("{mode}: the access did not stop the process")
 }
 
 /// A real kernel (`scale_f32`) launched past each limit the hardware checks: refused with an

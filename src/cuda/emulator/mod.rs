@@ -15,7 +15,7 @@ use super::testing::ThreadOrder;
 pub mod cublas;
 pub mod memory;
 
-pub use memory::{alloc_bytes, copy, free_bytes};
+pub use memory::{alloc_bytes, clear_views, copy, fill, free_bytes, register_view};
 
 extern "C" {
     fn ddpm_emu_launch(
@@ -85,6 +85,8 @@ pub fn launch(kernel: &str, cfg: Launch, params: &mut [*mut c_void]) -> CudaResu
         ThreadOrder::Reverse => (1, 0),
         ThreadOrder::Random(s) => (2, mix(s ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15))),
     };
+    memory::install_fault_handler();
+    memory::kernel_running(&name);
     // SAFETY: the params point to values of the kernel's parameter types (see `kernel_args!`),
     // and the pointers among them address emulated allocations.
     let rc = unsafe {
@@ -102,6 +104,15 @@ pub fn launch(kernel: &str, cfg: Launch, params: &mut [*mut c_void]) -> CudaResu
             seed,
         )
     };
+    memory::kernel_done();
+    // Writes into the canary zones around any buffer: this launch's.
+    if let Err(e) = memory::check_guards(kernel) {
+        return Err(CudaError::new(
+            CudaErrorKind::Driver,
+            format!("kernel {kernel}"),
+            format!("out-of-bounds write ({cfg:?}): {e}"),
+        ));
+    }
     match rc {
         0 => Ok(()),
         -1 => Err(CudaError::new(
