@@ -189,18 +189,23 @@ fn check_jpeg_complete(bytes: &[u8]) -> Result<(), String> {
 /// palettes expanded, CMYK/YCCK JPEGs converted with the Adobe convention the decoder shares
 /// with Pillow and browsers.
 fn read_rgb(path: &Path) -> Result<RgbImage, DataError> {
+    Ok(flatten_on_black(read_image(path)?))
+}
+
+/// Decodes any supported image (by content, not extension) as it is stored, alpha included;
+/// errors name the file (unreadable, empty, an unsupported format, a truncated JPEG).
+pub(crate) fn read_image(path: &Path) -> Result<DynamicImage, DataError> {
     let bytes = fs::read(path).map_err(|e| DataError::io(path, e))?;
     let format = sniff(path, &bytes)?;
     if format == ImageFormat::Jpeg {
         check_jpeg_complete(&bytes).map_err(|msg| DataError::format(path, msg))?;
     }
-    let img = ImageReader::with_format(Cursor::new(&bytes), format)
+    ImageReader::with_format(Cursor::new(&bytes), format)
         .decode()
         .map_err(|source| DataError::Decode {
             path: path.to_path_buf(),
             source,
-        })?;
-    Ok(flatten_on_black(img))
+        })
 }
 
 fn flatten_on_black(img: DynamicImage) -> RgbImage {
