@@ -313,6 +313,13 @@ fn missing_weights_say_what_to_download_and_run() {
         1,
         "--inception /nonexistent/w.safetensors: no such file",
     );
+    // A missing side is reported before the weights are looked for.
+    let out = fid_cmd(&[&side_a(), "/nonexistent/ref.npz"], &home);
+    fails_with(
+        &out,
+        1,
+        "REFERENCE /nonexistent/ref.npz: no such file or directory",
+    );
 }
 
 #[test]

@@ -167,11 +167,22 @@ pub fn run(a: FidArgs) -> Result<()> {
     let args: Vec<(&str, &str)> = std::iter::once(("SAMPLES", a.samples.as_str()))
         .chain(a.reference.as_deref().map(|r| ("REFERENCE", r)))
         .collect();
+    for (what, arg) in &args {
+        fid_input::check_exists(arg, what)?;
+    }
     let net = if args.iter().all(|(_, arg)| fid_input::is_stats_file(arg)) {
         None
     } else {
         let path = weights::resolve(a.inception.as_deref())?;
-        Some(FidInception::load(&path)?)
+        let net = FidInception::load(&path)?;
+        if !a.quiet {
+            eprintln!(
+                "FID Inception: {} (on the CPU, {} threads)",
+                path.display(),
+                rayon::current_num_threads()
+            );
+        }
+        Some(net)
     };
     let sides = args
         .iter()

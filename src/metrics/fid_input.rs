@@ -177,8 +177,25 @@ fn has_extension(path: &Path, ext: &str) -> bool {
         .is_some_and(|e| e.to_string_lossy().eq_ignore_ascii_case(ext))
 }
 
+/// Whether `arg` has one of the data-source prefixes (`folder:`, `mnist:`, `cifar10:`).
+fn prefixed(arg: &str) -> bool {
+    ["folder:", "mnist:", "cifar10:"]
+        .iter()
+        .any(|p| arg.starts_with(p))
+}
+
+/// The cheap first check of a side, before anything is loaded: a bare path must exist.
+pub fn check_exists(arg: &str, what: &str) -> Result<()> {
+    ensure!(
+        prefixed(arg) || Path::new(arg).exists(),
+        "{what} {arg}: no such file or directory; expected {FORMS}"
+    );
+    Ok(())
+}
+
 /// Opens and checks one side; `what` names it in errors (`SAMPLES`, `REFERENCE`).
 pub fn open(arg: &str, what: &str) -> Result<Side> {
+    check_exists(arg, what)?;
     let path = Path::new(arg);
     let side = if is_stats_file(arg) {
         let fit = read_stats(path, FEATURES).with_context(|| format!("{what} {arg}"))?;
@@ -189,14 +206,9 @@ pub fn open(arg: &str, what: &str) -> Result<Side> {
     } else if path.is_file() && has_extension(path, "safetensors") {
         Side::Images(open_raw(path).with_context(|| format!("{what} {arg}"))?)
     } else {
-        let prefixed = ["folder:", "mnist:", "cifar10:"]
-            .iter()
-            .any(|p| arg.starts_with(p));
-        let spec = if prefixed {
+        let spec = if prefixed(arg) {
             arg.parse::<DataSpec>()
                 .map_err(|e| anyhow!("{what} {arg}: {e}"))?
-        } else if !path.exists() {
-            bail!("{what} {arg}: no such file or directory; expected {FORMS}")
         } else if path.is_dir() {
             DataSpec::detect(path).map_err(|e| anyhow!("{what} {arg}: {e}"))?
         } else if mnist::is_images_file_name(path) {
