@@ -3,6 +3,7 @@
 mod args;
 mod bench;
 mod export;
+mod fid;
 mod interpolate;
 mod invert;
 mod model_source;
@@ -56,6 +57,10 @@ pub enum Command {
     Interpolate(Box<InterpolateArgs>),
     /// Write a checkpoint as a diffusers pipeline directory (UNet2DModel + DDPMScheduler).
     Export(Box<ExportArgs>),
+    /// FID and KID between two image sets (folders, MNIST, CIFAR-10, `--save-raw` tensors) or
+    /// their statistics files, with pytorch-fid's Inception on the CPU; writes statistics
+    /// files pytorch-fid reads.
+    Fid(Box<fid::FidArgs>),
     /// Measure training or sampling throughput (images/s) for a preset and batch size.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -107,6 +112,7 @@ fn dispatch(command: Command) -> anyhow::Result<()> {
         Command::Invert(args) => invert::run(*args)?,
         Command::Interpolate(args) => interpolate::run(*args)?,
         Command::Export(args) => export::run(*args)?,
+        Command::Fid(args) => fid::run(*args)?,
         Command::Bench(cmd) => bench::run(cmd)?,
     }
     Ok(())
