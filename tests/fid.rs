@@ -475,11 +475,13 @@ fn usage_errors() {
     let out = fid_cmd(&[&side_a()], &home);
     fails_with(&out, 2, "nothing to do");
     let small = fixtures().join("stats_small_plain.npz");
+    let x = home.join("x.npz");
     let out = fid_cmd(
-        &[small.to_str().unwrap(), "--save-stats", "/tmp/x.npz"],
+        &[small.to_str().unwrap(), "--save-stats", x.to_str().unwrap()],
         &home,
     );
     fails_with(&out, 2, "already a statistics file");
+    assert!(!x.exists());
     let out = fid_cmd(
         &[&side_a(), "--save-stats", "/nonexistent/dir/x.npz"],
         &home,
