@@ -112,19 +112,43 @@ fn random_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
         .collect()
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ddpm-fid-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh directory under Cargo's temporary directory for integration tests (inside target/),
+/// removed when dropped.
+struct Scratch(PathBuf);
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
 }
 
-/// The random-weight file, written once per test process.
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn temp_dir(tag: &str) -> Scratch {
+    let d =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fid-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    Scratch(d)
+}
+
+/// The random-weight file (87 MB), written once per test process to one place in target/
+/// (through a rename, so test processes running at once never see half a file; every process
+/// writes the same bytes).
 fn weights_file() -> &'static Path {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let path = temp_dir("weights").join("random_inception.safetensors");
-        write_weights(&path, &random_tensors());
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("fid-random-inception.safetensors");
+        let tmp = dir.join(format!(".fid-random-inception.{}", std::process::id()));
+        write_weights(&tmp, &random_tensors());
+        std::fs::rename(&tmp, &path).unwrap();
         path
     })
 }
