@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
             "\ninterrupted before the first training step: nothing new to save (run the same command \
              again)\n",
         ),
-        Command::Sample(_) | Command::Invert(_) | Command::Interpolate(_) => {
+        Command::Sample(_) | Command::Invert(_) | Command::Interpolate(_) | Command::Fid(_) => {
             Some("\ninterrupted: stopped early; every file written so far is complete\n")
         }
         _ => None,

@@ -37,6 +37,27 @@ fn info_json_is_machine_readable() {
 }
 
 #[test]
+fn info_kernels_prints_the_ptxas_table_of_every_built_in_kernel() {
+    let out = ddpm(&["info", "--kernels"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    if ddpm::cuda::kernels::built_in() {
+        assert!(text.starts_with("kernel "), "{text}");
+        // One line per kernel and target, and the table names each kernel it lists.
+        assert!(
+            text.lines().count() > ddpm::cuda::kernels::RESOURCES.len(),
+            "{text}"
+        );
+        assert!(
+            text.contains(ddpm::cuda::kernels::RESOURCES[0].kernel),
+            "{text}"
+        );
+    } else {
+        assert!(text.contains("no CUDA kernels"), "{text}");
+    }
+}
+
+#[test]
 fn threads_flag_is_honoured_and_validated() {
     let out = ddpm(&["--threads", "3", "info", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

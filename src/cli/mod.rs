@@ -71,6 +71,10 @@ pub struct InfoArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Print instead what ptxas reported for each built-in kernel and target: registers,
+    /// stack, spills, shared memory (the build fails on any spill or more than 255 registers).
+    #[arg(long, conflicts_with = "json")]
+    pub kernels: bool,
 }
 
 /// Runs the parsed command.
@@ -99,6 +103,13 @@ const WORKER_STACK: usize = 8 << 20;
 
 fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
+        Command::Info(args) if args.kernels => {
+            if crate::cuda::kernels::built_in() {
+                print!("{}", crate::cuda::kernels::resource_report());
+            } else {
+                println!("no CUDA kernels are built into this ddpm (it was built without nvcc)");
+            }
+        }
         Command::Info(args) => {
             let info = SystemInfo::gather();
             if args.json {
