@@ -514,9 +514,13 @@ fn training_killed_at_random_moments_resumes_and_ends_like_a_straight_run() {
     let (mut kills, mut mid_write, mut launches) = (0, 0, 0);
     while latest_step(&killed).is_none_or(|s| s < STEPS) {
         let at = latest_step(&killed);
-        let args: Vec<&str> = match at {
-            Some(_) => vec!["train", "--resume", k, "--device", "cpu", "-q"],
-            None => train_args(&model, k, &steps),
+        // A kill between writing a step's file and pointing `latest` at it leaves a checkpoint
+        // without `latest`: that run is resumed too (from its newest checkpoint that verifies).
+        let saved = checkpoint_files(&killed).iter().any(|p| !is_temporary(p));
+        let args: Vec<&str> = if saved {
+            vec!["train", "--resume", k, "--device", "cpu", "-q"]
+        } else {
+            train_args(&model, k, &steps)
         };
         let mut child = Command::new(BIN)
             .args(&args)
