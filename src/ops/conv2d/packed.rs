@@ -422,22 +422,19 @@ impl Direct {
         body.par_chunks_mut(hp * wp)
             .zip(x.par_chunks(h * w))
             .for_each(|(dst, src)| {
-                let zero = std::mem::MaybeUninit::new(0f32);
                 let (top, rest) = dst.split_at_mut(s.pad.top * wp);
-                top.fill(zero);
+                zero(top);
                 let (rows, bottom) = rest.split_at_mut(h * wp);
-                bottom.fill(zero);
+                zero(bottom);
                 for (line, row) in rows.chunks_exact_mut(wp).zip(src.chunks_exact(w)) {
                     let (left, rest) = line.split_at_mut(s.pad.left);
-                    left.fill(zero);
+                    zero(left);
                     let (inside, right) = rest.split_at_mut(w);
-                    for (d, &v) in inside.iter_mut().zip(row) {
-                        d.write(v);
-                    }
-                    right.fill(zero);
+                    write(inside, row);
+                    zero(right);
                 }
             });
-        tail.fill(std::mem::MaybeUninit::new(0f32));
+        zero(tail);
         // SAFETY: every one of the `len` values was written above (each plane's top rows, rows
         // of left padding, values and right padding, bottom rows; then the tail).
         unsafe { padded.set_len(len) };
